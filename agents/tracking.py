@@ -1,0 +1,155 @@
+"""MLflow plumbing: veil's local store, batched metric logging, image grids and model logging.
+
+MLflow 3 refuses the old file store unless forced, so veil keeps its runs in
+``sqlite:///<cwd>/mlruns/mlflow.db`` with artifacts in ``mlruns/artifacts`` (or any URI given
+by ``--tracking-uri`` / ``$VEIL_TRACKING_URI``). ``veil ui`` serves the same store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from torch import nn
+
+DEFAULT_EXPERIMENT = "veil"
+
+
+def store_dir() -> Path:
+    """The local store folder: ``$VEIL_MLRUNS`` or ``./mlruns``."""
+    return Path(os.environ.get("VEIL_MLRUNS", "mlruns")).resolve()
+
+
+def default_tracking_uri() -> str:
+    """``$VEIL_TRACKING_URI``, else the sqlite database in the local store."""
+    uri = os.environ.get("VEIL_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{store_dir() / 'mlflow.db'}"
+
+
+def default_artifact_root() -> str:
+    return (store_dir() / "artifacts").as_uri()
+
+
+def setup(tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """Point MLflow at veil's store and return the experiment id (created if missing, with
+    its artifacts beside the database rather than in MLflow's ``./mlartifacts`` default)."""
+    uri = tracking_uri or default_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is not None:
+        mlflow.set_experiment(experiment_id=exp.experiment_id)
+        return exp.experiment_id
+    location = default_artifact_root() if uri.startswith("sqlite:") else None
+    exp_id = mlflow.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = str(v)[:6000]
+    return out
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log a nested dict of parameters in one batch call (``a.b`` keys for nested dicts)."""
+    run = mlflow.active_run()
+    flat = _flatten(params)
+    items = [Param(k, v) for k, v in flat.items()]
+    client = MlflowClient()
+    for i in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=items[i:i + 100])
+
+
+def log_metrics(metrics: dict[str, float], step: int) -> None:
+    """Log many metrics in one ``log_batch`` (about 50x cheaper on sqlite than one by one)."""
+    run = mlflow.active_run()
+    ts = int(time.time() * 1000)
+    items = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+    MlflowClient().log_batch(run.info.run_id, metrics=items)
+
+
+def log_json(obj: Any, artifact_file: str) -> None:
+    mlflow.log_text(json.dumps(obj, indent=1), artifact_file)
+
+
+def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
+    """uint8 or [0, 1] images (B, C, H, W) -> an HWC uint8 grid (grey repeated to RGB)."""
+    from torchvision.utils import make_grid
+
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float().clamp(0, 1)
+    if x.shape[1] == 1:
+        x = x.repeat(1, 3, 1, 1)
+    grid = make_grid(x, nrow=nrow, padding=2, pad_value=1.0)
+    return (grid * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
+
+
+def log_image_grid(images: torch.Tensor, artifact_file: str, nrow: int = 8) -> None:
+    mlflow.log_image(image_grid(images, nrow).numpy(), artifact_file)
+
+
+def samples_per_identity(images: torch.Tensor, labels: torch.Tensor, n_ids: int = 8, per_id: int = 8) -> torch.Tensor:
+    """The first ``per_id`` images of the first ``n_ids`` identities, identity-major."""
+    rows = []
+    for c in labels.unique()[:n_ids].tolist():
+        rows.append(images[labels == c][:per_id])
+    return torch.cat(rows)
+
+
+class LogitsModel(nn.Module):
+    """Serving wrapper: ``[0, 1]`` images -> logits (MLflow models want one tensor out)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["logits"]
+
+
+def log_fr_model(model: nn.Module, example: torch.Tensor, name: str = "model") -> None:
+    """Log the FR model as an MLflow PyTorch model with an input example and signature.
+
+    Requirements are given explicitly and veil's ``recognition`` code is bundled, so MLflow
+    neither probes the environment in a subprocess nor needs veil installed to load it.
+    """
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    import recognition
+
+    wrapped = LogitsModel(model).eval()
+    with torch.no_grad():
+        out = wrapped(example)
+    signature = infer_signature(example.numpy(), out.numpy())
+    tv = __import__("torchvision").__version__.split("+")[0]
+    mlflow.pytorch.log_model(
+        wrapped, name=name, input_example=example.numpy(), signature=signature,
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={tv}"],
+        code_paths=[str(Path(recognition.__file__).parent), str(Path(__file__))],
+    )
+
+
+def log_file(path: str | Path, artifact_path: str | None = None) -> None:
+    mlflow.log_artifact(str(path), artifact_path)
+
+
+def temp_dir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="veil-")

@@ -1,0 +1,480 @@
+"""Face data: the embedded synthetic default, "one folder per identity" sets, CelebA, and the
+deterministic private/public identity split that the whole privacy protocol rests on.
+
+Everything is loaded once into a uint8 tensor ``(N, C, S, S)`` (resized and center-cropped, or
+aligned with MTCNN) and cached on disk, so training reads batches straight from memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from .io import atomic_torch_save, cache_dir
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".pbm", ".bmp", ".tif", ".tiff", ".webp"})
+SHORTCUTS = {"att": "att_faces", "cfp": "cfp"}
+CELEBA_IDENTITY_FILE = "identity_CelebA.txt"
+LOADER_VERSION = "1"
+
+
+class DataError(ValueError):
+    """A data source that cannot be used as given (no identities, unreadable file in strict mode)."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the faces come from and how they are preprocessed.
+
+    Args:
+        source: ``synthetic`` (embedded default), ``att`` or ``cfp`` (folders under the data
+            root), or a path: a folder with one sub-folder per identity, or a CelebA root
+            holding ``identity_CelebA.txt``.
+        image_size: side of the square images after resize + center crop (or alignment).
+        channels: 3 (grey sets are repeated to RGB) or 1 (RGB sets are converted to grey).
+        align: detect and align faces with facenet-pytorch's MTCNN (per image; falls back to
+            a center crop with a warning when no face is found).
+        strict: raise on an unreadable image instead of skipping it with a warning.
+        pose: for CFP-style file names (``frontal_*``/``profile_*``): ``frontal`` (default),
+            ``profile`` or ``all``. Ignored for other layouts.
+        min_images: identities with fewer usable images are skipped with a warning.
+        max_identities: keep only the identities with the most images (ties by name).
+        synthetic_identities, synthetic_images, synthetic_seed, synthetic_difficulty: the
+            embedded generator's size and seed.
+        data_root: the root for ``att``/``cfp``; default ``$VEIL_DATA_ROOT`` or ``../shared/datasets``.
+        use_cache: read and write the preprocessed tensor cache (``$VEIL_CACHE_DIR``).
+    """
+
+    source: str = "synthetic"
+    image_size: int = 64
+    channels: int = 3
+    align: bool = False
+    strict: bool = False
+    pose: str = "frontal"
+    min_images: int = 2
+    max_identities: int | None = None
+    synthetic_identities: int = 100
+    synthetic_images: int = 30
+    synthetic_seed: int = 0
+    synthetic_difficulty: float = 1.0
+    data_root: str | None = None
+    use_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.image_size < 16:
+            raise ValueError(f"image_size must be >= 16, got {self.image_size}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.pose not in ("frontal", "profile", "all"):
+            raise ValueError(f"pose must be frontal, profile or all, got {self.pose!r}")
+        if self.min_images < 1:
+            raise ValueError(f"min_images must be >= 1, got {self.min_images}")
+
+
+@dataclass
+class FaceData:
+    """A whole labelled face set in memory.
+
+    ``images`` is uint8 ``(N, C, S, S)``, ``labels`` int64 ``(N,)`` indexing ``names``,
+    ``paths`` the source file of each image (empty for generated data).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    names: list[str]
+    paths: list[str]
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.dtype != torch.uint8:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"labels shape {tuple(self.labels.shape)} does not match {self.images.shape[0]} images")
+
+    @property
+    def num_identities(self) -> int:
+        return len(self.names)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def default_data_root() -> Path:
+    """``$VEIL_DATA_ROOT``, else ``../shared/datasets`` beside the working directory or the checkout."""
+    env = os.environ.get("VEIL_DATA_ROOT")
+    if env:
+        return Path(env)
+    candidates = [Path.cwd() / ".." / "shared" / "datasets",
+                  Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"]
+    for c in candidates:
+        if c.is_dir():
+            return c.resolve()
+    return candidates[0]
+
+
+def resolve_source(config: DataConfig) -> Path | None:
+    """The path a source names (``None`` for the synthetic set)."""
+    if config.source == "synthetic":
+        return None
+    if config.source in SHORTCUTS:
+        root = Path(config.data_root) if config.data_root else default_data_root()
+        path = root / SHORTCUTS[config.source]
+        if not path.is_dir():
+            raise DataError(
+                f"data source {config.source!r} expects {path}, which does not exist; "
+                "set VEIL_DATA_ROOT (or --data-root) to the folder holding att_faces/ and cfp/"
+            )
+        return path
+    path = Path(config.source).expanduser()
+    if not path.exists():
+        raise DataError(f"data path {path} does not exist")
+    return path
+
+
+def load_faces(config: DataConfig) -> FaceData:
+    """Load (or generate) the face set ``config`` names, from the on-disk cache when possible."""
+    path = resolve_source(config)
+    if path is None:
+        return _load_synthetic(config)
+    if path.is_file() and path.name == CELEBA_IDENTITY_FILE:
+        path = path.parent
+    if (path / CELEBA_IDENTITY_FILE).is_file():
+        entries = _celeba_entries(path)
+    else:
+        entries = _folder_entries(path, config.pose)
+    entries = _filter_identities(entries, config, path)
+    key = _cache_key(config, path, entries)
+    cached = _read_cache(key) if config.use_cache else None
+    if cached is not None:
+        return cached
+    data = _read_images(entries, config, str(path))
+    if config.use_cache:
+        _write_cache(key, data)
+    return data
+
+
+# ----------------------------------------------------------------------------------- layouts
+
+def _natural_key(name: str) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _folder_entries(root: Path, pose: str) -> dict[str, list[Path]]:
+    """One sub-folder per identity; stray files at the top are ignored."""
+    if not root.is_dir():
+        raise DataError(f"data path {root} is not a folder (expected one sub-folder per identity)")
+    entries: dict[str, list[Path]] = {}
+    for d in sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                    key=lambda p: _natural_key(p.name)):
+        files = sorted((f for f in d.iterdir() if _is_image(f)), key=lambda f: _natural_key(f.name))
+        if not files:
+            warnings.warn(f"skipping identity folder {d}: it holds no images", stacklevel=3)
+            continue
+        if pose != "all" and any(f.name.startswith(("frontal", "profile")) for f in files):
+            files = [f for f in files if f.name.startswith(pose)]
+        entries[d.name] = files
+    if not entries:
+        raise DataError(f"no identities found under {root}: expected one sub-folder of images per identity")
+    return entries
+
+
+def _celeba_entries(root: Path) -> dict[str, list[Path]]:
+    """CelebA: ``identity_CelebA.txt`` lines ``<file> <identity>``; images in ``img_align_celeba/``."""
+    img_dir = root / "img_align_celeba" if (root / "img_align_celeba").is_dir() else root
+    entries: dict[str, list[Path]] = {}
+    with open(root / CELEBA_IDENTITY_FILE) as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2:
+                raise DataError(f"{root / CELEBA_IDENTITY_FILE}:{lineno}: expected '<file> <identity>', got {line.strip()!r}")
+            entries.setdefault(parts[1], []).append(img_dir / parts[0])
+    if not entries:
+        raise DataError(f"no identities found in {root / CELEBA_IDENTITY_FILE}")
+    return {k: entries[k] for k in sorted(entries, key=_natural_key)}
+
+
+def _filter_identities(entries: dict[str, list[Path]], config: DataConfig, root: Path) -> dict[str, list[Path]]:
+    kept = {}
+    for name, files in entries.items():
+        if len(files) < config.min_images:
+            warnings.warn(f"skipping identity {name!r}: {len(files)} image(s) < min_images={config.min_images}", stacklevel=3)
+            continue
+        kept[name] = files
+    if config.max_identities is not None:
+        top = sorted(kept, key=lambda n: (-len(kept[n]), _natural_key(n)))[: config.max_identities]
+        kept = {n: kept[n] for n in kept if n in set(top)}
+    if len(kept) < 2:
+        raise DataError(f"{root}: {len(kept)} usable identities (need >= 2 with >= {config.min_images} images each)")
+    return kept
+
+
+# ----------------------------------------------------------------------------------- reading
+
+class _Aligner:
+    """MTCNN face alignment, one PIL image at a time (its batch mode raises when one image has
+    no face, and its numpy path needs OpenCV)."""
+
+    def __init__(self, size: int) -> None:
+        from facenet_pytorch import MTCNN
+
+        self.mtcnn = MTCNN(image_size=size, margin=max(2, size // 8), post_process=False,
+                           select_largest=True, device="cpu")
+        self.size = size
+
+    def __call__(self, img: Image.Image, path: Path) -> Image.Image:
+        with torch.no_grad():
+            face = self.mtcnn(img.convert("RGB"))
+        if face is None:
+            warnings.warn(f"no face found in {path}; using a center crop", stacklevel=2)
+            return ImageOps.fit(img, (self.size, self.size), Image.Resampling.BICUBIC)
+        arr = face.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        return Image.fromarray(arr, "RGB")
+
+
+def _read_one(path: Path, config: DataConfig, aligner: _Aligner | None) -> np.ndarray | None:
+    """Decode, align or fit to ``image_size``, convert mode; ``None`` (with a warning) if unreadable."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            img = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        msg = f"unreadable image {path}: {err}"
+        if config.strict:
+            raise DataError(msg) from err
+        warnings.warn(f"skipping {msg}", stacklevel=2)
+        return None
+    if aligner is not None:
+        img = aligner(img, path)
+    else:
+        img = ImageOps.fit(img, (config.image_size, config.image_size), Image.Resampling.BICUBIC)
+    if config.channels == 1:
+        return np.asarray(img.convert("L"))[None]
+    return np.asarray(img).transpose(2, 0, 1)
+
+
+def _read_images(entries: dict[str, list[Path]], config: DataConfig, source: str) -> FaceData:
+    files = [(name, f) for name, fs in entries.items() for f in fs]
+    aligner = _Aligner(config.image_size) if config.align else None
+    read = lambda item: _read_one(item[1], config, aligner)  # noqa: E731
+    desc = f"reading {Path(source).name}" + (" (MTCNN)" if aligner else "")
+    if aligner is None:
+        with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+            arrays = list(tqdm(pool.map(read, files), total=len(files), desc=desc, unit="img", leave=False))
+    else:
+        arrays = [read(item) for item in tqdm(files, desc=desc, unit="img", leave=False)]
+    per_id: dict[str, list[int]] = {}
+    for i, ((name, _), arr) in enumerate(zip(files, arrays)):
+        if arr is not None:
+            per_id.setdefault(name, []).append(i)
+    names = []
+    for name in entries:
+        n = len(per_id.get(name, []))
+        if n < config.min_images:
+            if n or entries[name]:
+                warnings.warn(f"skipping identity {name!r}: {n} readable image(s) < min_images={config.min_images}", stacklevel=2)
+            per_id.pop(name, None)
+            continue
+        names.append(name)
+    if len(names) < 2:
+        raise DataError(f"{source}: fewer than 2 identities with readable images")
+    order = [i for name in names for i in per_id[name]]
+    label_of = {name: k for k, name in enumerate(names)}
+    images = torch.from_numpy(np.stack([arrays[i] for i in order]))
+    labels = torch.tensor([label_of[files[i][0]] for i in order], dtype=torch.int64)
+    return FaceData(images, labels, names, [str(files[i][1]) for i in order], source)
+
+
+def _load_synthetic(config: DataConfig) -> FaceData:
+    from .synthetic import GENERATOR_VERSION, SyntheticConfig, generate_faces
+
+    syn = SyntheticConfig(n_identities=config.synthetic_identities, images_per_identity=config.synthetic_images,
+                          image_size=config.image_size, seed=config.synthetic_seed,
+                          difficulty=config.synthetic_difficulty)
+    key = hashlib.sha1(json.dumps(["synthetic", GENERATOR_VERSION, asdict(syn), config.channels]).encode()).hexdigest()[:16]
+    cached = _read_cache(key) if config.use_cache else None
+    if cached is not None:
+        return cached
+    images, labels = generate_faces(syn)
+    if config.channels == 1:
+        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        images = (images.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    data = FaceData(images, labels, [f"synthetic_{i:04d}" for i in range(syn.n_identities)], [], "synthetic")
+    if config.use_cache:
+        _write_cache(key, data)
+    return data
+
+
+# ----------------------------------------------------------------------------------- cache
+
+def _cache_key(config: DataConfig, root: Path, entries: dict[str, list[Path]]) -> str:
+    h = hashlib.sha1()
+    meta = {k: v for k, v in asdict(config).items() if k not in ("use_cache", "data_root", "source", "strict")}
+    h.update(json.dumps([LOADER_VERSION, str(root.resolve()), meta], sort_keys=True).encode())
+    for name, files in entries.items():
+        for f in files:
+            try:
+                st = f.stat()
+                h.update(f"{name}/{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{name}/{f.name}:missing\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _read_cache(key: str) -> FaceData | None:
+    path = cache_dir() / f"faces-{key}.pt"
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        return FaceData(blob["images"], blob["labels"], list(blob["names"]), list(blob["paths"]), blob["source"])
+    except Exception as err:  # a damaged cache entry is rebuilt, never trusted
+        warnings.warn(f"ignoring damaged cache file {path}: {err}", stacklevel=2)
+        return None
+
+
+def _write_cache(key: str, data: FaceData) -> None:
+    try:
+        atomic_torch_save({"images": data.images, "labels": data.labels, "names": data.names,
+                           "paths": data.paths, "source": data.source}, cache_dir() / f"faces-{key}.pt")
+    except OSError as err:
+        warnings.warn(f"could not write the data cache in {cache_dir()}: {err}", stacklevel=2)
+
+
+# ----------------------------------------------------------------------------------- split
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How identities are split into private (target) and public (attacker's prior) ones, and
+    each private identity's images into train and test.
+
+    Args:
+        n_private: number of private identities (overrides ``private_fraction``).
+        private_fraction: share of identities that are private when ``n_private`` is unset.
+        test_fraction: share of each private identity's images held out for testing
+            (at least one; 10 images -> 7 train / 3 test).
+        seed: the split's seed; the same seed always gives the same split.
+    """
+
+    n_private: int | None = None
+    private_fraction: float = 0.5
+    test_fraction: float = 0.3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.private_fraction < 1.0:
+            raise ValueError(f"private_fraction must be in (0, 1), got {self.private_fraction}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.n_private is not None and self.n_private < 2:
+            raise ValueError(f"n_private must be >= 2, got {self.n_private}")
+
+
+@dataclass
+class FaceSplit:
+    """The protocol's three sets. Private labels are re-indexed 0..P-1 (the target's classes),
+    public labels 0..Q-1; ``*_names`` map them back to identity names."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    public_images: torch.Tensor
+    public_labels: torch.Tensor
+    private_names: list[str]
+    public_names: list[str]
+    train_index: torch.Tensor = field(repr=False)
+    test_index: torch.Tensor = field(repr=False)
+    public_index: torch.Tensor = field(repr=False)
+    source: str = ""
+
+    @property
+    def num_private(self) -> int:
+        return len(self.private_names)
+
+    def summary(self) -> dict[str, int | str]:
+        """Counts for logging as run parameters."""
+        return {"data_source": self.source, "n_private_identities": self.num_private,
+                "n_public_identities": len(self.public_names), "n_private_train": len(self.train_labels),
+                "n_private_test": len(self.test_labels), "n_public_images": len(self.public_labels),
+                "image_shape": "x".join(map(str, self.train_images.shape[1:]))}
+
+    def manifest(self, data: FaceData | None = None) -> dict:
+        """Which identity and which image went where (logged as a JSON artifact)."""
+        out: dict = {"private_identities": self.private_names, "public_identities": self.public_names,
+                     "train_index": self.train_index.tolist(), "test_index": self.test_index.tolist(),
+                     "public_index": self.public_index.tolist()}
+        if data is not None and data.paths:
+            out["train_files"] = [data.paths[i] for i in self.train_index.tolist()]
+            out["test_files"] = [data.paths[i] for i in self.test_index.tolist()]
+        return out
+
+
+def split_identities(data: FaceData, config: SplitConfig = SplitConfig()) -> FaceSplit:
+    """Deterministically split ``data`` by identity, then each private identity's images."""
+    n_ids = data.num_identities
+    n_private = config.n_private if config.n_private is not None else max(2, round(n_ids * config.private_fraction))
+    if n_private >= n_ids:
+        raise DataError(f"n_private={n_private} leaves no public identities out of {n_ids}")
+    g = torch.Generator().manual_seed(config.seed)
+    perm = torch.randperm(n_ids, generator=g)
+    private_ids = perm[:n_private].sort().values
+    public_ids = perm[n_private:].sort().values
+
+    train_idx: list[torch.Tensor] = []
+    test_idx: list[torch.Tensor] = []
+    for new_label, pid in enumerate(private_ids.tolist()):
+        idx = (data.labels == pid).nonzero().flatten()
+        if len(idx) < 2:
+            raise DataError(f"private identity {data.names[pid]!r} has {len(idx)} image(s); need >= 2 for train/test")
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_test = min(len(idx) - 1, max(1, round(len(idx) * config.test_fraction)))
+        test_idx.append(idx[:n_test].sort().values)
+        train_idx.append(idx[n_test:].sort().values)
+    train_index = torch.cat(train_idx)
+    test_index = torch.cat(test_idx)
+    public_index = torch.isin(data.labels, public_ids).nonzero().flatten()
+
+    remap = torch.full((n_ids,), -1, dtype=torch.int64)
+    remap[private_ids] = torch.arange(n_private)
+    remap_pub = torch.full((n_ids,), -1, dtype=torch.int64)
+    remap_pub[public_ids] = torch.arange(len(public_ids))
+    return FaceSplit(
+        train_images=data.images[train_index], train_labels=remap[data.labels[train_index]],
+        test_images=data.images[test_index], test_labels=remap[data.labels[test_index]],
+        public_images=data.images[public_index], public_labels=remap_pub[data.labels[public_index]],
+        private_names=[data.names[i] for i in private_ids.tolist()],
+        public_names=[data.names[i] for i in public_ids.tolist()],
+        train_index=train_index, test_index=test_index, public_index=public_index, source=data.source,
+    )
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1]."""
+    return images.float().div_(255.0)
+
+
+def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Hard labels -> soft targets (float32 rows summing to 1)."""
+    return torch.nn.functional.one_hot(labels, num_classes).float()
+
+
+__all__: Sequence[str] = ["DataConfig", "DataError", "FaceData", "FaceSplit", "SplitConfig", "default_data_root",
+                          "load_faces", "one_hot", "resolve_source", "split_identities", "to_float"]

@@ -1,0 +1,34 @@
+"""Small file helpers shared by the data cache and the trainer's checkpoints."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """Write ``obj`` with ``torch.save`` to a temporary file beside ``path``, then rename it
+    into place, so a crash mid-write never leaves a truncated checkpoint or cache entry."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def cache_dir() -> Path:
+    """Where preprocessed datasets are cached: ``$VEIL_CACHE_DIR`` or ``~/.cache/veil``."""
+    root = os.environ.get("VEIL_CACHE_DIR")
+    return Path(root) if root else Path.home() / ".cache" / "veil"

@@ -1,0 +1,223 @@
+"""Face-recognition backbones with one output contract.
+
+Every model takes images in [0, 1] of shape (B, C, H, W) and returns a dict with
+``embedding`` (B, D), ``logits`` (B, num_classes) and ``hidden`` (a list of intermediate
+feature maps, shallow to deep): BiDO and MID regularize those, attacks read the embedding.
+Input normalization happens inside the model, so attacks and defenses work in pixel space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODEL_NAMES = ("cnn", "resnet18", "inception")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which backbone to build and for what data.
+
+    Args:
+        name: one of ``cnn`` (fast small CNN, GroupNorm; the default), ``resnet18``
+            (torchvision, from scratch), ``inception`` (facenet-pytorch InceptionResnetV1).
+        num_classes: number of identities the classifier head predicts.
+        in_channels: 1 for grey data, 3 for RGB.
+        image_size: side of the square input; InceptionResnetV1 needs >= 75 px.
+        embedding_dim: size of the embedding for ``cnn`` (the others have fixed sizes).
+        width: channel multiplier of ``cnn``.
+        dropout: dropout before the classifier head.
+        weights: optional path to a state dict to load (e.g. a user-given InceptionResnetV1
+            file); nothing is ever downloaded.
+    """
+
+    name: str = "cnn"
+    num_classes: int = 50
+    in_channels: int = 3
+    image_size: int = 64
+    embedding_dim: int = 128
+    width: int = 32
+    dropout: float = 0.0
+    weights: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in MODEL_NAMES:
+            raise ValueError(f"model name {self.name!r} is not one of {MODEL_NAMES}")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        if self.in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}")
+        if self.image_size < 16:
+            raise ValueError(f"image_size must be >= 16, got {self.image_size}")
+        if self.name == "inception" and self.image_size < 75:
+            raise ValueError(
+                f"InceptionResnetV1 needs images of at least 75 px, got image_size={self.image_size}; "
+                "use --image-size 112 (or 96) with --model inception"
+            )
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    """Map [0, 1] pixels to [-1, 1], the range every backbone here is trained on."""
+    return (x - 0.5) / 0.5
+
+
+def _check_input(x: torch.Tensor, in_channels: int) -> None:
+    if x.ndim != 4 or x.shape[1] != in_channels:
+        raise ValueError(
+            f"expected images of shape (B, {in_channels}, H, W), got {tuple(x.shape)}"
+        )
+
+
+class SmallCNN(nn.Module):
+    """Fast CPU face classifier: four conv stages with GroupNorm (no BatchNorm, so Opacus
+    accepts it and frozen-weight evaluation cannot drift), a 4x4 pooled map, an embedding
+    layer and a linear head."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 32,
+                 embedding_dim: int = 128, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        chans = [width, width * 2, width * 4, width * 8]
+        stages = []
+        prev = in_channels
+        for i, c in enumerate(chans):
+            layers: list[nn.Module] = [
+                nn.Conv2d(prev, c, 3, padding=1, bias=False),
+                nn.GroupNorm(min(8, c), c),
+                nn.ReLU(inplace=True),
+            ]
+            if i < len(chans) - 1:
+                layers.append(nn.MaxPool2d(2))
+            stages.append(nn.Sequential(*layers))
+            prev = c
+        self.stages = nn.ModuleList(stages)
+        # Faces are told apart by where things are, so the embedding reads a 4x4 spatial map
+        # (as the "output layer E" of ArcFace-style FR nets) rather than a global average.
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.embed = nn.Linear(prev * 16, embedding_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(embedding_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        _check_input(x, self.in_channels)
+        h = _normalize(x)
+        hidden = []
+        for stage in self.stages:
+            h = stage(h)
+            hidden.append(h)
+        emb = self.embed(self.pool(h).flatten(1))
+        hidden.append(emb)
+        logits = self.head(self.dropout(F.relu(emb)))
+        return {"embedding": emb, "logits": logits, "hidden": hidden}
+
+
+class ResNet18(nn.Module):
+    """torchvision ResNet-18 trained from scratch (no weights can be downloaded here)."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, dropout: float = 0.0) -> None:
+        super().__init__()
+        from torchvision.models import resnet18
+
+        self.in_channels = in_channels
+        net = resnet18(weights=None, num_classes=num_classes)
+        if in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        self.net = net
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        _check_input(x, self.in_channels)
+        n = self.net
+        h = n.maxpool(n.relu(n.bn1(n.conv1(_normalize(x)))))
+        hidden = []
+        for layer in (n.layer1, n.layer2, n.layer3, n.layer4):
+            h = layer(h)
+            hidden.append(h)
+        emb = torch.flatten(n.avgpool(h), 1)
+        hidden.append(emb)
+        logits = n.fc(self.dropout(emb))
+        return {"embedding": emb, "logits": logits, "hidden": hidden}
+
+
+class InceptionFace(nn.Module):
+    """facenet-pytorch ``InceptionResnetV1(classify=True)`` from scratch or from a user file.
+
+    Its pretrained weights are not in the wheel and cannot be downloaded here: pass
+    ``ModelConfig.weights`` to load a local state dict. Inputs must be >= 75 px.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 3, dropout: float = 0.0) -> None:
+        super().__init__()
+        from facenet_pytorch import InceptionResnetV1
+
+        self.in_channels = in_channels
+        self.net = InceptionResnetV1(pretrained=None, classify=True, num_classes=num_classes,
+                                     dropout_prob=max(dropout, 0.0))
+        if in_channels != 3:
+            conv = self.net.conv2d_1a.conv
+            self.net.conv2d_1a.conv = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size,
+                                                conv.stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        _check_input(x, self.in_channels)
+        if min(x.shape[-2:]) < 75:
+            raise ValueError(f"InceptionResnetV1 needs inputs of at least 75 px, got {tuple(x.shape[-2:])}")
+        n = self.net
+        h = _normalize(x)
+        hidden = []
+        for name in ("conv2d_1a", "conv2d_2a", "conv2d_2b", "maxpool_3a", "conv2d_3b",
+                     "conv2d_4a", "conv2d_4b", "repeat_1", "mixed_6a", "repeat_2",
+                     "mixed_7a", "repeat_3", "block8"):
+            h = getattr(n, name)(h)
+            if name in ("conv2d_4b", "repeat_1", "repeat_2", "block8"):
+                hidden.append(h)
+        h = n.dropout(n.avgpool_1a(h))
+        emb = n.last_bn(n.last_linear(h.flatten(1)))
+        hidden.append(emb)
+        logits = n.logits(emb)
+        return {"embedding": emb, "logits": logits, "hidden": hidden}
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """Build the backbone named by ``config`` (and load its local weights, if given)."""
+    if config.name == "cnn":
+        model: nn.Module = SmallCNN(config.num_classes, config.in_channels, config.width,
+                                    config.embedding_dim, config.dropout)
+    elif config.name == "resnet18":
+        model = ResNet18(config.num_classes, config.in_channels, config.dropout)
+    else:
+        model = InceptionFace(config.num_classes, config.in_channels, config.dropout)
+    if config.weights:
+        load_weights(model, config.weights)
+    return model
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """Load a local state dict into ``model``, tolerating a bare backbone file (keys without
+    the ``net.`` prefix, e.g. facenet-pytorch's VGGFace2 weights) and a head of another size,
+    which is skipped with a warning because it is re-learned on the private identities."""
+    import warnings
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise ValueError(f"weights file {path} does not hold a state dict")
+    own = model.state_dict()
+    if hasattr(model, "net") and not any(k in own for k in state):
+        state = {f"net.{k}": v for k, v in state.items()}
+    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    state = {k: v for k, v in state.items() if k not in skipped}
+    unexpected = [k for k in state if k not in own]
+    matched = len(state) - len(unexpected)
+    if unexpected or matched == 0:
+        raise ValueError(
+            f"weights file {path} does not match this model: {matched} matching, "
+            f"{len(unexpected)} unexpected keys (first: {unexpected[:3]})"
+        )
+    if skipped:
+        warnings.warn(f"{path}: skipped {len(skipped)} tensors of another shape: {skipped[:4]}", stacklevel=2)
+    model.load_state_dict(state, strict=False)

@@ -1,0 +1,315 @@
+"""The face-recognition trainer: a one-batch ``step`` (what the RL environment calls), a
+side-effect-free ``evaluate_batch``, ``fit`` built on ``step``, clean top-1/top-5 evaluation,
+an LR schedule and atomic, resumable checkpoints. It knows nothing of RL or MLflow."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import one_hot, to_float
+from .io import atomic_torch_save
+
+Augment = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""A batch transform ``(images in [0,1], soft targets) -> (images, soft targets)``."""
+Regularizer = Callable[[dict[str, Any], torch.Tensor, torch.Tensor], torch.Tensor]
+"""An extra loss term ``(model outputs, images, soft targets) -> scalar`` (MID, BiDO hook)."""
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Optimization settings.
+
+    Args:
+        epochs: passes over the private training split in ``fit``.
+        batch_size: images per step.
+        lr: peak learning rate.
+        optimizer: ``adam``, ``adamw`` or ``sgd`` (momentum 0.9, nesterov).
+        weight_decay: L2 / decoupled weight decay.
+        schedule: ``cosine`` (to 1% of ``lr``), ``step`` (x0.1 at 50% and 75%) or ``constant``;
+            over ``total_steps`` (set by ``fit`` when unset; constant when neither is known).
+        warmup_steps: linear warm-up steps.
+        hflip: random horizontal flips in ``fit`` (standard for faces; not a privacy defense).
+        grad_clip: clip the gradient norm to this value (``None``: no clipping, norm still reported).
+        seed: seeds the model-independent randomness (shuffling, flips).
+        eval_batch_size: batch size of ``evaluate``.
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    total_steps: int | None = None
+    hflip: bool = True
+    grad_clip: float | None = None
+    seed: int = 0
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "adamw", "sgd"):
+            raise ValueError(f"optimizer must be adam, adamw or sgd, got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "step", "constant"):
+            raise ValueError(f"schedule must be cosine, step or constant, got {self.schedule!r}")
+        if self.lr <= 0 or not math.isfinite(self.lr):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.batch_size < 1 or self.epochs < 0:
+            raise ValueError(f"batch_size must be >= 1 and epochs >= 0, got {self.batch_size}, {self.epochs}")
+
+
+@dataclass
+class StepStats:
+    """What one batch did: mean loss, top-1 accuracy against argmax of the soft targets, and the
+    gradient norm before clipping (``nan`` for ``evaluate_batch``)."""
+
+    loss: float
+    accuracy: float
+    grad_norm: float = float("nan")
+
+
+def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against soft targets (MixUp mixes labels), averaged over the batch."""
+    return -(soft_targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+class Trainer:
+    """Trains ``model`` (any ``recognition.models`` backbone) on soft targets.
+
+    Example:
+        >>> trainer = Trainer(model, TrainerConfig(epochs=5), num_classes=50)
+        >>> stats = trainer.step(images, soft_targets)      # one optimizer step
+        >>> trainer.fit(split.train_images, split.train_labels, split.test_images, split.test_labels)
+        >>> trainer.evaluate(split.test_images, split.test_labels)["top1"]
+    """
+
+    def __init__(self, model: nn.Module, config: TrainerConfig, num_classes: int,
+                 device: str | torch.device = "cpu") -> None:
+        self.config = config
+        self.num_classes = num_classes
+        self.device = torch.device(device)
+        torch.manual_seed(config.seed)
+        self.model = model.to(self.device)
+        self.optimizer = self._make_optimizer()
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.total_steps = config.total_steps
+        self.global_step = 0
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+        self.regularizers: list[Regularizer] = []
+
+    # ------------------------------------------------------------------ optimization
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=c.lr, momentum=0.9, nesterov=True, weight_decay=c.weight_decay)
+        if c.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+
+    def lr_at(self, step: int) -> float:
+        """The scheduled learning rate at ``step``."""
+        c = self.config
+        if c.warmup_steps and step < c.warmup_steps:
+            return c.lr * (step + 1) / c.warmup_steps
+        if not self.total_steps or c.schedule == "constant":
+            return c.lr
+        t = min(1.0, (step - c.warmup_steps) / max(1, self.total_steps - c.warmup_steps))
+        if c.schedule == "cosine":
+            return c.lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t)))
+        return c.lr * (0.1 ** ((t >= 0.5) + (t >= 0.75)))
+
+    def _check_batch(self, images: torch.Tensor, soft_targets: torch.Tensor) -> None:
+        if images.ndim != 4 or not images.is_floating_point():
+            raise ValueError(f"images must be float (B, C, H, W) in [0, 1], got {images.dtype} {tuple(images.shape)}")
+        if soft_targets.shape != (images.shape[0], self.num_classes):
+            raise ValueError(f"soft_targets must have shape ({images.shape[0]}, {self.num_classes}), "
+                             f"got {tuple(soft_targets.shape)}")
+        if not torch.isfinite(images).all():
+            raise ValueError(f"images contain {int((~torch.isfinite(images)).sum())} NaN/inf values")
+        if not torch.isfinite(soft_targets).all():
+            raise ValueError("soft_targets contain NaN/inf values")
+
+    def loss(self, outputs: dict[str, Any], images: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:
+        """Soft cross-entropy plus every registered regularizer."""
+        loss = soft_cross_entropy(outputs["logits"], soft_targets)
+        for reg in self.regularizers:
+            loss = loss + reg(outputs, images, soft_targets)
+        return loss
+
+    def step(self, images: torch.Tensor, soft_targets: torch.Tensor) -> StepStats:
+        """One optimizer step on a batch of float images in [0, 1] with soft targets."""
+        self._check_batch(images, soft_targets)
+        images, soft_targets = images.to(self.device), soft_targets.to(self.device)
+        self.model.train()
+        lr = self.lr_at(self.global_step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        outputs = self.model(images)
+        loss = self.loss(outputs, images, soft_targets)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.global_step} (lr={lr:.3g}); "
+                                     "lower the learning rate or check the inputs")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip or float("inf"))
+        self.optimizer.step()
+        self.global_step += 1
+        acc = (outputs["logits"].argmax(1) == soft_targets.argmax(1)).float().mean()
+        return StepStats(loss.item(), acc.item(), grad_norm.item())
+
+    @torch.no_grad()
+    def evaluate_batch(self, images: torch.Tensor, soft_targets: torch.Tensor) -> StepStats:
+        """Loss and accuracy of a batch in eval mode; parameters, buffers and the train/eval
+        mode are left exactly as they were (the env's policy phase relies on it)."""
+        self._check_batch(images, soft_targets)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            outputs = self.model(images.to(self.device))
+            targets = soft_targets.to(self.device)
+            loss = soft_cross_entropy(outputs["logits"], targets)
+            acc = (outputs["logits"].argmax(1) == targets.argmax(1)).float().mean()
+        finally:
+            self.model.train(was_training)
+        return StepStats(loss.item(), acc.item())
+
+    @torch.no_grad()
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Clean top-1, top-5 and loss on uint8 (or [0, 1] float) images with hard labels."""
+        if len(labels) == 0:
+            raise ValueError("evaluate() got an empty set")
+        was_training = self.model.training
+        self.model.eval()
+        correct1 = correct5 = 0
+        loss_sum = 0.0
+        k = min(5, self.num_classes)
+        try:
+            for i in range(0, len(labels), self.config.eval_batch_size):
+                x = images[i:i + self.config.eval_batch_size]
+                x = to_float(x) if x.dtype == torch.uint8 else x
+                y = labels[i:i + self.config.eval_batch_size].to(self.device)
+                logits = self.model(x.to(self.device))["logits"]
+                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+                topk = logits.topk(k, dim=1).indices
+                correct1 += (topk[:, 0] == y).sum().item()
+                correct5 += (topk == y[:, None]).any(1).sum().item()
+        finally:
+            self.model.train(was_training)
+        n = len(labels)
+        return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss_sum / n}
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self, train_images: torch.Tensor, train_labels: torch.Tensor,
+            test_images: torch.Tensor | None = None, test_labels: torch.Tensor | None = None,
+            augment: Augment | None = None, on_epoch_end: Callable[[dict[str, float]], None] | None = None,
+            checkpoint_path: str | Path | None = None, progress: bool = True) -> list[dict[str, float]]:
+        """Train for ``config.epochs`` epochs (continuing from ``self.epoch`` after a resume).
+
+        Each batch: uint8 -> [0, 1], random flips, ``augment`` (a defense), then ``step``.
+        After each epoch the test split is evaluated, ``on_epoch_end(metrics)`` is called and
+        the checkpoint (if a path is given) is written atomically.
+        """
+        n = len(train_labels)
+        if n == 0:
+            raise ValueError("fit() got an empty training set")
+        bs = self.config.batch_size
+        steps_per_epoch = math.ceil(n / bs)
+        if self.total_steps is None:
+            self.total_steps = steps_per_epoch * self.config.epochs
+        epochs = range(self.epoch, self.config.epochs)
+        bar = tqdm(total=steps_per_epoch * len(epochs), desc="training", unit="batch",
+                   disable=not progress, dynamic_ncols=True)
+        try:
+            for epoch in epochs:
+                order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch))
+                t0 = time.perf_counter()
+                loss_sum = acc_sum = 0.0
+                for i in range(0, n, bs):
+                    idx = order[i:i + bs]
+                    x = to_float(train_images[idx])
+                    y = one_hot(train_labels[idx], self.num_classes)
+                    if self.config.hflip:
+                        flip = torch.rand(len(idx), generator=self.generator) < 0.5
+                        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+                    if augment is not None:
+                        x, y = augment(x, y)
+                    stats = self.step(x, y)
+                    loss_sum += stats.loss * len(idx)
+                    acc_sum += stats.accuracy * len(idx)
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{stats.loss:.3f}", acc=f"{stats.accuracy:.2f}")
+                elapsed = time.perf_counter() - t0
+                self.epoch = epoch + 1
+                metrics = {"epoch": float(self.epoch), "train_loss": loss_sum / n, "train_acc": acc_sum / n,
+                           "lr": self.lr_at(self.global_step - 1), "images_per_s": n / elapsed}
+                if test_images is not None and test_labels is not None:
+                    ev = self.evaluate(test_images, test_labels)
+                    metrics.update({"test_top1": ev["top1"], "test_top5": ev["top5"], "test_loss": ev["loss"]})
+                self.history.append(metrics)
+                if checkpoint_path is not None:
+                    self.save_checkpoint(checkpoint_path)
+                if on_epoch_end is not None:
+                    on_epoch_end(metrics)
+                if progress and "test_top1" in metrics:
+                    bar.write(f"epoch {self.epoch}/{self.config.epochs}: loss {metrics['train_loss']:.3f} "
+                              f"train {metrics['train_acc']:.1%} test top-1 {metrics['test_top1']:.1%} "
+                              f"({metrics['images_per_s']:.0f} img/s)")
+        finally:
+            bar.close()
+        return self.history
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: weights, optimizer, counters, RNG states, history."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "global_step": self.global_step, "epoch": self.epoch, "total_steps": self.total_steps,
+                "num_classes": self.num_classes, "config": asdict(self.config), "history": self.history,
+                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("num_classes") != self.num_classes:
+            raise ValueError(f"checkpoint has {state.get('num_classes')} classes, this trainer {self.num_classes}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.global_step = int(state["global_step"])
+        self.epoch = int(state["epoch"])
+        self.total_steps = state["total_steps"]
+        self.history = list(state["history"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write a resumable checkpoint atomically (temporary file, then rename)."""
+        state = self.state_dict()
+        if extra:
+            state["extra"] = extra
+        return atomic_torch_save(state, path)
+
+    def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
+        """Resume from ``path``; returns the checkpoint's ``extra`` dict."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as err:
+            raise ValueError(f"checkpoint {path} is damaged or not a veil checkpoint: {err}") from err
+        self.load_state_dict(state)
+        return state.get("extra", {})
+
