@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -113,17 +112,6 @@ def samples_per_identity(images: torch.Tensor, labels: torch.Tensor, n_ids: int 
     return torch.cat(rows)
 
 
-class LogitsModel(nn.Module):
-    """Serving wrapper: ``[0, 1]`` images -> logits (MLflow models want one tensor out)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)["logits"]
-
-
 def log_fr_model(model: nn.Module, example: torch.Tensor, name: str = "model") -> None:
     """Log the FR model as an MLflow PyTorch model with an input example and signature.
 
@@ -134,8 +122,9 @@ def log_fr_model(model: nn.Module, example: torch.Tensor, name: str = "model") -
     from mlflow.models import infer_signature
 
     import recognition
+    from recognition.models import LogitsOnly
 
-    wrapped = LogitsModel(model).eval()
+    wrapped = LogitsOnly(model).eval()
     with torch.no_grad():
         out = wrapped(example)
     signature = infer_signature(example.numpy(), out.numpy())
@@ -143,13 +132,9 @@ def log_fr_model(model: nn.Module, example: torch.Tensor, name: str = "model") -
     mlflow.pytorch.log_model(
         wrapped, name=name, input_example=example.numpy(), signature=signature,
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={tv}"],
-        code_paths=[str(Path(recognition.__file__).parent), str(Path(__file__))],
+        code_paths=[str(Path(recognition.__file__).parent)],
     )
 
 
 def log_file(path: str | Path, artifact_path: str | None = None) -> None:
     mlflow.log_artifact(str(path), artifact_path)
-
-
-def temp_dir() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="veil-")

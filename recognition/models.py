@@ -181,6 +181,17 @@ class InceptionFace(nn.Module):
         return {"embedding": emb, "logits": logits, "hidden": hidden}
 
 
+class LogitsOnly(nn.Module):
+    """Serving wrapper: ``[0, 1]`` images -> logits (MLflow models want one tensor out)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["logits"]
+
+
 def build_model(config: ModelConfig) -> nn.Module:
     """Build the backbone named by ``config`` (and load its local weights, if given)."""
     if config.name == "cnn":

@@ -1,0 +1,181 @@
+"""Face data: loaders, bad input, cache and the private/public split."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from recognition.data import (DataConfig, DataError, SplitConfig, _folder_entries, load_faces, split_identities)
+
+
+def _write_face(path: Path, value: int, size: tuple[int, int] = (40, 50), mode: str = "RGB") -> None:
+    rng = np.random.default_rng(value)
+    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+    arr = np.clip(rng.normal(value, 20, shape), 0, 255).astype(np.uint8)
+    Image.fromarray(arr, mode).save(path)
+
+
+@pytest.fixture
+def folder_set(tmp_path: Path) -> Path:
+    """4 identities x 5 images of mixed sizes and modes, and a stray top-level file."""
+    root = tmp_path / "faces"
+    for i in range(4):
+        d = root / f"person_{i}"
+        d.mkdir(parents=True)
+        for j in range(5):
+            _write_face(d / f"{j}.png", 40 * i + j, size=(30 + 10 * j, 60), mode="L" if i == 0 else "RGB")
+    (root / "README.txt").write_text("not an identity")
+    return root
+
+
+def test_folder_loader_resizes_every_image_to_the_configured_square(folder_set: Path) -> None:
+    data = load_faces(DataConfig(source=str(folder_set), image_size=24))
+    assert data.images.shape == (20, 3, 24, 24)
+    assert data.images.dtype == torch.uint8
+    assert data.names == [f"person_{i}" for i in range(4)]
+    assert data.labels.tolist() == [i for i in range(4) for _ in range(5)]
+    assert all(Path(p).parent.name == data.names[l] for p, l in zip(data.paths, data.labels.tolist()))
+
+
+def test_empty_identity_folder_is_skipped_with_a_warning(folder_set: Path) -> None:
+    (folder_set / "empty_person").mkdir()
+    with pytest.warns(UserWarning, match="empty_person"):
+        data = load_faces(DataConfig(source=str(folder_set), image_size=16))
+    assert "empty_person" not in data.names and data.num_identities == 4
+
+
+def test_grey_image_becomes_three_equal_channels(folder_set: Path) -> None:
+    data = load_faces(DataConfig(source=str(folder_set), image_size=16))
+    grey = data.images[data.labels == 0]
+    assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 1], grey[:, 2])
+
+
+def test_one_channel_option_gives_grey_images(folder_set: Path) -> None:
+    data = load_faces(DataConfig(source=str(folder_set), image_size=16, channels=1))
+    assert data.images.shape == (20, 1, 16, 16)
+
+
+def test_corrupt_image_is_skipped_with_a_warning_naming_it(folder_set: Path) -> None:
+    bad = folder_set / "person_1" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 this is not a jpeg")
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        data = load_faces(DataConfig(source=str(folder_set), image_size=16))
+    assert len(data) == 20
+    assert not any("broken" in p for p in data.paths)
+
+
+def test_corrupt_image_is_an_error_in_strict_mode(folder_set: Path) -> None:
+    (folder_set / "person_2" / "broken.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="broken.png"):
+        load_faces(DataConfig(source=str(folder_set), image_size=16, strict=True))
+
+
+def test_path_without_identities_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "stray.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match="no identities"):
+        load_faces(DataConfig(source=str(tmp_path)))
+
+
+def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        load_faces(DataConfig(source=str(tmp_path / "nowhere")))
+
+
+def test_second_load_comes_from_the_cache(folder_set: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = DataConfig(source=str(folder_set), image_size=16)
+    first = load_faces(cfg)
+    assert len(list((tmp_path / "cache").glob("faces-*.pt"))) == 1
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("images were decoded again instead of read from the cache")
+
+    monkeypatch.setattr("recognition.data._read_images", no_decoding)
+    second = load_faces(cfg)
+    assert torch.equal(first.images, second.images) and first.names == second.names
+
+
+def test_changed_file_invalidates_the_cache(folder_set: Path) -> None:
+    cfg = DataConfig(source=str(folder_set), image_size=16)
+    first = load_faces(cfg)
+    _write_face(folder_set / "person_3" / "0.png", 250)
+    second = load_faces(cfg)
+    assert not torch.equal(first.images, second.images)
+
+
+def test_celeba_identity_file_layout(tmp_path: Path) -> None:
+    img_dir = tmp_path / "img_align_celeba"
+    img_dir.mkdir()
+    lines = []
+    for k in range(9):
+        _write_face(img_dir / f"{k:06d}.jpg", 20 * k, size=(44, 54))
+        lines.append(f"{k:06d}.jpg {k % 3 + 10}")
+    (tmp_path / "identity_CelebA.txt").write_text("\n".join(lines) + "\n")
+    data = load_faces(DataConfig(source=str(tmp_path), image_size=20))
+    assert data.names == ["10", "11", "12"]
+    assert data.images.shape == (9, 3, 20, 20)
+    assert np.bincount(data.labels.numpy()).tolist() == [3, 3, 3]
+
+
+def test_split_is_deterministic_and_identity_disjoint(folder_set: Path) -> None:
+    data = load_faces(DataConfig(source=str(folder_set), image_size=16))
+    a = split_identities(data, SplitConfig(n_private=2, test_fraction=0.4, seed=3))
+    b = split_identities(data, SplitConfig(n_private=2, test_fraction=0.4, seed=3))
+    assert a.private_names == b.private_names and torch.equal(a.train_index, b.train_index)
+    assert set(a.private_names).isdisjoint(a.public_names)
+    assert len(a.private_names) + len(a.public_names) == 4
+    assert set(a.train_index.tolist()).isdisjoint(a.test_index.tolist())
+    assert len(a.train_labels) == 6 and len(a.test_labels) == 4  # 5 images -> 3 train / 2 test each
+    assert sorted(a.train_labels.unique().tolist()) == [0, 1]
+    c = split_identities(data, SplitConfig(n_private=2, seed=4))
+    assert c.private_names != a.private_names or not torch.equal(c.test_index, a.test_index)
+
+
+def test_split_keeps_images_with_their_identity(folder_set: Path) -> None:
+    data = load_faces(DataConfig(source=str(folder_set), image_size=16))
+    s = split_identities(data, SplitConfig(n_private=2))
+    for img, lab in zip(s.test_images, s.test_labels):
+        src = (data.images == img).flatten(1).all(1).nonzero().flatten()
+        assert data.names[data.labels[src[0]]] == s.private_names[lab]
+
+
+def test_att_faces_load_as_40_identities_of_10(att_root: Path) -> None:
+    data = load_faces(DataConfig(source="att", image_size=64))
+    assert data.images.shape == (400, 3, 64, 64)
+    assert data.num_identities == 40
+    assert np.bincount(data.labels.numpy()).tolist() == [10] * 40
+    split = split_identities(data, SplitConfig(n_private=20))
+    assert (len(split.train_labels), len(split.test_labels)) == (140, 60)
+
+
+def test_cfp_lists_300_identities_with_10_frontal_images(cfp_root: Path) -> None:
+    entries = _folder_entries(cfp_root, pose="frontal")
+    assert len(entries) == 300
+    assert all(len(f) == 10 and all(x.name.startswith("frontal") for x in f) for f in entries.values())
+    profiles = _folder_entries(cfp_root, pose="profile")
+    assert all(len(f) == 4 for f in profiles.values())
+
+
+def test_cfp_images_load_as_rgb_squares(cfp_root: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = load_faces(DataConfig(source="cfp", image_size=48, max_identities=6))
+    assert data.images.shape == (60, 3, 48, 48)
+    assert data.images.float().std() > 10  # real pictures, not blank squares
+
+
+def test_mtcnn_alignment_gives_aligned_squares(cfp_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "two"
+    for ident in sorted(p.name for p in cfp_root.iterdir() if p.is_dir())[:2]:
+        (root / ident).mkdir(parents=True)
+        for f in sorted((cfp_root / ident).glob("frontal_0[12].jpg")):
+            (root / ident / f.name).symlink_to(f)
+    data = load_faces(DataConfig(source=str(root), image_size=64, align=True))
+    assert data.images.shape == (4, 3, 64, 64)
+    plain = load_faces(DataConfig(source=str(root), image_size=64))
+    assert not torch.equal(data.images, plain.images)
