@@ -41,6 +41,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="share of each private identity's images held out for testing (default: 0.3 = 7/3 of 10)")
     g.add_argument("--split-seed", type=int, default=0, help="seed of the identity and train/test split (default: 0)")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the preprocessed-data cache")
+    g.add_argument("--synthetic-identities", type=int, default=100,
+                   help="synthetic data: number of identities (default: 100)")
+    g.add_argument("--synthetic-images", type=int, default=30,
+                   help="synthetic data: images per identity (default: 30)")
 
 
 def _add_tracking_args(p: argparse.ArgumentParser) -> None:
@@ -75,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default: 0)")
     g.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine",
                    help="learning-rate schedule over the run (default: cosine)")
+    g.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps (default: 0)")
     g.add_argument("--no-hflip", action="store_true", help="disable random horizontal flips")
     g.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
@@ -106,7 +111,8 @@ def cmd_train_fr(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     data_cfg = DataConfig(source=args.data, image_size=args.image_size, channels=args.channels, align=args.align,
                           strict=args.strict, pose=args.pose, max_identities=args.max_identities,
-                          data_root=args.data_root, use_cache=not args.no_cache)
+                          data_root=args.data_root, use_cache=not args.no_cache,
+                          synthetic_identities=args.synthetic_identities, synthetic_images=args.synthetic_images)
     split_cfg = SplitConfig(n_private=args.n_private, test_fraction=args.test_fraction, seed=args.split_seed)
     t0 = time.perf_counter()
     data = load_faces(data_cfg)
@@ -120,6 +126,7 @@ def cmd_train_fr(args: argparse.Namespace) -> int:
                             image_size=args.image_size, weights=args.weights)
     train_cfg = TrainerConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                               weight_decay=args.weight_decay, schedule=args.schedule, hflip=not args.no_hflip,
+                              warmup_steps=args.warmup_steps,
                               seed=args.seed)
     trainer = Trainer(build_model(model_cfg), train_cfg, num_classes=split.num_private)
     run_id = None

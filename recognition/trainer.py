@@ -233,7 +233,7 @@ class Trainer:
             self.total_steps = steps_per_epoch * self.config.epochs
         epochs = range(self.epoch, self.config.epochs)
         bar = tqdm(total=steps_per_epoch * len(epochs), desc="training", unit="batch",
-                   disable=not progress, dynamic_ncols=True)
+                   disable=None if progress else True, dynamic_ncols=True)
         try:
             for epoch in epochs:
                 order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch))

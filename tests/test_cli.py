@@ -1,0 +1,106 @@
+"""The `veil` CLI end to end on tiny configs: what lands in the MLflow run, resume, failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from agents import tracking
+from agents.cli import build_parser, main
+
+TINY = ["--data", "synthetic", "--synthetic-identities", "8", "--synthetic-images", "6", "--image-size", "32",
+        "--batch-size", "16", "--threads", "2"]
+
+
+def _runs() -> list:
+    mlflow.set_tracking_uri(tracking.default_tracking_uri())
+    exp = mlflow.get_experiment_by_name("veil")
+    return MlflowClient().search_runs([exp.experiment_id]) if exp else []
+
+
+def _artifacts(run_id: str, path: str = "") -> set[str]:
+    out = set()
+    for item in MlflowClient().list_artifacts(run_id, path):
+        out |= _artifacts(run_id, item.path) if item.is_dir else {item.path}
+    return out
+
+
+def test_train_fr_logs_params_metrics_artifacts_and_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["train-fr", *TINY, "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "veil ui" in out and "private test top-1" in out
+    (run,) = _runs()
+    assert run.info.status == "FINISHED"
+    p = run.data.params
+    assert p["model.name"] == "cnn" and p["split.n_private_identities"] == "4"
+    assert p["split.n_private_train"] == "16" and p["split.n_private_test"] == "8"  # 6 images -> 4 / 2
+    history = MlflowClient().get_metric_history(run.info.run_id, "test_top1")
+    assert [m.step for m in history] == [1, 2]
+    assert 0.0 <= run.data.metrics["final_test_top1"] <= 1.0
+    arts = _artifacts(run.info.run_id)
+    assert {"split.json", "samples/private_train.png", "samples/public.png"} <= arts
+    assert any(a.startswith("checkpoint/") for a in arts)
+    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    assert len(models) == 1 and models[0].source_run_id == run.info.run_id
+    served = mlflow.pytorch.load_model(models[0].model_uri)
+    assert served(torch.rand(2, 3, 32, 32)).shape == (2, 4)
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
+
+
+def test_resume_continues_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "ck.pt"
+    assert main(["train-fr", *TINY, "--epochs", "1", "--checkpoint", str(ckpt)]) == 0
+    assert main(["train-fr", *TINY, "--epochs", "2", "--resume", str(ckpt)]) == 0
+    (run,) = _runs()
+    steps = [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "test_top1")]
+    assert steps == [1, 2]
+
+
+def test_failure_inside_training_marks_the_run_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    def diverge(self: object, images: torch.Tensor, targets: torch.Tensor) -> None:
+        raise FloatingPointError("non-finite loss nan at step 0")
+
+    monkeypatch.setattr("recognition.trainer.Trainer.step", diverge)
+    assert main(["train-fr", *TINY, "--epochs", "1"]) == 2
+    assert "non-finite loss" in capsys.readouterr().err
+    (run,) = _runs()
+    assert run.info.status == "FAILED"
+
+
+def test_data_path_without_identities_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    assert main(["train-fr", "--data", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "no identities found" in err and str(tmp_path / "empty") in err
+
+
+def test_help_explains_every_option() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    for name in ("train-fr", "ui"):
+        for action in sub[name]._actions:
+            if action.dest != "help":
+                assert action.help, f"{name} option {action.option_strings} has no help"
+
+
+def test_ui_serves_veils_store_on_localhost(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    monkeypatch.setattr("subprocess.call", lambda cmd, env: calls.append((cmd, env)) or 0)
+    assert main(["ui", "--port", "5077"]) == 0
+    cmd, env = calls[0]
+    assert cmd[cmd.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--workers") + 1] == "1"
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
