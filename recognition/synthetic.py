@@ -57,7 +57,7 @@ _FRAME_PALETTE = ((0.05, 0.05, 0.05), (0.45, 0.25, 0.10), (0.60, 0.60, 0.65), (0
 _SKIN_LIGHT = (0.96, 0.80, 0.68)
 _SKIN_DARK = (0.42, 0.27, 0.18)
 
-_NUISANCE_SCALE = 1.0    # calibration: difficulty=1.0 means this much of the nuisance ranges below
+_NUISANCE_SCALE = 0.3    # calibration: difficulty=1.0 means this much of the nuisance ranges below
 _NOISE_BANK = 8          # pre-drawn noise fields; each image picks one and a cyclic shift
 _EDGE_PX = 1.2           # soft-mask edge width in pixels (anti-aliasing)
 _CHUNK_PIXELS = 1 << 17  # pixels per plane rendered at once at most: keeps the working set in cache

@@ -1,0 +1,135 @@
+"""One parameter space for every augmentation veil can apply, and the table that maps an
+agent's action in [-1, 1]^7 to it and back.
+
+| dim | parameter | decoding of a in [-1, 1] |
+|---|---|---|
+| 0 | ``k``, images mixed | round(1 + (a+1)/2 * (k_max-1)), k_max = 6 by default |
+| 1 | ``alpha``, Dirichlet concentration | exp(a * ln 5), i.e. 0.2 .. 5 |
+| 2 | ``radius``, band radius as a fraction of Nyquist | (a+1)/2 |
+| 3 | ``high_band``, band side | a < 0: the low band is mixed; a >= 0: the high band |
+| 4 | ``erase_p``, erase probability | (a+1)/2 |
+| 5 | ``erase_area``, upper bound s_hi of the erased area fraction (s_lo = s_hi/4) | 0.02 + (a+1)/2 * 0.48 |
+| 6 | ``erase_aspect``, rho: aspect ratios r in [1/rho, rho] | exp((a+1)/2 * ln 3.3) |
+
+The transform (Fourier complex / amplitude / phase, or block DCT) and ``k_max`` are
+configuration, not actions. Bounds keep the adversary from winning by wiping the image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+ACTION_DIM = 7
+ALPHA_MAX = 5.0
+AREA_MIN, AREA_SPAN = 0.02, 0.48
+ASPECT_MAX = 3.3
+
+ACTION_TABLE: tuple[tuple[str, str], ...] = (
+    ("k", "round(1 + (a+1)/2 * (k_max-1))"),
+    ("alpha", "exp(a * ln 5)"),
+    ("radius", "(a+1)/2"),
+    ("high_band", "a >= 0"),
+    ("erase_p", "(a+1)/2"),
+    ("erase_area", "0.02 + (a+1)/2 * 0.48"),
+    ("erase_aspect", "exp((a+1)/2 * ln 3.3)"),
+)
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Every augmentation parameter, with its bounds.
+
+    Args:
+        k: images mixed per sample, 1..k_max (1 = no MixUp).
+        alpha: Dirichlet concentration of the mixing weights, 0.2..5.
+        radius: band radius as a fraction of Nyquist, 0..1 (a policy learned at 64 px carries to 112 px).
+        high_band: mix the high band (radius < r) instead of the low band (r <= radius).
+        erase_p: probability that a sample gets one erased rectangle, 0..1.
+        erase_area: upper bound of the erased area fraction, 0.02..0.5 (lower bound = area/4).
+        erase_aspect: rho >= 1; aspect ratios are drawn log-uniformly in [1/rho, rho].
+    """
+
+    k: int = 1
+    alpha: float = 1.0
+    radius: float = 0.5
+    high_band: bool = False
+    erase_p: float = 0.0
+    erase_area: float = 0.4
+    erase_aspect: float = 1.0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.k >= 1, f"k must be >= 1, got {self.k}"),
+            (0.2 - 1e-9 <= self.alpha <= ALPHA_MAX + 1e-9, f"alpha must be in [0.2, 5], got {self.alpha}"),
+            (0.0 <= self.radius <= 1.0, f"radius must be in [0, 1], got {self.radius}"),
+            (0.0 <= self.erase_p <= 1.0, f"erase_p must be in [0, 1], got {self.erase_p}"),
+            (AREA_MIN - 1e-9 <= self.erase_area <= AREA_MIN + AREA_SPAN + 1e-9,
+             f"erase_area must be in [0.02, 0.5], got {self.erase_area}"),
+            (1.0 - 1e-9 <= self.erase_aspect <= ASPECT_MAX + 1e-9,
+             f"erase_aspect must be in [1, 3.3], got {self.erase_aspect}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+    @property
+    def erase_scale(self) -> tuple[float, float]:
+        """Erased area fraction range (s_lo, s_hi) = (area/4, area)."""
+        return (self.erase_area / 4.0, self.erase_area)
+
+    @property
+    def erase_ratio(self) -> tuple[float, float]:
+        """Aspect ratio range (1/rho, rho)."""
+        return (1.0 / self.erase_aspect, self.erase_aspect)
+
+
+def _unit(a: float) -> float:
+    return (min(1.0, max(-1.0, float(a))) + 1.0) / 2.0
+
+
+def decode(action: np.ndarray | list[float], k_max: int = 6) -> AugmentParams:
+    """Map an action in [-1, 1]^7 (clipped) to parameters, by the table in this module."""
+    a = np.asarray(action, dtype=np.float64).reshape(-1)
+    if a.shape != (ACTION_DIM,):
+        raise ValueError(f"action must have {ACTION_DIM} entries, got shape {np.shape(action)}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"action contains NaN/inf: {a.tolist()}")
+    if k_max < 1:
+        raise ValueError(f"k_max must be >= 1, got {k_max}")
+    return AugmentParams(
+        k=int(round(1 + _unit(a[0]) * (k_max - 1))),
+        alpha=math.exp(min(1.0, max(-1.0, a[1])) * math.log(ALPHA_MAX)),
+        radius=_unit(a[2]),
+        high_band=bool(a[3] >= 0.0),
+        erase_p=_unit(a[4]),
+        erase_area=AREA_MIN + _unit(a[5]) * AREA_SPAN,
+        erase_aspect=math.exp(_unit(a[6]) * math.log(ASPECT_MAX)),
+    )
+
+
+def encode(params: AugmentParams, k_max: int = 6) -> np.ndarray:
+    """The action that decodes to ``params`` (the inverse of ``decode``; ``high_band`` maps
+    to +-0.5, ``k`` to the centre of its bin)."""
+    def inv_unit(u: float) -> float:
+        return 2.0 * u - 1.0
+
+    k_unit = 0.0 if k_max == 1 else (min(params.k, k_max) - 1) / (k_max - 1)
+    return np.array([
+        inv_unit(k_unit),
+        math.log(params.alpha) / math.log(ALPHA_MAX),
+        inv_unit(params.radius),
+        0.5 if params.high_band else -0.5,
+        inv_unit(params.erase_p),
+        inv_unit((params.erase_area - AREA_MIN) / AREA_SPAN),
+        inv_unit(math.log(params.erase_aspect) / math.log(ASPECT_MAX)),
+    ], dtype=np.float32)
+
+
+def markdown_table(k_max: int = 6) -> str:
+    """The action table as Markdown, for docs and MLflow."""
+    rows = ["| dim | parameter | decoding of a in [-1, 1] |", "|---|---|---|"]
+    rows += [f"| {i} | `{name}` | {rule.replace('k_max', str(k_max))} |" for i, (name, rule) in enumerate(ACTION_TABLE)]
+    return "\n".join(rows)

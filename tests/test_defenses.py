@@ -1,0 +1,249 @@
+"""Defenses: the action table, batched random erasing (with torchvision parity) and frequency MixUp."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from defenses.erasing import EraseConfig, apply_erasing, random_erasing, sample_erasing
+from defenses.mixup import MODES, MixConfig, apply_mixup, radial_frequency, sample_mixup
+from defenses.params import ACTION_DIM, AugmentParams, decode, encode
+
+
+def _batch(b: int = 16, classes: int = 5, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(b, 3, size, size, generator=g)
+    y = torch.nn.functional.one_hot(torch.arange(b) % classes, classes).float()
+    return x, y
+
+
+# ----------------------------------------------------------------------------- action table
+
+def test_action_extremes_decode_to_the_documented_bounds() -> None:
+    lo, hi = decode(-np.ones(ACTION_DIM)), decode(np.ones(ACTION_DIM))
+    assert (lo.k, hi.k) == (1, 6)
+    assert lo.alpha == pytest.approx(0.2) and hi.alpha == pytest.approx(5.0)
+    assert (lo.radius, hi.radius) == (0.0, 1.0)
+    assert (lo.high_band, hi.high_band) == (False, True)
+    assert (lo.erase_p, hi.erase_p) == (0.0, 1.0)
+    assert lo.erase_area == pytest.approx(0.02) and hi.erase_area == pytest.approx(0.5)
+    assert lo.erase_aspect == pytest.approx(1.0) and hi.erase_aspect == pytest.approx(3.3)
+    assert hi.erase_scale == pytest.approx((0.125, 0.5))
+
+
+def test_encode_inverts_decode() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        p = decode(rng.uniform(-1, 1, ACTION_DIM))
+        q = decode(encode(p))
+        assert q.k == p.k and q.high_band == p.high_band
+        for name in ("alpha", "radius", "erase_p", "erase_area", "erase_aspect"):
+            assert getattr(q, name) == pytest.approx(getattr(p, name), rel=1e-5, abs=1e-6)
+
+
+def test_out_of_range_actions_are_clipped_and_nan_rejected() -> None:
+    assert decode(np.full(ACTION_DIM, 7.0)) == decode(np.ones(ACTION_DIM))
+    with pytest.raises(ValueError, match="NaN"):
+        decode(np.full(ACTION_DIM, np.nan))
+    with pytest.raises(ValueError, match="7 entries"):
+        decode(np.zeros(3))
+
+
+def test_params_validate_their_bounds() -> None:
+    with pytest.raises(ValueError, match="erase_p"):
+        AugmentParams(erase_p=1.5)
+
+
+# ----------------------------------------------------------------------------- erasing
+
+def test_erasing_keeps_shape_dtype_and_leaves_the_input_alone() -> None:
+    x, _ = _batch()
+    before = x.clone()
+    out = random_erasing(x, EraseConfig(p=1.0), torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert torch.equal(x, before) and not torch.equal(out, x)
+
+
+def test_erasing_with_p_zero_is_the_identity() -> None:
+    x, _ = _batch()
+    assert torch.equal(random_erasing(x, EraseConfig(p=0.0)), x)
+
+
+def test_erased_pixels_are_exactly_the_boxes_and_filled_with_the_value() -> None:
+    x, _ = _batch()
+    rec = sample_erasing(x.shape, EraseConfig(p=1.0, value=0.25), torch.Generator().manual_seed(1))
+    out = apply_erasing(x, rec)
+    for i in range(len(x)):
+        t, l, h, w = rec.boxes[i].tolist()
+        assert torch.all(out[i, :, t:t + h, l:l + w] == 0.25)
+        assert int((out[i, 0] != x[i, 0]).sum()) == h * w
+
+
+def test_rectangles_differ_across_samples() -> None:
+    x, _ = _batch(b=64)
+    rec = sample_erasing(x.shape, EraseConfig(p=1.0, scale=(0.02, 0.33), ratio=(0.3, 3.3)),
+                         torch.Generator().manual_seed(2))
+    assert len({tuple(b) for b in rec.boxes.tolist()}) > 60
+    # positions are not correlated across samples
+    top = rec.boxes[:, 0].float()
+    assert abs(np.corrcoef(top[:-1], top[1:])[0, 1]) < 0.3
+
+
+def test_replaying_a_record_gives_identical_output_even_with_random_fill() -> None:
+    x, _ = _batch()
+    rec = sample_erasing(x.shape, EraseConfig(p=1.0, value="random"), torch.Generator().manual_seed(3))
+    assert torch.equal(apply_erasing(x, rec), apply_erasing(x, rec))
+
+
+def test_same_seed_same_boxes() -> None:
+    cfg = EraseConfig(p=0.5)
+    a = sample_erasing((32, 3, 32, 32), cfg, torch.Generator().manual_seed(4))
+    b = sample_erasing((32, 3, 32, 32), cfg, torch.Generator().manual_seed(4))
+    assert torch.equal(a.boxes, b.boxes) and torch.equal(a.erased, b.erased)
+
+
+def test_mean_fill_is_the_batch_channel_mean() -> None:
+    x, _ = _batch()
+    rec = sample_erasing(x.shape, EraseConfig(p=1.0, value="mean"), torch.Generator().manual_seed(5))
+    out = apply_erasing(x, rec)
+    t, l, h, w = rec.boxes[0].tolist()
+    assert torch.allclose(out[0, :, t, l], x.mean(dim=(0, 2, 3)))
+
+
+def test_bad_erase_config_names_the_value() -> None:
+    with pytest.raises(ValueError, match="1.5"):
+        EraseConfig(p=1.5)
+    with pytest.raises(ValueError, match="blue"):
+        EraseConfig(value="blue")
+
+
+def _boxes_from_torchvision(n: int, size: tuple[int, int], scale: tuple[float, float],
+                            ratio: tuple[float, float]) -> np.ndarray:
+    torch.manual_seed(0)
+    t = v2.RandomErasing(p=1.0, scale=scale, ratio=ratio, value=0)
+    img = torch.ones(1, *size)
+    out = []
+    for _ in range(n):
+        params = t.make_params([img])
+        i, j, h, w = params["i"], params["j"], params["h"], params["w"]
+        out.append((i, j, h, w) if params["v"] is not None else (0, 0, 0, 0))
+    return np.array(out, dtype=np.float64)
+
+
+@pytest.mark.parametrize("scale,ratio", [((0.02, 0.33), (0.3, 3.3)), ((0.1, 0.8), (1.0, 1.0))])
+def test_box_distribution_matches_torchvision_random_erasing(scale: tuple[float, float],
+                                                             ratio: tuple[float, float]) -> None:
+    """Per-image torchvision draws vs our batched draws: same mean and spread of area, aspect,
+    position, and the same share of 'nothing fits' (erased nothing)."""
+    n, size = 4000, (40, 48)
+    ref = _boxes_from_torchvision(n, size, scale, ratio)
+    rec = sample_erasing((n, 1, *size), EraseConfig(p=1.0, scale=scale, ratio=ratio),
+                         torch.Generator().manual_seed(7))
+    ours = rec.boxes.double().numpy()
+
+    def stats(b: np.ndarray) -> dict[str, tuple[float, float]]:
+        ok = b[:, 2] > 0
+        area = b[ok, 2] * b[ok, 3] / (size[0] * size[1])
+        log_aspect = np.log(b[ok, 2] / b[ok, 3])
+        centre_y = (b[ok, 0] + b[ok, 2] / 2) / size[0]
+        centre_x = (b[ok, 1] + b[ok, 3] / 2) / size[1]
+        return {"area": (area.mean(), area.std()), "aspect": (log_aspect.mean(), log_aspect.std()),
+                "cy": (centre_y.mean(), centre_y.std()), "cx": (centre_x.mean(), centre_x.std()),
+                "erased": (ok.mean(), 0.0)}
+
+    a, b = stats(ref), stats(ours)
+    for key in a:
+        for k in range(2):
+            # 4000 draws: standard errors are about 1.6% of the spread; allow 4 of them
+            tol = 0.07 * max(a[key][1], 1e-3) + 0.01
+            assert abs(a[key][k] - b[key][k]) < tol, (key, k, a[key], b[key])
+
+
+# ----------------------------------------------------------------------------- frequency MixUp
+
+@pytest.mark.parametrize("mode", MODES)
+def test_mixup_keeps_shapes_and_targets_sum_to_one(mode: str) -> None:
+    x, y = _batch()
+    rec = sample_mixup(len(x), MixConfig(k=3, band=(0.0, 0.5), mode=mode), torch.Generator().manual_seed(0))
+    out, t = apply_mixup(x, y, rec)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert t.shape == y.shape and torch.allclose(t.sum(1), torch.ones(len(x)), atol=1e-5)
+    assert (t >= 0).all() and not torch.equal(out, x)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_k_one_is_exactly_the_identity(mode: str) -> None:
+    x, y = _batch()
+    out, t = apply_mixup(x, y, sample_mixup(len(x), MixConfig(k=1, mode=mode)))
+    assert torch.equal(out, x) and torch.equal(t, y)
+
+
+def test_an_empty_band_is_exactly_the_identity() -> None:
+    x, y = _batch()
+    out, t = apply_mixup(x, y, sample_mixup(len(x), MixConfig(k=4, band=(1.5, 2.0))))
+    assert torch.equal(out, x) and torch.equal(t, y)
+
+
+@pytest.mark.parametrize("mode", ["complex", "dct"])
+def test_full_band_complex_mix_is_pixel_space_mixup(mode: str) -> None:
+    x, y = _batch()
+    rec = sample_mixup(len(x), MixConfig(k=3, band=(0.0, math.inf), mode=mode), torch.Generator().manual_seed(1))
+    out, t = apply_mixup(x, y, rec)
+    w = rec.weights
+    assert torch.allclose(out, (w[:, :, None, None, None] * x[rec.perm]).sum(1), atol=1e-5)
+    assert torch.allclose(t, (w[:, :, None] * y[rec.perm]).sum(1), atol=1e-6)
+
+
+def test_first_partner_is_the_sample_itself_and_weights_are_dirichlet() -> None:
+    rec = sample_mixup(32, MixConfig(k=4, alpha=0.5), torch.Generator().manual_seed(2))
+    assert torch.equal(rec.perm[:, 0], torch.arange(32))
+    assert torch.allclose(rec.weights.sum(1), torch.ones(32)) and (rec.weights >= 0).all()
+
+
+def test_high_band_mix_leaves_the_low_frequencies_alone() -> None:
+    x, y = _batch()
+    rec = sample_mixup(len(x), MixConfig.high(0.5, k=3), torch.Generator().manual_seed(3))
+    out, _ = apply_mixup(x, y, rec)
+    low = radial_frequency(32, 32) < 0.5
+    assert torch.allclose(torch.fft.rfft2(out)[..., low], torch.fft.rfft2(x)[..., low], atol=1e-3)
+    assert not torch.allclose(torch.fft.rfft2(out)[..., ~low], torch.fft.rfft2(x)[..., ~low], atol=1e-3)
+
+
+def test_label_share_is_the_energy_share_of_the_band() -> None:
+    """Low band holds most of a natural image's energy, so low-band mixing moves labels more."""
+    x, y = _batch()
+    x = torch.nn.functional.avg_pool2d(x, 5, 1, 2)  # smooth, image-like spectrum
+    low_t = apply_mixup(x, y, sample_mixup(len(x), MixConfig.low(0.3, k=2), torch.Generator().manual_seed(4)))[1]
+    high_t = apply_mixup(x, y, sample_mixup(len(x), MixConfig.high(0.3, k=2), torch.Generator().manual_seed(4)))[1]
+    own = torch.arange(len(x)) % 5
+    assert low_t[torch.arange(len(x)), own].mean() < high_t[torch.arange(len(x)), own].mean()
+
+
+def test_replay_gives_identical_output() -> None:
+    x, y = _batch()
+    rec = sample_mixup(len(x), MixConfig(k=3, mode="phase"), torch.Generator().manual_seed(5))
+    a, b = apply_mixup(x, y, rec), apply_mixup(x, y, rec)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_dct_drop_dc_removes_each_blocks_mean() -> None:
+    x, y = _batch()
+    out, t = apply_mixup(x, y, sample_mixup(len(x), MixConfig(k=1, mode="dct", drop_dc=True)))
+    blocks = out.reshape(16, 3, 4, 8, 4, 8)
+    assert blocks.mean(dim=(3, 5)).abs().max() < 1e-5
+    assert torch.equal(t, y)
+
+
+def test_dct_mode_handles_sizes_that_are_not_multiples_of_8() -> None:
+    x, y = _batch(size=30)
+    out, _ = apply_mixup(x, y, sample_mixup(len(x), MixConfig(k=2, mode="dct"), torch.Generator().manual_seed(6)))
+    assert out.shape == x.shape
+
+
+def test_k_larger_than_the_batch_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="k=5"):
+        sample_mixup(4, MixConfig(k=5))
