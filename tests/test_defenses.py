@@ -247,3 +247,30 @@ def test_dct_mode_handles_sizes_that_are_not_multiples_of_8() -> None:
 def test_k_larger_than_the_batch_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="k=5"):
         sample_mixup(4, MixConfig(k=5))
+
+
+# ----------------------------------------------------------------------------- hybrid
+
+def test_hybrid_from_params_mixes_then_erases_and_replays() -> None:
+    from defenses.hybrid import HybridConfig, apply, sample
+
+    x, y = _batch()
+    params = AugmentParams(k=3, alpha=1.0, radius=0.4, high_band=False, erase_p=1.0, erase_area=0.3,
+                           erase_aspect=2.0)
+    cfg = HybridConfig.from_params(params, fill=0.0)
+    assert cfg.mix.band == (0.0, 0.4) and cfg.erase.scale == pytest.approx((0.075, 0.3))
+    rec = sample(cfg, x, torch.Generator().manual_seed(0))
+    out, t = apply(x, y, rec)
+    mixed, t_mix = apply_mixup(x, y, rec.mix)
+    assert torch.equal(out, apply_erasing(mixed.clamp(0, 1), rec.erase)) and torch.equal(t, t_mix)
+    again, _ = apply(x, y, rec)
+    assert torch.equal(out, again)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_hybrid_with_k_one_and_p_zero_is_the_identity() -> None:
+    from defenses.hybrid import HybridConfig, augment
+
+    x, y = _batch()
+    out, t = augment(x, y, HybridConfig.from_params(AugmentParams(k=1, erase_p=0.0)))
+    assert torch.equal(out, x) and torch.equal(t, y)
