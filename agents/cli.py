@@ -55,6 +55,73 @@ def _add_tracking_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--run-name", default=None, help="MLflow run name (default: derived from model and data)")
 
 
+def _add_defense_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("defenses (see README: Defenses)")
+    g.add_argument("--defense", default="none", metavar="{none,re,mixup,hybrid,tldmi,negls,mid,bido}",
+                   help="defense(s) to train with, comma-separated, e.g. re,tldmi; hybrid = mixup then re "
+                        "(default: none)")
+    g.add_argument("--re-p", type=float, default=1.0, help="re: probability a sample is erased (default: 1.0)")
+    g.add_argument("--re-area", type=float, nargs=2, default=(0.1, 0.4), metavar=("LO", "HI"),
+                   help="re: erased area fraction range (default: 0.1 0.4)")
+    g.add_argument("--re-aspect", type=float, default=1.0,
+                   help="re: aspect ratios drawn in [1/RHO, RHO] (default: 1, square)")
+    g.add_argument("--re-fill", default="mean", help="re: fill: mean (batch channel mean), random, or a number")
+    g.add_argument("--mix-k", type=int, default=3, help="mixup: images mixed per sample, 1-6 (default: 3)")
+    g.add_argument("--mix-alpha", type=float, default=1.0, help="mixup: Dirichlet concentration (default: 1)")
+    g.add_argument("--mix-band", choices=("low", "high", "band"), default="low",
+                   help="mixup: which band is mixed (default: low)")
+    g.add_argument("--mix-radius", type=float, nargs="+", default=[0.5], metavar="R",
+                   help="mixup: band radius as a fraction of Nyquist; two values for --mix-band band (default: 0.5)")
+    g.add_argument("--mix-mode", choices=("complex", "amplitude", "phase", "dct"), default="complex",
+                   help="mixup: Fourier complex / amplitude-only / phase-only, or 8x8 block DCT (default: complex)")
+    g.add_argument("--dct-drop-dc", action="store_true", help="mixup dct: zero every block's DC channel")
+    g.add_argument("--negls-factor", type=float, default=-0.05,
+                   help="negls: label-smoothing factor, negative (default: -0.05)")
+    g.add_argument("--mid-beta", type=float, default=0.01, help="mid: weight of the KL term (default: 0.01)")
+    g.add_argument("--bido-lambda", type=float, nargs=2, default=(0.05, 0.5), metavar=("LX", "LY"),
+                   help="bido: weights of HSIC(h, x) (minimized) and HSIC(h, y) (maximized) (default: 0.05 0.5)")
+    g.add_argument("--tl-freeze", default="0.6",
+                   help="tldmi: freeze this fraction of the parameter tensors, or up to this layer name "
+                        "(e.g. stages.3) (default: 0.6)")
+    g.add_argument("--tl-pretrain-epochs", type=int, default=10,
+                   help="tldmi: epochs of pre-training on the public identities (default: 10)")
+
+
+def _defense_options(args: argparse.Namespace):
+    import math
+
+    from defenses.baselines import BiDOConfig, MIDConfig, NegLSConfig
+    from defenses.erasing import EraseConfig
+    from defenses.mixup import MixConfig
+    from defenses.tldmi import TLDMIConfig
+
+    from .fr_defenses import DefenseOptions, parse_defenses
+
+    names = parse_defenses(args.defense)
+    fill: str | float = args.re_fill if args.re_fill in ("mean", "random") else float(args.re_fill)
+    radius = args.mix_radius
+    if args.mix_band == "band":
+        if len(radius) != 2:
+            raise ValueError(f"--mix-band band needs two radii, got {radius}")
+        band = (radius[0], radius[1])
+    elif len(radius) != 1:
+        raise ValueError(f"--mix-band {args.mix_band} takes one radius, got {radius}")
+    else:
+        band = (0.0, radius[0]) if args.mix_band == "low" else (radius[0], math.inf)
+    try:
+        freeze: str | float = float(args.tl_freeze)
+    except ValueError:
+        freeze = args.tl_freeze
+    return DefenseOptions(
+        names=names,
+        erase=EraseConfig(p=args.re_p, scale=tuple(args.re_area), ratio=(1.0 / args.re_aspect, args.re_aspect),
+                          value=fill),
+        mix=MixConfig(k=args.mix_k, alpha=args.mix_alpha, band=band, mode=args.mix_mode, drop_dc=args.dct_drop_dc),
+        negls=NegLSConfig(args.negls_factor), mid=MIDConfig(beta=args.mid_beta),
+        bido=BiDOConfig(*args.bido_lambda), tldmi=TLDMIConfig(freeze=freeze, pretrain_epochs=args.tl_pretrain_epochs),
+        seed=args.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="veil", description="veil: train face-recognition models that resist model-inversion attacks.",
@@ -83,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-hflip", action="store_true", help="disable random horizontal flips")
     g.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    _add_defense_args(p)
     g.add_argument("--checkpoint", default=None, metavar="FILE",
                    help="where to write the resumable checkpoint (default: checkpoints/<run id>.pt)")
     g.add_argument("--resume", default=None, metavar="FILE",
@@ -103,9 +171,9 @@ def cmd_train_fr(args: argparse.Namespace) -> int:
     import torch
 
     from recognition import (DataConfig, ModelConfig, SplitConfig, Trainer, TrainerConfig, build_model,
-                             load_faces, split_identities, to_float)
+                             load_faces, one_hot, split_identities, to_float)
 
-    from . import tracking
+    from . import fr_defenses, tracking
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -122,13 +190,22 @@ def cmd_train_fr(args: argparse.Namespace) -> int:
           f"-> {split.num_private} private ({len(split.train_labels)} train / {len(split.test_labels)} test), "
           f"{len(split.public_names)} public [{load_s:.1f}s]")
 
+    defense = _defense_options(args)
     model_cfg = ModelConfig(name=args.model, num_classes=split.num_private, in_channels=args.channels,
                             image_size=args.image_size, weights=args.weights)
     train_cfg = TrainerConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                               weight_decay=args.weight_decay, schedule=args.schedule, hflip=not args.no_hflip,
                               warmup_steps=args.warmup_steps,
                               seed=args.seed)
-    trainer = Trainer(build_model(model_cfg), train_cfg, num_classes=split.num_private)
+    model = build_model(model_cfg)
+    pretrain_history: list[dict[str, float]] = []
+    if "tldmi" in defense.names and not args.resume:
+        model, pretrain_history = _tldmi_pretrain(model, model_cfg, train_cfg, defense, split)
+    model = fr_defenses.wrap_model(model, defense, fr_defenses.embedding_dim(model, args.channels, args.image_size),
+                                   split.num_private)
+    trainer = Trainer(model, train_cfg, num_classes=split.num_private)
+    trainer.regularizers = fr_defenses.regularizers(defense)
+    augment = fr_defenses.make_augment(defense)
     run_id = None
     if args.resume:
         extra = trainer.load_checkpoint(args.resume)
@@ -141,11 +218,19 @@ def cmd_train_fr(args: argparse.Namespace) -> int:
         run_id = run.info.run_id
         ckpt = Path(args.checkpoint or Path("checkpoints") / f"{run_id}.pt")
         if not args.resume:
-            mlflow.set_tags({"veil.kind": "fr", "veil.defense": "none"})
+            mlflow.set_tags({"veil.kind": "fr", "veil.defense": ",".join(defense.names)})
             tracking.log_params({"data": {k: v for k, v in asdict(data_cfg).items() if not k.startswith("synthetic")
                                           or args.data == "synthetic"},
                                  "split": {**asdict(split_cfg), **split.summary()},
-                                 "model": asdict(model_cfg), "train": asdict(train_cfg)})
+                                 "model": asdict(model_cfg), "train": asdict(train_cfg),
+                                 "defense": defense.params()})
+            for i, m in enumerate(pretrain_history):
+                tracking.log_metrics({f"pretrain_{k}": v for k, v in m.items() if k != "epoch"}, step=i + 1)
+            if augment is not None:
+                idx = torch.linspace(0, len(split.train_labels) - 1, 16).long()  # spread over identities
+                x = to_float(split.train_images[idx])
+                aug, _ = augment(x, one_hot(split.train_labels[idx], split.num_private))
+                tracking.log_image_grid(torch.cat([x, aug]), "samples/augmented.png", nrow=16)
             tracking.log_json(split.manifest(data), "split.json")
             tracking.log_image_grid(tracking.samples_per_identity(split.train_images, split.train_labels),
                                     "samples/private_train.png")
@@ -158,7 +243,7 @@ def cmd_train_fr(args: argparse.Namespace) -> int:
 
         t1 = time.perf_counter()
         trainer.fit(split.train_images, split.train_labels, split.test_images, split.test_labels,
-                    on_epoch_end=on_epoch_end, checkpoint_path=ckpt, progress=True)
+                    augment=augment, on_epoch_end=on_epoch_end, checkpoint_path=ckpt, progress=True)
         # the checkpoint written at each epoch end also records the run, so --resume continues it
         trainer.save_checkpoint(ckpt, extra={"mlflow_run_id": run_id, "model_config": asdict(model_cfg)})
         fit_s = time.perf_counter() - t1
@@ -175,6 +260,31 @@ def cmd_train_fr(args: argparse.Namespace) -> int:
     print(f"MLflow run {run_id} in {uri}")
     print("look at it with:  veil ui   (then open http://127.0.0.1:5000)")
     return 0
+
+
+def _tldmi_pretrain(model, model_cfg, train_cfg, defense, split):
+    """TL-DMI: train a copy on the public identities, move its backbone into ``model``, freeze."""
+    from dataclasses import replace
+
+    from defenses.tldmi import freeze_until
+    from recognition import Trainer, build_model
+
+    from . import fr_defenses
+
+    n_pub = len(split.public_names)
+    if n_pub < 2:
+        raise ValueError("tldmi needs at least 2 public identities to pre-train on")
+    public = build_model(replace(model_cfg, num_classes=n_pub, weights=None))
+    public.load_state_dict({k: v for k, v in model.state_dict().items()
+                            if public.state_dict()[k].shape == v.shape}, strict=False)
+    pre = Trainer(public, replace(train_cfg, epochs=defense.tldmi.pretrain_epochs), num_classes=n_pub)
+    print(f"tldmi: pre-training on {n_pub} public identities for {defense.tldmi.pretrain_epochs} epochs")
+    history = pre.fit(split.public_images, split.public_labels, progress=True)
+    fr_defenses.transfer_backbone(public, model)
+    frozen = freeze_until(model, defense.tldmi.freeze)
+    total = sum(1 for _ in model.parameters())
+    print(f"tldmi: froze {len(frozen)} of {total} parameter tensors (up to {frozen[-1] if frozen else '-'})")
+    return model, history
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

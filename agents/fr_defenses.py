@@ -1,0 +1,116 @@
+"""Turn ``--defense re,mixup,...`` and its options into what ``recognition.Trainer`` takes: a
+batch ``augment`` callable, loss ``regularizers``, a wrapped model (MID) and the TL-DMI
+pre-training step. The defenses themselves live in ``defenses/``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from defenses.baselines import (BiDOConfig, MIDConfig, MIDModel, NegLSConfig, bido_regularizer, mid_regularizer,
+                                smooth_targets)
+from defenses.erasing import EraseConfig
+from defenses.hybrid import HybridConfig, augment
+from defenses.mixup import MixConfig
+from defenses.tldmi import TLDMIConfig
+
+DEFENSES = ("none", "re", "mixup", "hybrid", "tldmi", "negls", "mid", "bido", "dp")
+IMPLEMENTED = ("none", "re", "mixup", "hybrid", "tldmi", "negls", "mid", "bido")
+
+
+def parse_defenses(text: str) -> tuple[str, ...]:
+    """``"re,tldmi"`` -> ``("re", "tldmi")``; ``hybrid`` means ``re`` + ``mixup``."""
+    names = [t.strip().lower() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in DEFENSES]
+    if unknown:
+        raise ValueError(f"unknown defense {unknown[0]!r}; choose from {', '.join(DEFENSES)} (comma-separated)")
+    missing = [n for n in names if n not in IMPLEMENTED]
+    if missing:
+        raise ValueError(f"defense {missing[0]!r} is not available yet in this version of veil")
+    if "none" in names and len(names) > 1:
+        raise ValueError("'none' cannot be combined with other defenses")
+    out: list[str] = []
+    for n in names:
+        for m in (("re", "mixup") if n == "hybrid" else (n,)):
+            if m not in out:
+                out.append(m)
+    return tuple(out) or ("none",)
+
+
+@dataclass
+class DefenseOptions:
+    """Every defense's parameters (only those named in ``names`` are used)."""
+
+    names: tuple[str, ...] = ("none",)
+    erase: EraseConfig = field(default_factory=EraseConfig)
+    mix: MixConfig = field(default_factory=lambda: MixConfig(k=3, band=(0.0, 0.5)))
+    negls: NegLSConfig = field(default_factory=NegLSConfig)
+    mid: MIDConfig = field(default_factory=MIDConfig)
+    bido: BiDOConfig = field(default_factory=BiDOConfig)
+    tldmi: TLDMIConfig = field(default_factory=TLDMIConfig)
+    seed: int = 0
+
+    def params(self) -> dict[str, Any]:
+        """The parameters worth logging: those of the defenses in use."""
+        out: dict[str, Any] = {"names": ",".join(self.names)}
+        table = {"re": self.erase, "mixup": self.mix, "negls": self.negls, "mid": self.mid, "bido": self.bido,
+                 "tldmi": self.tldmi}
+        for name, cfg in table.items():
+            if name in self.names:
+                out[name] = asdict(cfg)
+        return out
+
+
+def make_augment(opts: DefenseOptions) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+    """The per-batch transform of images and soft targets, or ``None`` when nothing transforms them."""
+    hybrid = HybridConfig(mix=opts.mix if "mixup" in opts.names else None,
+                          erase=opts.erase if "re" in opts.names else None)
+    negls = opts.negls.factor if "negls" in opts.names else None
+    if hybrid.mix is None and hybrid.erase is None and negls is None:
+        return None
+    generator = torch.Generator().manual_seed(opts.seed + 7919)
+
+    def transform(images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images, targets = augment(images, targets, hybrid, generator)
+        if negls is not None:
+            targets = smooth_targets(targets, negls)
+        return images, targets
+
+    return transform
+
+
+def wrap_model(model: nn.Module, opts: DefenseOptions, embedding_dim: int, num_classes: int) -> nn.Module:
+    """MID puts a variational bottleneck between the embedding and the logits."""
+    if "mid" in opts.names:
+        return MIDModel(model, embedding_dim, num_classes, opts.mid.bottleneck)
+    return model
+
+
+def regularizers(opts: DefenseOptions) -> list:
+    regs = []
+    if "mid" in opts.names:
+        regs.append(mid_regularizer(opts.mid.beta))
+    if "bido" in opts.names:
+        regs.append(bido_regularizer(opts.bido))
+    return regs
+
+
+def embedding_dim(model: nn.Module, channels: int, size: int) -> int:
+    with torch.no_grad():
+        was = model.training
+        model.eval()
+        dim = int(model(torch.zeros(1, channels, size, size))["embedding"].shape[1])
+        model.train(was)
+    return dim
+
+
+def transfer_backbone(source: nn.Module, target: nn.Module) -> int:
+    """Copy every tensor of matching name and shape (the backbone, not the head); return how many."""
+    own = target.state_dict()
+    shared = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
+    target.load_state_dict(shared, strict=False)
+    return len(shared)
