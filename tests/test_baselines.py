@@ -1,0 +1,96 @@
+"""Training-option defenses: negative label smoothing, MID, BiDO, TL-DMI, and the CLI wiring."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agents.fr_defenses import DefenseOptions, make_augment, parse_defenses, transfer_backbone
+from defenses.baselines import (BiDOConfig, MIDModel, bido_regularizer, hsic, mid_regularizer, smooth_targets)
+from defenses.tldmi import freeze_until
+from recognition import ModelConfig, Trainer, TrainerConfig, build_model, one_hot
+
+
+def _model(classes: int = 4) -> torch.nn.Module:
+    return build_model(ModelConfig(num_classes=classes, width=8, embedding_dim=16))
+
+
+def test_negative_label_smoothing_keeps_rows_summing_to_one_and_pushes_past_one() -> None:
+    y = one_hot(torch.tensor([0, 2]), 4)
+    t = smooth_targets(y, -0.1)
+    assert torch.allclose(t.sum(1), torch.ones(2))
+    assert t[0, 0] == pytest.approx(1.075) and t[0, 1] == pytest.approx(-0.025)
+
+
+def test_mid_wrapper_adds_a_kl_term_and_is_deterministic_in_eval() -> None:
+    mid = MIDModel(_model(), embedding_dim=16, num_classes=4, bottleneck=8)
+    x = torch.rand(3, 3, 32, 32)
+    out = mid(x)
+    assert out["logits"].shape == (3, 4) and out["kl"].ndim == 0 and out["kl"] > 0
+    mid.eval()
+    assert torch.equal(mid(x)["logits"], mid(x)["logits"])
+    assert mid_regularizer(0.5)(out, x, one_hot(torch.arange(3), 4)).item() == pytest.approx(0.5 * out["kl"].item())
+
+
+def test_hsic_is_large_for_dependent_and_small_for_independent_features() -> None:
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(64, 5, generator=g)
+    b = torch.randn(64, 5, generator=g)
+    from defenses.baselines import _gaussian_gram
+    assert hsic(_gaussian_gram(a), _gaussian_gram(a)) > 5 * hsic(_gaussian_gram(a), _gaussian_gram(b))
+
+
+def test_bido_regularizer_trains_through_the_trainer() -> None:
+    trainer = Trainer(_model(), TrainerConfig(lr=1e-3), num_classes=4)
+    trainer.regularizers = [bido_regularizer(BiDOConfig())]
+    x = torch.rand(8, 3, 32, 32)
+    stats = trainer.step(x, one_hot(torch.arange(8) % 4, 4))
+    assert torch.isfinite(torch.tensor(stats.loss)) and stats.grad_norm > 0
+
+
+def test_freeze_by_fraction_and_by_name() -> None:
+    m = _model()
+    frozen = freeze_until(m, 0.5)
+    n = len(list(m.parameters()))
+    assert len(frozen) == round(0.5 * n)
+    assert all(not p.requires_grad for name, p in m.named_parameters() if name in frozen)
+    m2 = _model()
+    frozen2 = freeze_until(m2, "stages.3")
+    assert frozen2 and all(name.startswith(("stages.0", "stages.1", "stages.2")) for name in frozen2)
+    assert m2.head.weight.requires_grad
+    with pytest.raises(ValueError, match="layer9"):
+        freeze_until(_model(), "layer9")
+
+
+def test_frozen_layers_do_not_move_during_training() -> None:
+    m = _model()
+    freeze_until(m, "stages.2")
+    before = m.stages[0][0].weight.clone()
+    trainer = Trainer(m, TrainerConfig(lr=1e-2), num_classes=4)
+    trainer.step(torch.rand(8, 3, 32, 32), one_hot(torch.arange(8) % 4, 4))
+    assert torch.equal(before, m.stages[0][0].weight)
+
+
+def test_transfer_backbone_copies_all_but_the_head() -> None:
+    src, dst = _model(7), _model(4)
+    n = transfer_backbone(src, dst)
+    assert torch.equal(src.stages[1][0].weight, dst.stages[1][0].weight)
+    assert n == len(dst.state_dict()) - 2  # head weight and bias differ in shape
+
+
+def test_parse_defenses_expands_hybrid_and_rejects_unknown_names() -> None:
+    assert parse_defenses("hybrid,tldmi") == ("re", "mixup", "tldmi")
+    assert parse_defenses("none") == ("none",)
+    with pytest.raises(ValueError, match="'jpeg'"):
+        parse_defenses("re,jpeg")
+    with pytest.raises(ValueError, match="none"):
+        parse_defenses("none,re")
+
+
+def test_make_augment_applies_erasing_and_smoothing_and_none_is_none() -> None:
+    assert make_augment(DefenseOptions(names=("none",))) is None
+    aug = make_augment(DefenseOptions(names=("re", "negls")))
+    x = torch.rand(8, 3, 32, 32)
+    y = one_hot(torch.arange(8) % 4, 4)
+    out, t = aug(x, y)
+    assert not torch.equal(out, x) and (t < 0).any() and torch.allclose(t.sum(1), torch.ones(8))
