@@ -23,7 +23,7 @@ import torch
 
 __all__ = ["GENERATOR_VERSION", "SyntheticConfig", "generate_faces", "identity_parameters"]
 
-GENERATOR_VERSION: str = "1"
+GENERATOR_VERSION: str = "2"
 """Cache key of the generator's output: bump whenever the images for a config change."""
 
 # Uniform draws per identity / per image. Appending names keeps earlier draws unchanged, but
@@ -57,7 +57,9 @@ _FRAME_PALETTE = ((0.05, 0.05, 0.05), (0.45, 0.25, 0.10), (0.60, 0.60, 0.65), (0
 _SKIN_LIGHT = (0.96, 0.80, 0.68)
 _SKIN_DARK = (0.42, 0.27, 0.18)
 
-_NUISANCE_SCALE = 0.3    # calibration: difficulty=1.0 means this much of the nuisance ranges below
+# calibration: difficulty=1.0 gives the full nuisance ranges below; the default CNN then reaches
+# about 80% top-1 in 10 epochs on 50 private identities (21 train / 9 test images each)
+_NUISANCE_SCALE = 1.0
 _NOISE_BANK = 8          # pre-drawn noise fields; each image picks one and a cyclic shift
 _EDGE_PX = 1.2           # soft-mask edge width in pixels (anti-aliasing)
 _CHUNK_PIXELS = 1 << 17  # pixels per plane rendered at once at most: keeps the working set in cache
