@@ -57,7 +57,7 @@ def _add_tracking_args(p: argparse.ArgumentParser) -> None:
 
 def _add_defense_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("defenses (see README: Defenses)")
-    g.add_argument("--defense", default="none", metavar="{none,re,mixup,hybrid,tldmi,negls,mid,bido}",
+    g.add_argument("--defense", default="none", metavar="{none,re,mixup,hybrid,tldmi,negls,mid,bido,dp}",
                    help="defense(s) to train with, comma-separated, e.g. re,tldmi; hybrid = mixup then re "
                         "(default: none)")
     g.add_argument("--re-p", type=float, default=1.0, help="re: probability a sample is erased (default: 1.0)")
@@ -80,6 +80,12 @@ def _add_defense_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mid-beta", type=float, default=0.01, help="mid: weight of the KL term (default: 0.01)")
     g.add_argument("--bido-lambda", type=float, nargs=2, default=(0.05, 0.5), metavar=("LX", "LY"),
                    help="bido: weights of HSIC(h, x) (minimized) and HSIC(h, y) (maximized) (default: 0.05 0.5)")
+    g.add_argument("--dp-epsilon", type=float, default=8.0,
+                   help="dp: target epsilon for the whole run; sets the noise (default: 8; 0 = use --dp-noise)")
+    g.add_argument("--dp-delta", type=float, default=1e-5, help="dp: target delta (default: 1e-5)")
+    g.add_argument("--dp-clip", type=float, default=1.0, help="dp: per-sample gradient norm bound (default: 1.0)")
+    g.add_argument("--dp-noise", type=float, default=1.0,
+                   help="dp: noise multiplier, used when --dp-epsilon is 0 (default: 1.0)")
     g.add_argument("--tl-freeze", default="0.6",
                    help="tldmi: freeze this fraction of the parameter tensors, or up to this layer name "
                         "(e.g. stages.3) (default: 0.6)")
@@ -91,6 +97,7 @@ def _defense_options(args: argparse.Namespace):
     import math
 
     from defenses.baselines import BiDOConfig, MIDConfig, NegLSConfig
+    from defenses.dp import DPConfig
     from defenses.erasing import EraseConfig
     from defenses.mixup import MixConfig
     from defenses.tldmi import TLDMIConfig
@@ -119,6 +126,8 @@ def _defense_options(args: argparse.Namespace):
         mix=MixConfig(k=args.mix_k, alpha=args.mix_alpha, band=band, mode=args.mix_mode, drop_dc=args.dct_drop_dc),
         negls=NegLSConfig(args.negls_factor), mid=MIDConfig(beta=args.mid_beta),
         bido=BiDOConfig(*args.bido_lambda), tldmi=TLDMIConfig(freeze=freeze, pretrain_epochs=args.tl_pretrain_epochs),
+        dp=DPConfig(epsilon=args.dp_epsilon or None, delta=args.dp_delta, max_grad_norm=args.dp_clip,
+                    noise_multiplier=args.dp_noise),
         seed=args.seed)
 
 
@@ -206,6 +215,15 @@ def cmd_train_fr(args: argparse.Namespace) -> int:
     trainer = Trainer(model, train_cfg, num_classes=split.num_private)
     trainer.regularizers = fr_defenses.regularizers(defense)
     augment = fr_defenses.make_augment(defense)
+    ledger = None
+    if "dp" in defense.names:
+        from defenses.dp import make_private
+
+        if args.resume:
+            raise ValueError("--resume is not supported with the dp defense: its privacy accountant would restart")
+        ledger = make_private(trainer, defense.dp, n_train=len(split.train_labels), epochs=args.epochs)
+        print(f"dp: noise multiplier {ledger.noise_multiplier:.3f}, clip {defense.dp.max_grad_norm}, "
+              f"sample rate {ledger.sample_rate:.4f}, target epsilon {defense.dp.epsilon} at delta {defense.dp.delta}")
     run_id = None
     if args.resume:
         extra = trainer.load_checkpoint(args.resume)
@@ -239,6 +257,8 @@ def cmd_train_fr(args: argparse.Namespace) -> int:
                                         "samples/public.png")
 
         def on_epoch_end(metrics: dict[str, float]) -> None:
+            if ledger is not None:
+                metrics["dp_epsilon"] = ledger.epsilon()
             tracking.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=int(metrics["epoch"]))
 
         t1 = time.perf_counter()
@@ -251,11 +271,15 @@ def cmd_train_fr(args: argparse.Namespace) -> int:
         tracking.log_metrics({"final_test_top1": final["top1"], "final_test_top5": final["top5"],
                               "fit_seconds": fit_s}, step=trainer.epoch)
         tracking.log_file(ckpt, "checkpoint")
-        tracking.log_fr_model(trainer.model, to_float(split.test_images[:2]))
+        from defenses.dp import unwrap
+
+        tracking.log_fr_model(unwrap(trainer.model), to_float(split.test_images[:2]))
         uri = mlflow.get_tracking_uri()
 
     print(f"\nprivate test top-1 {final['top1']:.1%}, top-5 {final['top5']:.1%} "
           f"({split.num_private} identities, {len(split.test_labels)} test images), fit {fit_s:.0f}s")
+    if ledger is not None:
+        print(f"dp: spent epsilon {ledger.epsilon():.2f} at delta {ledger.delta}")
     print(f"checkpoint: {ckpt}")
     print(f"MLflow run {run_id} in {uri}")
     print("look at it with:  veil ui   (then open http://127.0.0.1:5000)")

@@ -13,13 +13,13 @@ from torch import nn
 
 from defenses.baselines import (BiDOConfig, MIDConfig, MIDModel, NegLSConfig, bido_regularizer, mid_regularizer,
                                 smooth_targets)
+from defenses.dp import DPConfig
 from defenses.erasing import EraseConfig
 from defenses.hybrid import HybridConfig, augment
 from defenses.mixup import MixConfig
 from defenses.tldmi import TLDMIConfig
 
 DEFENSES = ("none", "re", "mixup", "hybrid", "tldmi", "negls", "mid", "bido", "dp")
-IMPLEMENTED = ("none", "re", "mixup", "hybrid", "tldmi", "negls", "mid", "bido")
 
 
 def parse_defenses(text: str) -> tuple[str, ...]:
@@ -28,9 +28,6 @@ def parse_defenses(text: str) -> tuple[str, ...]:
     unknown = [n for n in names if n not in DEFENSES]
     if unknown:
         raise ValueError(f"unknown defense {unknown[0]!r}; choose from {', '.join(DEFENSES)} (comma-separated)")
-    missing = [n for n in names if n not in IMPLEMENTED]
-    if missing:
-        raise ValueError(f"defense {missing[0]!r} is not available yet in this version of veil")
     if "none" in names and len(names) > 1:
         raise ValueError("'none' cannot be combined with other defenses")
     out: list[str] = []
@@ -52,13 +49,14 @@ class DefenseOptions:
     mid: MIDConfig = field(default_factory=MIDConfig)
     bido: BiDOConfig = field(default_factory=BiDOConfig)
     tldmi: TLDMIConfig = field(default_factory=TLDMIConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
     seed: int = 0
 
     def params(self) -> dict[str, Any]:
         """The parameters worth logging: those of the defenses in use."""
         out: dict[str, Any] = {"names": ",".join(self.names)}
         table = {"re": self.erase, "mixup": self.mix, "negls": self.negls, "mid": self.mid, "bido": self.bido,
-                 "tldmi": self.tldmi}
+                 "tldmi": self.tldmi, "dp": self.dp}
         for name, cfg in table.items():
             if name in self.names:
                 out[name] = asdict(cfg)

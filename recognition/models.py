@@ -87,7 +87,7 @@ class SmallCNN(nn.Module):
             layers: list[nn.Module] = [
                 nn.Conv2d(prev, c, 3, padding=1, bias=False),
                 nn.GroupNorm(min(8, c), c),
-                nn.ReLU(inplace=True),
+                nn.ReLU(),  # not in place: Opacus' per-sample gradient hooks forbid it
             ]
             if i < len(chans) - 1:
                 layers.append(nn.MaxPool2d(2))

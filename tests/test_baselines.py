@@ -94,3 +94,33 @@ def test_make_augment_applies_erasing_and_smoothing_and_none_is_none() -> None:
     y = one_hot(torch.arange(8) % 4, 4)
     out, t = aug(x, y)
     assert not torch.equal(out, x) and (t < 0).any() and torch.allclose(t.sum(1), torch.ones(8))
+
+
+def test_dp_sgd_trains_and_spends_privacy() -> None:
+    from defenses.dp import DPConfig, make_private, unwrap
+
+    trainer = Trainer(_model(), TrainerConfig(batch_size=8, lr=1e-3), num_classes=4)
+    ledger = make_private(trainer, DPConfig(epsilon=None, noise_multiplier=1.0), n_train=64, epochs=1)
+    before = [p.detach().clone() for p in unwrap(trainer.model).parameters()]
+    x, y = torch.rand(8, 3, 32, 32), one_hot(torch.arange(8) % 4, 4)
+    trainer.step(x, y)
+    first = ledger.epsilon()
+    trainer.step(x, y)
+    assert 0 < first < ledger.epsilon()
+    assert any(not torch.equal(a, b) for a, b in zip(before, unwrap(trainer.model).parameters()))
+
+
+def test_dp_target_epsilon_sets_the_noise() -> None:
+    from defenses.dp import DPConfig, make_private
+
+    loose = make_private(Trainer(_model(), TrainerConfig(batch_size=8), 4), DPConfig(epsilon=50.0), 64, 5)
+    tight = make_private(Trainer(_model(), TrainerConfig(batch_size=8), 4), DPConfig(epsilon=1.0), 64, 5)
+    assert tight.noise_multiplier > loose.noise_multiplier > 0
+
+
+def test_dp_refuses_batchnorm_models() -> None:
+    from defenses.dp import DPConfig, make_private
+
+    model = build_model(ModelConfig(name="resnet18", num_classes=4))
+    with pytest.raises(ValueError, match="BatchNorm"):
+        make_private(Trainer(model, TrainerConfig(), 4), DPConfig(), 64, 1)
