@@ -70,7 +70,7 @@ class EraseRecord:
         cols = torch.arange(width)
         in_rows = (rows[None] >= top[:, None]) & (rows[None] < (top + h)[:, None])
         in_cols = (cols[None] >= left[:, None]) & (cols[None] < (left + w)[:, None])
-        return in_rows[:, :, None] & in_cols[:, None, :] & self.erased[:, None, None]
+        return in_rows[:, :, None] & in_cols[:, None, :]  # boxes of unerased samples are empty
 
 
 def sample_erasing(shape: torch.Size | tuple[int, ...], config: EraseConfig,
@@ -105,14 +105,13 @@ def apply_erasing(images: torch.Tensor, record: EraseRecord) -> torch.Tensor:
         raise ValueError(f"images of shape {tuple(images.shape)} do not match a record for "
                          f"{record.erased.shape[0]} samples")
     mask = record.mask(images.shape[2], images.shape[3])[:, None]
-    if record.value == "mean":
-        fill = images.mean(dim=(0, 2, 3), keepdim=True).expand_as(images)
-    elif record.value == "random":
+    if record.value == "mean":  # broadcast (1, C, 1, 1): no full-size fill tensor
+        return torch.where(mask, images.mean(dim=(0, 2, 3), keepdim=True), images)
+    if record.value == "random":
         g = torch.Generator(device=images.device).manual_seed(record.noise_seed)
         fill = torch.rand(images.shape, generator=g, device=images.device, dtype=images.dtype)
-    else:
-        fill = torch.full_like(images, float(record.value))
-    return torch.where(mask, fill, images)
+        return torch.where(mask, fill, images)
+    return images.masked_fill(mask, float(record.value))
 
 
 def random_erasing(images: torch.Tensor, config: EraseConfig = EraseConfig(),
