@@ -104,3 +104,21 @@ def test_ui_serves_veils_store_on_localhost(monkeypatch: pytest.MonkeyPatch, tmp
     assert cmd[cmd.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--workers") + 1] == "1"
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+
+
+def test_train_fr_with_a_defense_logs_its_params_and_augmented_samples(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["train-fr", *TINY, "--epochs", "1", "--defense", "hybrid", "--mix-k", "2"]) == 0
+    (run,) = _runs()
+    p = run.data.params
+    assert p["defense.names"] == "re,mixup" and p["defense.mixup.k"] == "2" and p["defense.re.p"] == "1.0"
+    assert run.data.tags["veil.defense"] == "re,mixup"
+    assert "samples/augmented.png" in _artifacts(run.info.run_id)
+
+
+def test_unknown_defense_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["train-fr", *TINY, "--defense", "re,blur"]) == 2
+    assert "unknown defense 'blur'" in capsys.readouterr().err
