@@ -10,7 +10,7 @@ Determinism: the parameters of identity ``i`` (and of its images) come from a
 ``torch.Generator`` seeded by a hash of ``(seed, i)``, so they do not depend on
 ``n_identities`` or ``images_per_identity``; all per-image scalars are computed once for the
 whole set before batching, and pixel work uses only IEEE-exact operations (``+ - * /``,
-``sqrt``, ``clamp``: a smoothstep rather than a sigmoid), so the bytes do not depend on
+``sqrt``, ``clamp``: a clamped linear edge rather than a sigmoid), so the bytes do not depend on
 ``batch_size`` or the number of threads either.
 """
 
@@ -23,7 +23,7 @@ import torch
 
 __all__ = ["GENERATOR_VERSION", "SyntheticConfig", "generate_faces", "identity_parameters"]
 
-GENERATOR_VERSION: str = "2"
+GENERATOR_VERSION: str = "3"
 """Cache key of the generator's output: bump whenever the images for a config change."""
 
 # Uniform draws per identity / per image. Appending names keeps earlier draws unchanged, but
@@ -57,9 +57,11 @@ _FRAME_PALETTE = ((0.05, 0.05, 0.05), (0.45, 0.25, 0.10), (0.60, 0.60, 0.65), (0
 _SKIN_LIGHT = (0.96, 0.80, 0.68)
 _SKIN_DARK = (0.42, 0.27, 0.18)
 
-# calibration: difficulty=1.0 gives the full nuisance ranges below; the default CNN then reaches
-# about 80% top-1 in 10 epochs on 50 private identities (21 train / 9 test images each)
-_NUISANCE_SCALE = 1.0
+# Calibration: difficulty=1.0 applies this fraction of the nuisance ranges written below. Measured
+# with the reference protocol (100 ids x 30 images, 64 px; 50 ids, 21 train / 9 test each; 4-block
+# GroupNorm CNN, Adam 1e-3, batch 64, flips, 10 epochs), test top-1 after 10 epochs was:
+# scale 1.0 -> 25-36%, 0.5 -> 61%, 0.3 -> 68%. The CNN underfits (train ~ test accuracy).
+_NUISANCE_SCALE = 0.3
 _NOISE_BANK = 8          # pre-drawn noise fields; each image picks one and a cyclic shift
 _EDGE_PX = 1.2           # soft-mask edge width in pixels (anti-aliasing)
 _CHUNK_PIXELS = 1 << 17  # pixels per plane rendered at once at most: keeps the working set in cache

@@ -1,0 +1,276 @@
+"""``FaceAugmentEnv``: the adversarial augmentation game around a face-recognition trainer."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from defenses.hybrid import HybridConfig
+from defenses.hybrid import apply as apply_augment
+from defenses.hybrid import sample as sample_augment
+from defenses.params import ACTION_DIM, AugmentParams, decode
+from recognition import (DataConfig, FaceSplit, ModelConfig, SplitConfig, Trainer, TrainerConfig, build_model,
+                         load_faces, one_hot, split_identities, to_float)
+
+OBS_NAMES = ("progress", "phase_fr", "loss_clean", "loss_aug", "acc_train", "acc_val", "probe_top1", "grad_norm")
+OBS_DIM = len(OBS_NAMES) + ACTION_DIM
+
+Probe = Callable[[nn.Module], float]
+"""A privacy probe: target model -> attack top-1 in [0, 1] (the attacks package provides one)."""
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Everything the environment needs; see ``FaceAugmentEnv`` for what each part does.
+
+    Args:
+        data, split: the face set and its private/public split (the env trains on private train).
+        model, width: FR backbone (``recognition.models``) and the small CNN's width.
+        lr, batch_size: FR optimizer settings (Adam, constant LR).
+        episode_steps: batches per episode.
+        schedule: ``alternating`` (a policy phase of ``policy_steps`` with FR weights frozen,
+            then an FR phase of ``fr_steps``) or ``interleaved`` (every step is both: the agent
+            is rewarded with the loss, then the FR model takes its step on the same batch).
+        policy_steps, fr_steps: phase lengths (N1, N2) of the alternating schedule.
+        k_max, mix_mode, erase_fill: fixed parts of the augmentation (the action picks the rest).
+        val_fraction, val_every: held-out share of the private training images and how often
+            (in steps) validation accuracy is measured for the utility constraint.
+        acc_budget, utility_weight: the penalty ``utility_weight * max(0, acc_budget - acc_val)``.
+        privacy_weight, probe_every: the term ``-privacy_weight * probe_top1`` from a probe
+            called every ``probe_every`` steps (0: never).
+        clean_every: how often (in steps) the clean-batch loss baseline is refreshed.
+        reward_scale: ``relative`` (adversarial term (L_aug - L_clean) / L_clean, clipped to
+            [-5, 5]: invariant to the FR model's progress) or ``zscore`` (against a running
+            mean and std of L_aug) or ``raw``.
+        ema: smoothing of the running statistics.
+        reset_mode: ``continue`` (the FR model keeps learning across episodes: the game) or
+            ``restart`` (reset() restores the FR model's initial snapshot).
+        seed: seeds the FR model, batches and augmentation draws.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: str = "cnn"
+    width: int = 32
+    lr: float = 1e-3
+    batch_size: int = 64
+    episode_steps: int = 64
+    schedule: str = "alternating"
+    policy_steps: int = 32
+    fr_steps: int = 32
+    k_max: int = 6
+    mix_mode: str = "complex"
+    erase_fill: str | float = "mean"
+    val_fraction: float = 0.15
+    val_every: int = 32
+    acc_budget: float = 0.0
+    utility_weight: float = 1.0
+    privacy_weight: float = 0.0
+    probe_every: int = 0
+    clean_every: int = 4
+    reward_scale: str = "relative"
+    ema: float = 0.95
+    reset_mode: str = "continue"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("alternating", "interleaved"):
+            raise ValueError(f"schedule must be alternating or interleaved, got {self.schedule!r}")
+        if self.reward_scale not in ("relative", "zscore", "raw"):
+            raise ValueError(f"reward_scale must be relative, zscore or raw, got {self.reward_scale!r}")
+        if self.reset_mode not in ("continue", "restart"):
+            raise ValueError(f"reset_mode must be continue or restart, got {self.reset_mode!r}")
+        if self.episode_steps < 1 or self.policy_steps < 0 or self.fr_steps < 0 or self.policy_steps + self.fr_steps < 1:
+            raise ValueError("episode_steps must be >= 1 and policy_steps + fr_steps >= 1")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+class FaceAugmentEnv(gym.Env):
+    """The adversarial augmentation game: an agent picks the parameters of frequency-domain
+    MixUp and random erasing for each batch of a face-recognition trainer; its reward is the FR
+    loss on the augmented batch, while the FR model, in its own phases, minimizes that loss.
+
+    ## Action Space
+    ``Box(-1, 1, (7,))``, decoded by ``defenses.params.decode`` (README: the action table):
+    k images mixed, Dirichlet alpha, band radius, band side, erase probability, erased area,
+    aspect range.
+
+    ## Observation Space
+    ``Box(-10, 10, (15,))``: progress through the run, whether this step is an FR step, the
+    running clean and augmented losses (divided by ln K), running train accuracy, the last
+    validation accuracy, the last probe top-1 (0 before any probe), log1p(gradient norm), and
+    the last action (7 values).
+
+    ## Rewards
+    ``reward = adv - utility_weight * max(0, acc_budget - acc_val) - privacy_weight * probe_top1``
+    where ``adv`` is the augmented-batch loss scaled by ``reward_scale`` (relative to the running
+    clean loss by default). ``info`` carries each term: ``reward_adv``, ``reward_utility``,
+    ``reward_privacy`` (their sum is the reward).
+
+    ## Starting State
+    A freshly initialized FR model (seeded). ``reset()`` keeps the current FR model
+    (``reset_mode="continue"``: the game goes on across episodes) or restores the initial snapshot
+    (``"restart"``); ``reset(seed=...)`` always restores it and replays batches and draws from
+    that seed, so a seeded episode is reproducible. The observation starts from the model's
+    measured validation accuracy.
+
+    ## Episode End
+    Never terminates; truncated after ``episode_steps`` batches.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, config: EnvConfig | None = None, split: FaceSplit | None = None,
+                 probe: Probe | None = None) -> None:
+        super().__init__()
+        self.config = config = config or EnvConfig()
+        self.split = split if split is not None else split_identities(load_faces(config.data), config.split)
+        self.num_classes = self.split.num_private
+        self.probe = probe
+        self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), dtype=np.float32)
+        self.observation_space = spaces.Box(-10.0, 10.0, (OBS_DIM,), dtype=np.float32)
+
+        # hold out part of the private training images for the utility constraint
+        g = torch.Generator().manual_seed(config.seed + 1)
+        order = torch.randperm(len(self.split.train_labels), generator=g)
+        n_val = max(1, int(round(config.val_fraction * len(order))))
+        self.val_idx, self.train_idx = order[:n_val], order[n_val:]
+        if len(self.train_idx) < config.batch_size:
+            raise ValueError(f"{len(self.train_idx)} training images after the validation hold-out is fewer "
+                             f"than batch_size={config.batch_size}")
+
+        torch.manual_seed(config.seed)
+        image_size = int(self.split.train_images.shape[-1])
+        model = build_model(ModelConfig(name=config.model, num_classes=self.num_classes,
+                                        in_channels=int(self.split.train_images.shape[1]),
+                                        image_size=image_size, width=config.width))
+        self.trainer = Trainer(model, TrainerConfig(lr=config.lr, batch_size=config.batch_size, schedule="constant",
+                                                    seed=config.seed), num_classes=self.num_classes)
+        self._snapshot = copy.deepcopy(self.trainer.state_dict())  # state_dict() shares storage
+        self.log_k = math.log(self.num_classes)
+        self.total_steps = 0
+        self._gen = torch.Generator().manual_seed(config.seed + 2)
+        self._cursor = len(self.train_idx)  # forces a shuffle on first use
+        self._perm = self.train_idx
+        self._init_stats()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _init_stats(self) -> None:
+        self.episode_step = 0
+        self.loss_clean = self.log_k
+        self.loss_aug = self.log_k
+        self.aug_mean, self.aug_var = self.log_k, 1.0
+        self.acc_train = 0.0
+        self.acc_val = self._validate()
+        self.probe_top1 = 0.0
+        self.grad_norm = 0.0
+        self.last_action = np.zeros(ACTION_DIM, dtype=np.float32)
+
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        bs = self.config.batch_size
+        if self._cursor + bs > len(self._perm):
+            self._perm = self.train_idx[torch.randperm(len(self.train_idx), generator=self._gen)]
+            self._cursor = 0
+        idx = self._perm[self._cursor:self._cursor + bs]
+        self._cursor += bs
+        x = to_float(self.split.train_images[idx])
+        flip = torch.rand(len(idx), generator=self._gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x, one_hot(self.split.train_labels[idx], self.num_classes)
+
+    def _validate(self) -> float:
+        return self.trainer.evaluate(self.split.train_images[self.val_idx],
+                                     self.split.train_labels[self.val_idx])["top1"]
+
+    def is_fr_step(self, step: int | None = None) -> bool:
+        """Whether global step ``step`` (default: the next one) updates the FR model."""
+        c = self.config
+        if c.schedule == "interleaved":
+            return True
+        s = self.total_steps if step is None else step
+        return s % (c.policy_steps + c.fr_steps) >= c.policy_steps
+
+    def augmentation(self, params: AugmentParams) -> HybridConfig:
+        return HybridConfig.from_params(params, mode=self.config.mix_mode, fill=self.config.erase_fill)
+
+    def _obs(self) -> np.ndarray:
+        c = self.config
+        horizon = max(1, c.episode_steps)
+        v = [self.episode_step / horizon, float(self.is_fr_step()), self.loss_clean / self.log_k,
+             self.loss_aug / self.log_k, self.acc_train, self.acc_val, self.probe_top1, math.log1p(self.grad_norm)]
+        return np.clip(np.concatenate([np.asarray(v, dtype=np.float32), self.last_action]), -10, 10).astype(np.float32)
+
+    # ------------------------------------------------------------------ gym API
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        fresh = seed is not None or self.config.reset_mode == "restart"
+        if seed is not None:  # a seeded reset replays the game from its start
+            self._gen.manual_seed(seed)
+            self._cursor = len(self.train_idx)
+            self.total_steps = 0
+        if fresh:
+            self.trainer.load_state_dict(self._snapshot)
+        keep_probe = 0.0 if fresh else self.probe_top1
+        self._init_stats()
+        self.probe_top1 = keep_probe
+        return self._obs(), {"acc_val": self.acc_val}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        c = self.config
+        action = np.clip(np.asarray(action, dtype=np.float32).reshape(ACTION_DIM), -1.0, 1.0)
+        params = decode(action, c.k_max)
+        images, targets = self._next_batch()
+        record = sample_augment(self.augmentation(params), images, self._gen)
+        aug_images, aug_targets = apply_augment(images, targets, record)
+        self.last_batch = (aug_images, aug_targets)  # for logging sample grids and for tests
+        fr_step = self.is_fr_step()
+
+        if self.total_steps % max(1, c.clean_every) == 0:
+            clean = self.trainer.evaluate_batch(images, targets).loss
+            self.loss_clean = clean if self.total_steps == 0 else c.ema * self.loss_clean + (1 - c.ema) * clean
+        if fr_step:
+            stats = self.trainer.step(aug_images, aug_targets)
+            self.grad_norm = stats.grad_norm
+        else:
+            stats = self.trainer.evaluate_batch(aug_images, aug_targets)
+        loss_aug = stats.loss
+
+        if c.reward_scale == "relative":
+            adv = float(np.clip((loss_aug - self.loss_clean) / max(self.loss_clean, 1e-2), -5.0, 5.0))
+        elif c.reward_scale == "zscore":
+            adv = float(np.clip((loss_aug - self.aug_mean) / math.sqrt(self.aug_var + 1e-8), -5.0, 5.0))
+        else:
+            adv = loss_aug
+        self.aug_var = c.ema * self.aug_var + (1 - c.ema) * (loss_aug - self.aug_mean) ** 2
+        self.aug_mean = c.ema * self.aug_mean + (1 - c.ema) * loss_aug
+        self.loss_aug = c.ema * self.loss_aug + (1 - c.ema) * loss_aug
+        self.acc_train = c.ema * self.acc_train + (1 - c.ema) * stats.accuracy
+
+        self.total_steps += 1
+        self.episode_step += 1
+        if c.val_every and self.total_steps % c.val_every == 0:
+            self.acc_val = self._validate()
+        if self.probe is not None and c.probe_every and self.total_steps % c.probe_every == 0:
+            self.probe_top1 = float(self.probe(self.trainer.model))
+        utility = -c.utility_weight * max(0.0, c.acc_budget - self.acc_val)
+        privacy = -c.privacy_weight * self.probe_top1
+        reward = adv + utility + privacy
+        self.last_action = action
+        info = {"phase": "fr" if fr_step else "policy", "loss_aug": loss_aug, "acc_aug": stats.accuracy,
+                "loss_clean": self.loss_clean, "grad_norm": stats.grad_norm if fr_step else 0.0, "acc_val": self.acc_val,
+                "probe_top1": self.probe_top1, "reward_adv": adv, "reward_utility": utility,
+                "reward_privacy": privacy, "params": asdict(params), "global_step": self.total_steps}
+        truncated = self.episode_step >= c.episode_steps
+        return self._obs(), float(reward), False, truncated, info

@@ -1,0 +1,113 @@
+"""FaceAugmentEnv: Gymnasium/SB3 API, reward bookkeeping and phases."""
+
+from __future__ import annotations
+
+import copy
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from env import ENV_ID, EnvConfig, FaceAugmentEnv
+from recognition import DataConfig, soft_cross_entropy
+
+
+def _config(**kw: object) -> EnvConfig:
+    base = dict(data=DataConfig(synthetic_identities=8, synthetic_images=10, image_size=32), width=8, batch_size=16,
+                episode_steps=8, policy_steps=2, fr_steps=2, val_every=4, acc_budget=0.9)
+    base.update(kw)
+    return EnvConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def split():
+    from recognition import load_faces, split_identities
+
+    cfg = _config()
+    return split_identities(load_faces(cfg.data), cfg.split)
+
+
+def test_gymnasium_env_checker_passes(split) -> None:
+    from gymnasium.utils.env_checker import check_env
+
+    check_env(FaceAugmentEnv(_config(), split=split))
+
+
+def test_sb3_env_checker_passes(split) -> None:
+    from stable_baselines3.common.env_checker import check_env
+
+    check_env(FaceAugmentEnv(_config(), split=split), warn=True)
+
+
+def test_registered_id_makes_the_env(split) -> None:
+    env = gym.make(ENV_ID, config=_config(), split=split)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+
+
+def test_loss_aug_is_the_loss_of_the_augmented_batch_and_reward_is_the_sum_of_terms(split) -> None:
+    env = FaceAugmentEnv(_config(), split=split)
+    env.reset(seed=1)
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        if env.is_fr_step():
+            before = copy.deepcopy(env.trainer.model).eval()
+        else:
+            before = env.trainer.model
+        _, reward, _, _, info = env.step(rng.uniform(-1, 1, 7).astype(np.float32))
+        x, y = env.last_batch
+        with torch.no_grad():
+            recomputed = soft_cross_entropy(before(x)["logits"], y).item()
+        assert info["loss_aug"] == pytest.approx(recomputed, rel=1e-4)
+        assert reward == pytest.approx(info["reward_adv"] + info["reward_utility"] + info["reward_privacy"])
+        assert info["reward_utility"] == pytest.approx(-1.0 * max(0.0, 0.9 - info["acc_val"]))
+
+
+def test_policy_phase_freezes_and_fr_phase_trains_the_model(split) -> None:
+    env = FaceAugmentEnv(_config(), split=split)
+    env.reset(seed=0)
+    params = [p.detach().clone() for p in env.trainer.model.parameters()]
+    for _ in range(2):
+        assert not env.is_fr_step()
+        assert env.step(env.action_space.sample())[4]["phase"] == "policy"
+    assert all(torch.equal(a, b) for a, b in zip(params, env.trainer.model.parameters()))
+    assert env.step(env.action_space.sample())[4]["phase"] == "fr"
+    assert any(not torch.equal(a, b) for a, b in zip(params, env.trainer.model.parameters()))
+
+
+def test_episode_is_truncated_after_episode_steps(split) -> None:
+    env = FaceAugmentEnv(_config(episode_steps=3), split=split)
+    env.reset(seed=0)
+    flags = [env.step(env.action_space.sample())[3] for _ in range(3)]
+    assert flags == [False, False, True]
+
+
+def test_restart_mode_restores_the_initial_model(split) -> None:
+    env = FaceAugmentEnv(_config(reset_mode="restart", policy_steps=0, fr_steps=1), split=split)
+    env.reset()
+    initial = [p.detach().clone() for p in env.trainer.model.parameters()]
+    for _ in range(3):
+        env.step(env.action_space.sample())
+    env.reset()
+    assert all(torch.equal(a, b) for a, b in zip(initial, env.trainer.model.parameters()))
+
+
+def test_probe_score_enters_observation_and_reward(split) -> None:
+    env = FaceAugmentEnv(_config(probe_every=2, privacy_weight=0.5), split=split, probe=lambda model: 0.4)
+    env.reset(seed=0)
+    env.step(env.action_space.sample())
+    obs, reward, _, _, info = env.step(env.action_space.sample())
+    assert info["probe_top1"] == 0.4 and info["reward_privacy"] == pytest.approx(-0.2)
+    assert obs[6] == pytest.approx(0.4)
+
+
+def test_ppo_runs_a_few_hundred_steps(split) -> None:
+    from stable_baselines3 import PPO
+
+    env = FaceAugmentEnv(_config(episode_steps=32), split=split)
+    model = PPO("MlpPolicy", env, n_steps=64, batch_size=32, n_epochs=2, seed=0, device="cpu")
+    model.learn(total_timesteps=192)
+    action, _ = model.predict(env.reset(seed=0)[0], deterministic=True)
+    assert action.shape == (7,) and env.total_steps == 0
+    assert model.num_timesteps == 192
