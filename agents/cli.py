@@ -160,11 +160,58 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     _add_defense_args(p)
+    g.add_argument("--policy", default=None, metavar="FILE",
+                   help="augment every batch with a learned policy exported by veil train-agent (.safetensors)")
     g.add_argument("--checkpoint", default=None, metavar="FILE",
                    help="where to write the resumable checkpoint (default: checkpoints/<run id>.pt)")
     g.add_argument("--resume", default=None, metavar="FILE",
                    help="resume training from a checkpoint (continues its MLflow run)")
     _add_tracking_args(p)
+
+    a = sub.add_parser("train-agent", help="train the augmentation policy with stable-baselines3 (or run a baseline)",
+                       description="Train an SB3 agent that picks frequency-MixUp and random-erasing parameters "
+                                   "per batch on FaceAugmentEnv (the adversarial game), log everything to MLflow, "
+                                   "and export the policy (safetensors, no pickle) for veil train-fr --policy.",
+                       epilog=EPILOG_DATA, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_data_args(a)
+    g = a.add_argument_group("agent")
+    g.add_argument("--algo", choices=("ppo", "sac", "td3", "a2c"), default="ppo", help="SB3 algorithm (default: ppo)")
+    g.add_argument("--timesteps", type=int, default=4096, help="agent steps = FR batches in all envs (default: 4096)")
+    g.add_argument("--n-envs", type=int, default=1,
+                   help="parallel envs; > 1 uses SubprocVecEnv, each worker with its own FR model and one torch "
+                        "thread; env 0's FR model is the one evaluated (default: 1)")
+    g.add_argument("--n-steps", type=int, default=128, help="ppo/a2c rollout length per env (default: 128)")
+    g.add_argument("--n-epochs", type=int, default=4, help="ppo epochs per update (default: 4)")
+    g.add_argument("--ent-coef", type=float, default=0.01, help="entropy bonus (default: 0.01; sac: 0 = auto)")
+    g.add_argument("--policy-lr", type=float, default=3e-4, help="agent learning rate (default: 3e-4)")
+    g.add_argument("--baseline", choices=("none", "fixed", "random"), default=None,
+                   help="run a baseline policy through the same env instead of learning one")
+    g.add_argument("--fixed-action", type=float, nargs=7, default=None, metavar="A",
+                   help="the action of --baseline fixed, 7 values in [-1, 1] (see the action table)")
+    g = a.add_argument_group("environment")
+    g.add_argument("--model", choices=("cnn", "resnet18", "inception"), default="cnn", help="FR backbone (default: cnn)")
+    g.add_argument("--lr", type=float, default=1e-3, help="FR learning rate (default: 1e-3)")
+    g.add_argument("--batch-size", type=int, default=32, help="FR batch size (default: 32)")
+    g.add_argument("--episode-steps", type=int, default=64, help="batches per episode (default: 64)")
+    g.add_argument("--schedule", choices=("alternating", "interleaved"), default="alternating",
+                   help="alternating policy/FR phases, or interleaved 1:1 (default: alternating)")
+    g.add_argument("--policy-steps", type=int, default=8, help="policy-phase length N1 (default: 8)")
+    g.add_argument("--fr-steps", type=int, default=8, help="FR-phase length N2 (default: 8)")
+    g.add_argument("--k-max", type=int, default=6, help="largest k the action can pick (default: 6)")
+    g.add_argument("--mix-mode", choices=("complex", "amplitude", "phase", "dct"), default="complex",
+                   help="frequency transform of the MixUp (default: complex)")
+    g.add_argument("--acc-budget", type=float, default=0.0,
+                   help="utility constraint: penalty when validation accuracy falls below this (default: 0 = off)")
+    g.add_argument("--utility-weight", type=float, default=1.0, help="lambda of the utility penalty (default: 1)")
+    g.add_argument("--val-every", type=int, default=64, help="validation every N env steps (default: 64)")
+    g = a.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    g.add_argument("--log-every", type=int, default=64, help="log env terms every N steps (default: 64)")
+    g.add_argument("--eval-every", type=int, default=1024, help="FR test evaluation every N steps (default: 1024)")
+    g.add_argument("--checkpoint-every", type=int, default=1024, help="agent checkpoint every N steps (default: 1024)")
+    g.add_argument("--out-dir", default="checkpoints", help="where the agent, the policy and plots go (default: checkpoints)")
+    _add_tracking_args(a)
 
     u = sub.add_parser("ui", help="serve the MLflow UI on veil's store (127.0.0.1)",
                        description="Serve MLflow's UI on veil's store (mlruns/mlflow.db), bound to 127.0.0.1, "
@@ -215,6 +262,10 @@ def cmd_train_fr(args: argparse.Namespace) -> int:
     trainer = Trainer(model, train_cfg, num_classes=split.num_private)
     trainer.regularizers = fr_defenses.regularizers(defense)
     augment = fr_defenses.make_augment(defense)
+    if args.policy:
+        if augment is not None:
+            raise ValueError("--policy replaces the augmentation defenses; drop re/mixup/hybrid/negls from --defense")
+        augment = _policy_augment(args.policy, trainer, args.seed)
     ledger = None
     if "dp" in defense.names:
         from defenses.dp import make_private
@@ -236,7 +287,8 @@ def cmd_train_fr(args: argparse.Namespace) -> int:
         run_id = run.info.run_id
         ckpt = Path(args.checkpoint or Path("checkpoints") / f"{run_id}.pt")
         if not args.resume:
-            mlflow.set_tags({"veil.kind": "fr", "veil.defense": ",".join(defense.names)})
+            mlflow.set_tags({"veil.kind": "fr", "veil.defense": ",".join(defense.names),
+                             "veil.policy": args.policy or ""})
             tracking.log_params({"data": {k: v for k, v in asdict(data_cfg).items() if not k.startswith("synthetic")
                                           or args.data == "synthetic"},
                                  "split": {**asdict(split_cfg), **split.summary()},
@@ -286,6 +338,20 @@ def cmd_train_fr(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy_augment(path: str, trainer, seed: int):
+    """A learned policy as the trainer's per-batch augmentation, fed the last step's loss."""
+    from .export import PolicyAugmenter
+
+    augmenter = PolicyAugmenter.load(path, seed=seed)
+
+    def augment(images, targets):
+        last = trainer.last_stats
+        return augmenter(images, targets, loss=last.loss if last else None, step=trainer.global_step,
+                         total_steps=trainer.total_steps or 1, train_acc=last.accuracy if last else None)
+
+    return augment
+
+
 def _tldmi_pretrain(model, model_cfg, train_cfg, defense, split):
     """TL-DMI: train a copy on the public identities, move its backbone into ``model``, freeze."""
     from dataclasses import replace
@@ -329,7 +395,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train-fr": cmd_train_fr, "ui": cmd_ui}
+    from . import train_agent
+
+    handlers = {"train-fr": cmd_train_fr, "train-agent": train_agent.run, "ui": cmd_ui}
     try:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError, FloatingPointError) as err:

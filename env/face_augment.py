@@ -37,6 +37,8 @@ class EnvConfig:
         model, width: FR backbone (``recognition.models``) and the small CNN's width.
         lr, batch_size: FR optimizer settings (Adam, constant LR).
         episode_steps: batches per episode.
+        horizon: the planned number of FR batches in the run; the observation's progress is
+            min(1, steps so far / horizon) (an exported policy is fed step / total_steps).
         schedule: ``alternating`` (a policy phase of ``policy_steps`` with FR weights frozen,
             then an FR phase of ``fr_steps``) or ``interleaved`` (every step is both: the agent
             is rewarded with the loss, then the FR model takes its step on the same batch).
@@ -64,6 +66,7 @@ class EnvConfig:
     lr: float = 1e-3
     batch_size: int = 64
     episode_steps: int = 64
+    horizon: int = 4096
     schedule: str = "alternating"
     policy_steps: int = 32
     fr_steps: int = 32
@@ -193,6 +196,10 @@ class FaceAugmentEnv(gym.Env):
         return self.trainer.evaluate(self.split.train_images[self.val_idx],
                                      self.split.train_labels[self.val_idx])["top1"]
 
+    def evaluate_fr(self) -> dict[str, float]:
+        """Clean top-1/top-5 of the FR model on the private test split."""
+        return self.trainer.evaluate(self.split.test_images, self.split.test_labels)
+
     def is_fr_step(self, step: int | None = None) -> bool:
         """Whether global step ``step`` (default: the next one) updates the FR model."""
         c = self.config
@@ -206,8 +213,7 @@ class FaceAugmentEnv(gym.Env):
 
     def _obs(self) -> np.ndarray:
         c = self.config
-        horizon = max(1, c.episode_steps)
-        v = [self.episode_step / horizon, float(self.is_fr_step()), self.loss_clean / self.log_k,
+        v = [min(1.0, self.total_steps / max(1, c.horizon)), float(self.is_fr_step()), self.loss_clean / self.log_k,
              self.loss_aug / self.log_k, self.acc_train, self.acc_val, self.probe_top1, math.log1p(self.grad_norm)]
         return np.clip(np.concatenate([np.asarray(v, dtype=np.float32), self.last_action]), -10, 10).astype(np.float32)
 

@@ -107,6 +107,7 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.regularizers: list[Regularizer] = []
+        self.last_stats: StepStats | None = None  # what the last step() saw (a policy augmenter reads it)
 
     # ------------------------------------------------------------------ optimization
 
@@ -169,7 +170,8 @@ class Trainer:
         self.optimizer.step()
         self.global_step += 1
         acc = (outputs["logits"].argmax(1) == soft_targets.argmax(1)).float().mean()
-        return StepStats(loss.item(), acc.item(), grad_norm.item())
+        self.last_stats = StepStats(loss.item(), acc.item(), grad_norm.item())
+        return self.last_stats
 
     @torch.no_grad()
     def evaluate_batch(self, images: torch.Tensor, soft_targets: torch.Tensor) -> StepStats:

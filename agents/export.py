@@ -1,0 +1,181 @@
+"""Export a trained SB3 policy to a file that loads with torch and safetensors alone (no pickle:
+an SB3 ``.zip`` is not safe to share, ``PPO.load`` unpickles parts of it), and the
+``PolicyAugmenter`` that drops the learned policy into any face-recognition training loop.
+
+The file is a safetensors archive: the deterministic actor's weights as tensors and, in its
+metadata, a JSON description of the layers, the action table, the augmentation settings and the
+fallbacks used when a plain training loop cannot supply an observation entry.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from defenses.hybrid import HybridConfig
+from defenses.hybrid import apply as apply_augment
+from defenses.hybrid import sample as sample_augment
+from defenses.params import ACTION_DIM, ACTION_TABLE, decode
+
+FORMAT = "veil-policy-1"
+
+
+def _layers(module: nn.Module) -> list[nn.Module]:
+    if isinstance(module, nn.Sequential):
+        return [m for sub in module for m in _layers(sub)]
+    return [module]
+
+
+def actor_layers(algo: Any) -> tuple[list[nn.Module], str]:
+    """The deterministic actor of an SB3 algorithm as a flat list of layers, and the final
+    squashing (``clip`` for PPO/A2C, whose Gaussian mean SB3 clips; ``tanh`` for SAC)."""
+    policy = algo.policy
+    name = type(algo).__name__.lower()
+    if name in ("ppo", "a2c"):
+        return _layers(policy.mlp_extractor.policy_net) + [policy.action_net], "clip"
+    if name == "sac":
+        return _layers(policy.actor.latent_pi) + [policy.actor.mu], "tanh"
+    if name == "td3":
+        return _layers(policy.actor.mu), "clip"
+    raise ValueError(f"cannot export a {type(algo).__name__} policy")
+
+
+def export_policy(algo: Any, path: str | Path, env_config: Any, fallbacks: dict[str, float]) -> Path:
+    """Write the policy of ``algo`` (PPO, A2C, SAC or TD3 on ``FaceAugmentEnv``) to ``path``."""
+    from safetensors.torch import save_file
+
+    layers, squash = actor_layers(algo)
+    tensors: dict[str, torch.Tensor] = {}
+    spec: list[str] = []
+    for i, layer in enumerate(layers):
+        if isinstance(layer, nn.Linear):
+            tensors[f"{i}.weight"] = layer.weight.detach().cpu().contiguous()
+            tensors[f"{i}.bias"] = layer.bias.detach().cpu().contiguous()
+            spec.append("linear")
+        elif isinstance(layer, (nn.Tanh, nn.ReLU)):
+            spec.append(type(layer).__name__.lower())
+        elif isinstance(layer, nn.Identity):
+            continue
+        else:
+            raise ValueError(f"cannot export layer {layer!r}")
+    meta = {"format": FORMAT, "algo": type(algo).__name__, "layers": spec, "squash": squash,
+            "action_table": [list(row) for row in ACTION_TABLE], "k_max": env_config.k_max,
+            "mix_mode": env_config.mix_mode, "erase_fill": env_config.erase_fill,
+            "num_classes_note": "observation losses are divided by ln(num_classes) of the batch targets",
+            "ema": env_config.ema, "fallbacks": fallbacks, "env_config": _jsonable(asdict(env_config))}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"veil": json.dumps(meta)})
+    tmp.replace(path)
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+class PolicyAugmenter(nn.Module):
+    """A learned augmentation policy for any FR training loop.
+
+    Called once per batch as ``images, targets = augmenter(images, targets, loss=..., step=...,
+    total_steps=..., val_acc=None, train_acc=None)`` with float images in [0, 1] (B, C, H, W)
+    and soft targets (B, K). It builds the environment's observation from what it is fed and
+    its own moving statistics, picks the augmentation parameters with the policy network
+    (deterministically), and applies frequency MixUp then random erasing.
+
+    Fallbacks for what a plain loop lacks: ``val_acc`` (the last value given, else the mean
+    validation accuracy seen while the agent trained), ``train_acc`` (likewise), the privacy
+    probe (0: no probe), the gradient norm (the mean seen in training). ``loss`` feeds both the
+    clean and augmented loss statistics (a plain loop sees only one); before the first loss,
+    ln(K).
+
+    Example:
+        >>> aug = PolicyAugmenter.load("policy.safetensors")
+        >>> for step, (x, y) in enumerate(loader):
+        ...     x, y = aug(x, y, loss=last_loss, step=step, total_steps=n_steps)
+    """
+
+    def __init__(self, actor: nn.Sequential, meta: dict[str, Any], seed: int = 0) -> None:
+        super().__init__()
+        self.actor = actor
+        self.meta = meta
+        self.squash = meta["squash"]
+        self.k_max = int(meta["k_max"])
+        self.ema = float(meta.get("ema", 0.95))
+        self.fallbacks = dict(meta.get("fallbacks", {}))
+        self.generator = torch.Generator().manual_seed(seed)
+        self.loss_avg: float | None = None
+        self.val_acc: float | None = None
+        self.train_acc: float | None = None
+        self.last_action = np.zeros(ACTION_DIM, dtype=np.float32)
+        self.last_params = None
+
+    @classmethod
+    def load(cls, path: str | Path, seed: int = 0) -> "PolicyAugmenter":
+        """Load an exported policy (safetensors; no pickle is involved)."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"policy file {path} does not exist")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {}).get("veil", "{}"))
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as err:
+            raise ValueError(f"{path} is not a veil policy file: {err}") from err
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a veil policy file (format {meta.get('format')!r})")
+        layers: list[nn.Module] = []
+        for i, kind in enumerate(meta["layers"]):
+            if kind == "linear":
+                w, b = tensors[f"{i}.weight"], tensors[f"{i}.bias"]
+                lin = nn.Linear(w.shape[1], w.shape[0])
+                lin.weight.data.copy_(w)
+                lin.bias.data.copy_(b)
+                layers.append(lin)
+            else:
+                layers.append(nn.Tanh() if kind == "tanh" else nn.ReLU())
+        return cls(nn.Sequential(*layers).eval(), meta, seed)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic actions for observations (N, 15) -> (N, 7) in [-1, 1]."""
+        out = self.actor(obs.float())
+        return torch.tanh(out) if self.squash == "tanh" else out.clamp(-1.0, 1.0)
+
+    def observation(self, num_classes: int, step: int, total_steps: int) -> np.ndarray:
+        log_k = math.log(max(2, num_classes))
+        loss = self.loss_avg if self.loss_avg is not None else log_k
+        fb = self.fallbacks
+        val = self.val_acc if self.val_acc is not None else fb.get("acc_val", 0.0)
+        train = self.train_acc if self.train_acc is not None else fb.get("acc_train", val)
+        v = [min(1.0, step / max(1, total_steps)), 1.0, loss / log_k, loss / log_k, train, val, 0.0,
+             math.log1p(fb.get("grad_norm", 0.0))]
+        return np.clip(np.concatenate([np.asarray(v, dtype=np.float32), self.last_action]), -10, 10).astype(np.float32)
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, loss: float | None = None, step: int = 0,
+                total_steps: int = 1, val_acc: float | None = None,
+                train_acc: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if loss is not None and math.isfinite(loss):
+            self.loss_avg = loss if self.loss_avg is None else self.ema * self.loss_avg + (1 - self.ema) * loss
+        if val_acc is not None:
+            self.val_acc = float(val_acc)
+        if train_acc is not None:
+            self.train_acc = (float(train_acc) if self.train_acc is None
+                              else self.ema * self.train_acc + (1 - self.ema) * float(train_acc))
+        obs = self.observation(targets.shape[1], step, total_steps)
+        action = self.act(torch.from_numpy(obs)[None])[0].numpy()
+        self.last_action = action.astype(np.float32)
+        params = decode(action, self.k_max)
+        self.last_params = params
+        config = HybridConfig.from_params(params, mode=self.meta["mix_mode"], fill=self.meta["erase_fill"])
+        return apply_augment(images, targets, sample_augment(config, images, self.generator))

@@ -1,0 +1,170 @@
+"""The SB3 side of veil: algorithms by name, SB3's logger writing to MLflow, small callbacks with
+one job each (reward terms and chosen parameters, FR evaluation, atomic checkpoints, progress),
+and the baseline policies (none, fixed, random) run through the same environment."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3 import A2C, PPO, SAC, TD3
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import KVWriter, Logger
+from tqdm.auto import tqdm
+
+from defenses.params import ACTION_DIM, ACTION_TABLE
+
+ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC, "td3": TD3, "a2c": A2C}
+PARAM_NAMES = tuple(name for name, _ in ACTION_TABLE)
+
+
+class MLflowOutputFormat(KVWriter):
+    """SB3 logger output that sends every numeric record to the active MLflow run in one batch."""
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
+        from . import tracking
+
+        numeric = {}
+        for key, value in key_values.items():
+            excluded = key_excluded.get(key) or ()
+            if "mlflow" in excluded:
+                continue
+            if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+                numeric[key.replace("/", ".")] = float(value)
+        if numeric:
+            tracking.log_metrics(numeric, step=step)
+
+    def close(self) -> None:
+        pass
+
+
+def mlflow_logger() -> Logger:
+    return Logger(folder=None, output_formats=[MLflowOutputFormat()])
+
+
+class EnvTermsCallback(BaseCallback):
+    """Averages every reward term, FR statistic and decoded parameter from ``info`` over windows
+    of ``every`` steps and logs them to MLflow (``env.*`` and ``action.*``); keeps the history
+    for the parameter plot."""
+
+    def __init__(self, every: int = 64) -> None:
+        super().__init__()
+        self.every = every
+        self._window: dict[str, list[float]] = defaultdict(list)
+        self.history: list[dict[str, float]] = []
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", []):
+            for key in ("loss_aug", "acc_aug", "loss_clean", "acc_val", "probe_top1", "grad_norm", "reward_adv",
+                        "reward_utility", "reward_privacy"):
+                if key in info:
+                    self._window[f"env.{key}"].append(float(info[key]))
+            for name, value in info.get("params", {}).items():
+                self._window[f"action.{name}"].append(float(value))
+        if self.num_timesteps % self.every < max(1, self.training_env.num_envs) and self._window:
+            self._flush()
+        return True
+
+    def _flush(self) -> None:
+        from . import tracking
+
+        means = {k: float(np.mean(v)) for k, v in self._window.items() if v}
+        stds = {f"{k}_std": float(np.std(v)) for k, v in self._window.items() if v and k.startswith("action.")}
+        tracking.log_metrics({**means, **stds}, step=self.num_timesteps)
+        self.history.append({"step": float(self.num_timesteps), **means})
+        self._window.clear()
+
+    def _on_training_end(self) -> None:
+        if self._window:
+            self._flush()
+
+
+class FREvalCallback(BaseCallback):
+    """Every ``every`` steps: clean top-1 of the (first) env's FR model on the private test split."""
+
+    def __init__(self, evaluate, every: int = 512) -> None:
+        super().__init__()
+        self.evaluate = evaluate
+        self.every = every
+        self.last: dict[str, float] = {}
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps % self.every < max(1, self.training_env.num_envs):
+            from . import tracking
+
+            self.last = self.evaluate()
+            tracking.log_metrics({f"fr.{k}": v for k, v in self.last.items()}, step=self.num_timesteps)
+        return True
+
+
+class AtomicCheckpointCallback(BaseCallback):
+    """Every ``every`` steps, save the agent to ``path`` via a temporary file and a rename."""
+
+    def __init__(self, path: str | Path, every: int = 1024) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.every = every
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".zip", dir=self.path.parent)
+        os.close(fd)
+        try:
+            self.model.save(tmp)
+            os.replace(tmp, self.path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps % self.every < max(1, self.training_env.num_envs):
+            self.save()
+        return True
+
+    def _on_training_end(self) -> None:
+        self.save()
+
+
+class ProgressCallback(BaseCallback):
+    """A tqdm bar over the timesteps with the latest mean reward."""
+
+    def __init__(self, total: int) -> None:
+        super().__init__()
+        self.total = total
+        self.bar: tqdm | None = None
+        self._rewards: list[float] = []
+
+    def _on_training_start(self) -> None:
+        self.bar = tqdm(total=self.total, desc="agent", unit="step", dynamic_ncols=True, disable=None)
+        self._t0 = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        self._rewards.extend(float(r) for r in self.locals.get("rewards", []))
+        if self.bar is not None:
+            self.bar.update(self.training_env.num_envs)
+            if self.n_calls % 16 == 0 and self._rewards:
+                self.bar.set_postfix(reward=f"{np.mean(self._rewards[-64:]):+.3f}")
+        return True
+
+    def _on_training_end(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def baseline_action(kind: str, rng: np.random.Generator, fixed: np.ndarray | None = None) -> np.ndarray:
+    """Actions of the baseline policies: ``none`` (k=1, p=0: no augmentation), ``fixed`` (the
+    given action), ``random`` (uniform in [-1, 1]^7)."""
+    if kind == "none":
+        return -np.ones(ACTION_DIM, dtype=np.float32)
+    if kind == "fixed":
+        if fixed is None:
+            raise ValueError("the fixed baseline needs an action")
+        return np.asarray(fixed, dtype=np.float32)
+    if kind == "random":
+        return rng.uniform(-1, 1, ACTION_DIM).astype(np.float32)
+    raise ValueError(f"unknown baseline policy {kind!r}; choose none, fixed or random")

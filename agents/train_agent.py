@@ -1,0 +1,154 @@
+"""``veil train-agent``: train the augmentation policy on ``FaceAugmentEnv`` with SB3, tracked in
+MLflow, and export it; or run a baseline policy (none, fixed, random) through the same env."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _plot_actions(history: list[dict[str, float]], path: Path) -> Path | None:
+    """Chosen parameters (window means) across training, one panel per parameter."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .rl import PARAM_NAMES
+
+    steps = [h["step"] for h in history]
+    fig, axes = plt.subplots(len(PARAM_NAMES), 1, figsize=(7, 1.6 * len(PARAM_NAMES)), sharex=True)
+    for ax, name in zip(axes, PARAM_NAMES):
+        ax.plot(steps, [h.get(f"action.{name}", math.nan) for h in history], lw=1.2)
+        ax.set_ylabel(name, rotation=0, ha="right", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("agent timesteps")
+    fig.suptitle("augmentation parameters chosen by the agent (window means)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def make_env_fn(env_cfg: Any, split: Any, rank: int, threads: int | None):
+    def _make():
+        from dataclasses import replace
+
+        from env import FaceAugmentEnv
+
+        if threads:
+            torch.set_num_threads(threads)
+        return FaceAugmentEnv(replace(env_cfg, seed=env_cfg.seed + 1000 * rank), split=split)
+    return _make
+
+
+def run(args: Any) -> int:
+    import mlflow
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    from env import EnvConfig
+    from recognition import DataConfig, SplitConfig, load_faces, split_identities
+
+    from . import tracking
+    from .export import export_policy
+    from .rl import (ALGOS, AtomicCheckpointCallback, EnvTermsCallback, FREvalCallback, ProgressCallback,
+                     baseline_action, mlflow_logger)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data_cfg = DataConfig(source=args.data, image_size=args.image_size, channels=args.channels, align=args.align,
+                          data_root=args.data_root, synthetic_identities=args.synthetic_identities,
+                          synthetic_images=args.synthetic_images, max_identities=args.max_identities)
+    split_cfg = SplitConfig(n_private=args.n_private, test_fraction=args.test_fraction, seed=args.split_seed)
+    split = split_identities(load_faces(data_cfg), split_cfg)
+    env_cfg = EnvConfig(data=data_cfg, split=split_cfg, model=args.model, lr=args.lr, batch_size=args.batch_size,
+                        episode_steps=args.episode_steps, horizon=args.timesteps // max(1, args.n_envs),
+                        schedule=args.schedule, policy_steps=args.policy_steps, fr_steps=args.fr_steps,
+                        k_max=args.k_max, mix_mode=args.mix_mode, acc_budget=args.acc_budget,
+                        utility_weight=args.utility_weight, val_every=args.val_every, seed=args.seed)
+    print(f"data: {split.num_private} private identities, {len(split.train_labels)} training images; "
+          f"{args.n_envs} env(s), {args.algo if not args.baseline else 'baseline ' + args.baseline}")
+
+    tracking.setup(args.tracking_uri, args.experiment)
+    name = args.run_name or (f"agent-{args.algo}" if not args.baseline else f"baseline-{args.baseline}")
+    out_dir = Path(args.out_dir)
+    with mlflow.start_run(run_name=name) as run:
+        mlflow.set_tags({"veil.kind": "agent" if not args.baseline else "baseline-policy",
+                         "veil.algo": args.algo if not args.baseline else args.baseline})
+        tracking.log_params({"env": asdict(env_cfg), "split": split.summary(),
+                             "agent": {"algo": args.algo, "timesteps": args.timesteps, "n_envs": args.n_envs,
+                                       "n_steps": args.n_steps, "ent_coef": args.ent_coef,
+                                       "policy_lr": args.policy_lr, "baseline": args.baseline}})
+        fns = [make_env_fn(env_cfg, split, i, 1 if args.n_envs > 1 else None) for i in range(args.n_envs)]
+        if args.baseline:
+            return _run_baseline(args, fns[0](), baseline_action, tracking, split)
+        vec = SubprocVecEnv(fns) if args.n_envs > 1 else DummyVecEnv(fns)
+        algo_cls = ALGOS[args.algo]
+        kwargs: dict[str, Any] = {"seed": args.seed, "device": "cpu", "learning_rate": args.policy_lr, "verbose": 0}
+        if args.algo in ("ppo", "a2c"):
+            kwargs.update(n_steps=args.n_steps, ent_coef=args.ent_coef)
+        if args.algo == "ppo":
+            kwargs.update(batch_size=min(64, args.n_steps * args.n_envs), n_epochs=args.n_epochs)
+        if args.algo in ("sac", "td3"):
+            kwargs.update(learning_starts=min(256, args.timesteps // 4), train_freq=4, gradient_steps=1)
+            if args.algo == "sac":
+                kwargs.update(ent_coef="auto" if args.ent_coef == 0 else args.ent_coef)
+        agent = algo_cls("MlpPolicy", vec, **kwargs)
+        agent.set_logger(mlflow_logger())
+        terms = EnvTermsCallback(every=args.log_every)
+        eval_env = vec.envs[0] if isinstance(vec, DummyVecEnv) else None
+
+        def evaluate() -> dict[str, float]:
+            if eval_env is None:
+                return vec.env_method("evaluate_fr", indices=0)[0]
+            return eval_env.unwrapped.evaluate_fr()
+
+        ckpt = out_dir / f"{run.info.run_id}-agent.zip"
+        callbacks = [terms, FREvalCallback(evaluate, every=args.eval_every),
+                     AtomicCheckpointCallback(ckpt, every=args.checkpoint_every), ProgressCallback(args.timesteps)]
+        agent.learn(total_timesteps=args.timesteps, callback=callbacks)
+        final = evaluate()
+        tracking.log_metrics({f"final_fr.{k}": v for k, v in final.items()}, step=agent.num_timesteps)
+        grad = [h.get("env.grad_norm") for h in terms.history if h.get("env.grad_norm") is not None]
+        fallbacks = {"acc_val": float(np.mean([h["env.acc_val"] for h in terms.history[-8:]])) if terms.history else 0.0,
+                     "grad_norm": float(np.mean(grad)) if grad else 1.0}
+        policy_path = export_policy(agent, out_dir / f"{run.info.run_id}-policy.safetensors", env_cfg, fallbacks)
+        tracking.log_file(policy_path, "policy")
+        plot = _plot_actions(terms.history, out_dir / f"{run.info.run_id}-actions.png")
+        if plot:
+            tracking.log_file(plot, "plots")
+        tracking.log_json(terms.history, "action_history.json")
+        vec.close()
+    print(f"\nFR model of env 0: clean top-1 {final['top1']:.1%} on the private test split")
+    print(f"policy: {policy_path}   (veil train-fr --policy {policy_path})")
+    print(f"agent checkpoint: {ckpt}\nMLflow run {run.info.run_id}; look at it with: veil ui")
+    return 0
+
+
+def _run_baseline(args: Any, env: Any, baseline_action, tracking, split) -> int:
+    """Run a baseline policy through the same env for ``timesteps`` steps, logging the same terms."""
+    rng = np.random.default_rng(args.seed)
+    fixed = np.asarray(args.fixed_action, dtype=np.float32) if args.fixed_action else None
+    env.reset(seed=args.seed)
+    window: dict[str, list[float]] = {}
+    for t in range(1, args.timesteps + 1):
+        _, reward, _, truncated, info = env.step(baseline_action(args.baseline, rng, fixed))
+        for k in ("loss_aug", "acc_val", "reward_adv", "reward_utility"):
+            window.setdefault(f"env.{k}", []).append(float(info[k]))
+        window.setdefault("reward", []).append(reward)
+        if t % args.log_every == 0:
+            tracking.log_metrics({k: float(np.mean(v)) for k, v in window.items()}, step=t)
+            window = {}
+        if truncated:
+            env.reset()
+    final = env.evaluate_fr()
+    tracking.log_metrics({f"final_fr.{k}": v for k, v in final.items()}, step=args.timesteps)
+    print(f"baseline {args.baseline}: FR clean top-1 {final['top1']:.1%} after {args.timesteps} steps")
+    return 0
