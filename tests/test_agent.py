@@ -1,0 +1,103 @@
+"""The agent side: exported policies match SB3, the PolicyAugmenter, and veil train-agent in MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from agents import tracking
+from agents.cli import main
+from agents.export import PolicyAugmenter, export_policy
+from env import EnvConfig, FaceAugmentEnv
+from recognition import DataConfig, load_faces, one_hot, split_identities
+
+TINY_DATA = DataConfig(synthetic_identities=8, synthetic_images=10, image_size=32)
+
+
+@pytest.fixture(scope="module")
+def env() -> FaceAugmentEnv:
+    cfg = EnvConfig(data=TINY_DATA, width=8, batch_size=16, episode_steps=16, policy_steps=2, fr_steps=2)
+    return FaceAugmentEnv(cfg, split=split_identities(load_faces(cfg.data), cfg.split))
+
+
+@pytest.mark.parametrize("algo", ["ppo", "sac", "td3"])
+def test_exported_policy_gives_the_same_deterministic_actions_as_sb3(algo: str, env: FaceAugmentEnv,
+                                                                    tmp_path: Path) -> None:
+    from agents.rl import ALGOS
+
+    agent = ALGOS[algo]("MlpPolicy", env, seed=0, device="cpu")
+    path = export_policy(agent, tmp_path / "p.safetensors", env.config, {"acc_val": 0.5, "grad_norm": 1.0})
+    aug = PolicyAugmenter.load(path)
+    obs = np.random.default_rng(0).uniform(-2, 2, (32, env.observation_space.shape[0])).astype(np.float32)
+    expected, _ = agent.predict(obs, deterministic=True)
+    assert np.allclose(aug.act(torch.from_numpy(obs)).numpy(), expected, atol=1e-5)
+
+
+def test_policy_file_holds_no_pickle(env: FaceAugmentEnv, tmp_path: Path) -> None:
+    from safetensors import safe_open
+    from stable_baselines3 import PPO
+
+    path = export_policy(PPO("MlpPolicy", env, seed=0, device="cpu"), tmp_path / "p.safetensors", env.config, {})
+    with safe_open(str(path), framework="pt") as f:  # safetensors: raw tensors + JSON metadata only
+        assert all(k.endswith((".weight", ".bias")) for k in f.keys())
+    assert path.read_bytes()[:8] != b"PK\x03\x04"  # not a zip (an SB3 .zip unpickles on load)
+
+
+def test_policy_augmenter_returns_augmented_batches_and_tracks_its_statistics(env: FaceAugmentEnv,
+                                                                              tmp_path: Path) -> None:
+    from stable_baselines3 import PPO
+
+    path = export_policy(PPO("MlpPolicy", env, seed=0, device="cpu"), tmp_path / "p.safetensors", env.config,
+                         {"acc_val": 0.7, "grad_norm": 2.0})
+    aug = PolicyAugmenter.load(path, seed=0)
+    x = torch.rand(16, 3, 32, 32)
+    y = one_hot(torch.arange(16) % 4, 4)
+    out, t = aug(x, y, loss=1.2, step=3, total_steps=10)
+    assert out.shape == x.shape and t.shape == y.shape
+    assert torch.allclose(t.sum(1), torch.ones(16), atol=1e-5)
+    obs = aug.observation(4, 3, 10)
+    assert obs[0] == pytest.approx(0.3) and obs[5] == pytest.approx(0.7)  # progress, fallback val acc
+    assert obs[2] == pytest.approx(1.2 / np.log(4))
+    aug(x, y, loss=0.2, step=4, total_steps=10, val_acc=0.9)
+    assert aug.observation(4, 4, 10)[5] == pytest.approx(0.9)
+
+
+def test_loading_a_non_policy_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "x.safetensors").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a veil policy"):
+        PolicyAugmenter.load(tmp_path / "x.safetensors")
+
+
+AGENT_TINY = ["--synthetic-identities", "8", "--synthetic-images", "12", "--image-size", "32", "--batch-size", "16",
+              "--episode-steps", "32", "--threads", "2", "--val-every", "16"]
+
+
+def test_train_agent_logs_sb3_metrics_env_terms_policy_and_plot(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["train-agent", *AGENT_TINY, "--timesteps", "128", "--n-steps", "32", "--log-every", "32",
+                 "--eval-every", "64"]) == 0
+    mlflow.set_tracking_uri(tracking.default_tracking_uri())
+    (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name("veil").experiment_id])
+    m = run.data.metrics
+    for key in ("train.value_loss", "train.entropy_loss", "env.reward_adv", "env.reward_utility", "env.loss_aug",
+                "action.k", "action.erase_p", "fr.top1", "final_fr.top1"):
+        assert key in m, key
+    assert run.data.params["agent.algo"] == "ppo" and run.data.params["env.batch_size"] == "16"
+    arts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"policy", "plots", "action_history.json"} <= arts
+    policy = next((tmp_path / "checkpoints").glob("*-policy.safetensors"))
+    assert main(["train-fr", "--data", "synthetic", *AGENT_TINY[:6], "--batch-size", "16", "--epochs", "1",
+                 "--policy", str(policy)]) == 0
+
+
+def test_baseline_policy_runs_through_the_same_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["train-agent", *AGENT_TINY, "--timesteps", "40", "--baseline", "random", "--log-every", "8"]) == 0
+    assert "baseline random: FR clean top-1" in capsys.readouterr().out
