@@ -50,6 +50,13 @@ def make_env_fn(env_cfg: Any, split: Any, rank: int, threads: int | None):
 
 
 def run(args: Any) -> int:
+    """CLI entry: train (or run a baseline) and return the exit code."""
+    train(args)
+    return 0
+
+
+def train(args: Any) -> Path | None:
+    """Train the agent as ``args`` say; return the exported policy's path (``None`` for a baseline)."""
     import mlflow
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
@@ -88,7 +95,8 @@ def run(args: Any) -> int:
                                        "policy_lr": args.policy_lr, "baseline": args.baseline}})
         fns = [make_env_fn(env_cfg, split, i, 1 if args.n_envs > 1 else None) for i in range(args.n_envs)]
         if args.baseline:
-            return _run_baseline(args, fns[0](), baseline_action, tracking, split)
+            _run_baseline(args, fns[0](), baseline_action, tracking, split)
+            return None
         vec = SubprocVecEnv(fns) if args.n_envs > 1 else DummyVecEnv(fns)
         algo_cls = ALGOS[args.algo]
         kwargs: dict[str, Any] = {"seed": args.seed, "device": "cpu", "learning_rate": args.policy_lr, "verbose": 0}
@@ -129,10 +137,10 @@ def run(args: Any) -> int:
     print(f"\nFR model of env 0: clean top-1 {final['top1']:.1%} on the private test split")
     print(f"policy: {policy_path}   (veil train-fr --policy {policy_path})")
     print(f"agent checkpoint: {ckpt}\nMLflow run {run.info.run_id}; look at it with: veil ui")
-    return 0
+    return policy_path
 
 
-def _run_baseline(args: Any, env: Any, baseline_action, tracking, split) -> int:
+def _run_baseline(args: Any, env: Any, baseline_action, tracking, split) -> None:
     """Run a baseline policy through the same env for ``timesteps`` steps, logging the same terms."""
     rng = np.random.default_rng(args.seed)
     fixed = np.asarray(args.fixed_action, dtype=np.float32) if args.fixed_action else None
@@ -151,4 +159,3 @@ def _run_baseline(args: Any, env: Any, baseline_action, tracking, split) -> int:
     final = env.evaluate_fr()
     tracking.log_metrics({f"final_fr.{k}": v for k, v in final.items()}, step=args.timesteps)
     print(f"baseline {args.baseline}: FR clean top-1 {final['top1']:.1%} after {args.timesteps} steps")
-    return 0

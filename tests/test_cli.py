@@ -89,7 +89,7 @@ def test_data_path_without_identities_is_a_one_line_error(tmp_path: Path, monkey
 def test_help_explains_every_option() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices
-    for name in ("train-fr", "ui"):
+    for name in ("train-fr", "train-agent", "demo", "ui"):
         for action in sub[name]._actions:
             if action.dest != "help":
                 assert action.help, f"{name} option {action.option_strings} has no help"
