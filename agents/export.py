@@ -25,6 +25,7 @@ from defenses.hybrid import sample as sample_augment
 from defenses.params import ACTION_DIM, ACTION_TABLE, decode
 
 FORMAT = "veil-policy-1"
+OBS_WIDTH = 15  # env.OBS_DIM, kept here so the augmenter needs no gymnasium
 
 
 def _layers(module: nn.Module) -> list[nn.Module]:
@@ -179,3 +180,38 @@ class PolicyAugmenter(nn.Module):
         self.last_params = params
         config = HybridConfig.from_params(params, mode=self.meta["mix_mode"], fill=self.meta["erase_fill"])
         return apply_augment(images, targets, sample_augment(config, images, self.generator))
+
+
+try:  # MLflow is a dependency of veil, but the augmenter above needs only torch and safetensors
+    import mlflow.pyfunc as _pyfunc
+
+    class PolicyPyfunc(_pyfunc.PythonModel):
+        """MLflow pyfunc serving the exported policy: observations (N, 15) -> actions (N, 7)."""
+
+        def load_context(self, context) -> None:  # type: ignore[no-untyped-def]
+            self.augmenter = PolicyAugmenter.load(context.artifacts["policy"])
+
+        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+            obs = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+            return self.augmenter.act(obs).numpy()
+except ImportError:  # pragma: no cover
+    PolicyPyfunc = None  # type: ignore[assignment,misc]
+
+
+def log_policy_model(policy_path: str | Path, name: str = "policy_model") -> None:
+    """Log the exported policy as an MLflow pyfunc model (servable with ``mlflow models serve``)."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    import agents
+    import defenses
+
+    example = np.zeros((1, OBS_WIDTH), dtype=np.float32)
+    actions = PolicyAugmenter.load(policy_path).act(torch.from_numpy(example)).numpy()
+    mlflow.pyfunc.log_model(
+        name=name, python_model=PolicyPyfunc(), artifacts={"policy": str(policy_path)},
+        input_example=example, signature=infer_signature(example, actions),
+        code_paths=[str(Path(agents.__file__).parent), str(Path(defenses.__file__).parent)],
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "safetensors", "numpy"],
+    )
+

@@ -64,7 +64,7 @@ def train(args: Any) -> Path | None:
     from recognition import DataConfig, SplitConfig, load_faces, split_identities
 
     from . import tracking
-    from .export import export_policy
+    from .export import export_policy, log_policy_model
     from .rl import (ALGOS, AtomicCheckpointCallback, EnvTermsCallback, FREvalCallback, ProgressCallback,
                      baseline_action, mlflow_logger)
 
@@ -129,6 +129,7 @@ def train(args: Any) -> Path | None:
                      "grad_norm": float(np.mean(grad)) if grad else 1.0}
         policy_path = export_policy(agent, out_dir / f"{run.info.run_id}-policy.safetensors", env_cfg, fallbacks)
         tracking.log_file(policy_path, "policy")
+        log_policy_model(policy_path)
         plot = _plot_actions(terms.history, out_dir / f"{run.info.run_id}-actions.png")
         if plot:
             tracking.log_file(plot, "plots")

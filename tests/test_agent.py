@@ -91,7 +91,11 @@ def test_train_agent_logs_sb3_metrics_env_terms_policy_and_plot(tmp_path: Path,
     assert run.data.params["agent.algo"] == "ppo" and run.data.params["env.batch_size"] == "16"
     arts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
     assert {"policy", "plots", "action_history.json"} <= arts
+    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    served = mlflow.pyfunc.load_model(models[0].model_uri)
     policy = next((tmp_path / "checkpoints").glob("*-policy.safetensors"))
+    obs = np.zeros((3, 15), dtype=np.float32)
+    assert np.allclose(served.predict(obs), PolicyAugmenter.load(policy).act(torch.from_numpy(obs)).numpy())
     assert main(["train-fr", "--data", "synthetic", *AGENT_TINY[:6], "--batch-size", "16", "--epochs", "1",
                  "--policy", str(policy)]) == 0
 
