@@ -268,6 +268,10 @@ def cmd_train_fr(args: argparse.Namespace) -> int:
     pretrain_history: list[dict[str, float]] = []
     if "tldmi" in defense.names and not args.resume:
         model, pretrain_history = _tldmi_pretrain(model, model_cfg, train_cfg, defense, split)
+    elif "tldmi" in defense.names:  # resuming: the checkpoint holds the weights; freeze the same layers
+        from defenses.tldmi import freeze_until
+
+        freeze_until(model, defense.tldmi.freeze)
     model = fr_defenses.wrap_model(model, defense, fr_defenses.embedding_dim(model, args.channels, args.image_size),
                                    split.num_private)
     trainer = Trainer(model, train_cfg, num_classes=split.num_private)
