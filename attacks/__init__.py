@@ -1,7 +1,15 @@
-"""Model-inversion attacks and privacy metrics (filled by the attack-harness issue).
+"""Model-inversion attacks and privacy metrics.
 
-Given a target model, the private and public splits and an independent evaluation model, the
-harness runs white-box inversion, the PCA-prior attack, GMI, KEDMI and PLG-MI and returns a
-report: attack top-1/top-5, KNN feature distance, nearest-neighbour identity, PSNR/SSIM, the
-sink-class share and per-sample exposure (DDCS). A cheap `probe` serves the RL environment.
+In place: the PCA-prior attack (`pca`), the metrics (`metrics`: evaluation-model top-1/top-5,
+KNN feature distance, nearest-neighbour identity in feature and pixel space, PSNR with the mean
+face's reference, sink-class share) and the cheap `probe` the environment calls every K steps.
+To come (attack-harness issue): the cached evaluation model, white-box inversion, GMI, KEDMI,
+PLG-MI, SSIM, the Fréchet distance, DDCS and the report.
 """
+
+from .metrics import evaluate_reconstructions, psnr
+from .pca import FacePrior, PCAAttackConfig, pca_attack
+from .probe import PrivacyProbe, ProbeConfig
+
+__all__ = ["FacePrior", "PCAAttackConfig", "PrivacyProbe", "ProbeConfig", "evaluate_reconstructions", "pca_attack",
+           "psnr"]
