@@ -105,3 +105,12 @@ def test_baseline_policy_runs_through_the_same_env(tmp_path: Path, monkeypatch: 
     monkeypatch.chdir(tmp_path)
     assert main(["train-agent", *AGENT_TINY, "--timesteps", "40", "--baseline", "random", "--log-every", "8"]) == 0
     assert "baseline random: FR clean top-1" in capsys.readouterr().out
+
+
+def test_train_agent_with_subprocess_envs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["train-agent", *AGENT_TINY, "--timesteps", "64", "--n-steps", "16", "--n-envs", "2",
+                 "--eval-every", "32"]) == 0
+    assert "FR model of env 0" in capsys.readouterr().out
+    assert len(list((tmp_path / "checkpoints").glob("*-policy.safetensors"))) == 1
