@@ -9,6 +9,7 @@ veil's loader draws shuffled fixed-size batches, the usual approximation in prac
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import nn
@@ -68,8 +69,10 @@ def make_private(trainer, config: DPConfig, n_train: int, epochs: int) -> Privac
     sample_rate = min(1.0, batch / n_train)
     sigma = config.noise_multiplier
     if config.epsilon is not None:
+        # the steps veil will take (ceil per epoch), not epochs / sample_rate, so the target holds
+        steps = epochs * math.ceil(n_train / batch)
         sigma = get_noise_multiplier(target_epsilon=config.epsilon, target_delta=config.delta,
-                                     sample_rate=sample_rate, epochs=epochs, accountant="rdp")
+                                     sample_rate=sample_rate, steps=steps, accountant="rdp")
     trainer.model = GradSampleModule(trainer.model, loss_reduction="mean")
     params = [p for p in trainer.model.parameters() if p.requires_grad]
     base = type(trainer.optimizer)(params, **{k: v for k, v in trainer.optimizer.defaults.items()

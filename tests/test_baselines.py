@@ -124,3 +124,14 @@ def test_dp_refuses_batchnorm_models() -> None:
     model = build_model(ModelConfig(name="resnet18", num_classes=4))
     with pytest.raises(ValueError, match="BatchNorm"):
         make_private(Trainer(model, TrainerConfig(), 4), DPConfig(), 64, 1)
+
+
+def test_dp_spends_no_more_than_the_target_epsilon_over_the_planned_steps() -> None:
+    from defenses.dp import DPConfig, make_private
+
+    trainer = Trainer(_model(), TrainerConfig(batch_size=8), num_classes=4)
+    ledger = make_private(trainer, DPConfig(epsilon=4.0), n_train=20, epochs=2)  # 2 x ceil(20/8) = 6 steps
+    x, y = torch.rand(8, 3, 32, 32), one_hot(torch.arange(8) % 4, 4)
+    for _ in range(6):
+        trainer.step(x, y)
+    assert 3.5 < ledger.epsilon() <= 4.0 + 0.05
