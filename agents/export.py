@@ -185,9 +185,8 @@ class PolicyAugmenter(nn.Module):
 try:  # MLflow is a dependency of veil, but the augmenter above needs only torch and safetensors
     import warnings
 
-    import mlflow.pyfunc as _pyfunc
-
     warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")  # arrays in, arrays out
+    import mlflow.pyfunc as _pyfunc
 
     class PolicyPyfunc(_pyfunc.PythonModel):
         """MLflow pyfunc serving the exported policy: observations (N, 15) -> actions (N, 7)."""
