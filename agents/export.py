@@ -183,9 +183,6 @@ class PolicyAugmenter(nn.Module):
 
 
 try:  # MLflow is a dependency of veil, but the augmenter above needs only torch and safetensors
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")  # arrays in, arrays out
     import mlflow.pyfunc as _pyfunc
 
     class PolicyPyfunc(_pyfunc.PythonModel):
