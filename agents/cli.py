@@ -204,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="utility constraint: penalty when validation accuracy falls below this (default: 0 = off)")
     g.add_argument("--utility-weight", type=float, default=1.0, help="lambda of the utility penalty (default: 1)")
     g.add_argument("--val-every", type=int, default=64, help="validation every N env steps (default: 64)")
+    g.add_argument("--warmup-steps", type=int, default=0,
+                   help="clean FR steps before the game, so the adversary's reward carries signal (default: 0)")
     g = a.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
@@ -403,6 +405,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         common += ["--n-private", str(args.n_private)]
     print("== 1/3: training the augmentation agent (PPO) on the adversarial game")
     agent_args = parser.parse_args(["train-agent", *common, "--timesteps", str(args.timesteps), "--n-steps", "128",
+                                    "--warmup-steps", "300", "--acc-budget", "0.5", "--utility-weight", "5",
                                     "--run-name", "demo-agent"])
     policy = train_agent.train(agent_args)
     print("\n== 2/3: a fresh FR model trained with the learned policy")

@@ -79,7 +79,8 @@ def train(args: Any) -> Path | None:
                         episode_steps=args.episode_steps, horizon=args.timesteps // max(1, args.n_envs),
                         schedule=args.schedule, policy_steps=args.policy_steps, fr_steps=args.fr_steps,
                         k_max=args.k_max, mix_mode=args.mix_mode, acc_budget=args.acc_budget,
-                        utility_weight=args.utility_weight, val_every=args.val_every, seed=args.seed)
+                        utility_weight=args.utility_weight, val_every=args.val_every,
+                        warmup_steps=args.warmup_steps, seed=args.seed)
     print(f"data: {split.num_private} private identities, {len(split.train_labels)} training images; "
           f"{args.n_envs} env(s), {args.algo if not args.baseline else 'baseline ' + args.baseline}")
 

@@ -56,6 +56,9 @@ class EnvConfig:
         ema: smoothing of the running statistics.
         reset_mode: ``continue`` (the FR model keeps learning across episodes: the game) or
             ``restart`` (reset() restores the FR model's initial snapshot).
+        warmup_steps: clean FR steps before the game starts (and before the snapshot). From a
+            random FR model the augmented loss sits at ln K whatever the action, so the adversary
+            gets no signal until the FR model has learned something.
         seed: seeds the FR model, batches and augmentation draws.
     """
 
@@ -83,6 +86,7 @@ class EnvConfig:
     reward_scale: str = "relative"
     ema: float = 0.95
     reset_mode: str = "continue"
+    warmup_steps: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -159,12 +163,14 @@ class FaceAugmentEnv(gym.Env):
                                         image_size=image_size, width=config.width))
         self.trainer = Trainer(model, TrainerConfig(lr=config.lr, batch_size=config.batch_size, schedule="constant",
                                                     seed=config.seed), num_classes=self.num_classes)
-        self._snapshot = copy.deepcopy(self.trainer.state_dict())  # state_dict() shares storage
-        self.log_k = math.log(self.num_classes)
-        self.total_steps = 0
         self._gen = torch.Generator().manual_seed(config.seed + 2)
         self._cursor = len(self.train_idx)  # forces a shuffle on first use
         self._perm = self.train_idx
+        for _ in range(config.warmup_steps):
+            self.trainer.step(*self._next_batch())
+        self._snapshot = copy.deepcopy(self.trainer.state_dict())  # state_dict() shares storage
+        self.log_k = math.log(self.num_classes)
+        self.total_steps = 0
         self._init_stats()
 
     # ------------------------------------------------------------------ helpers

@@ -111,3 +111,10 @@ def test_ppo_runs_a_few_hundred_steps(split) -> None:
     action, _ = model.predict(env.reset(seed=0)[0], deterministic=True)
     assert action.shape == (7,) and env.total_steps == 0
     assert model.num_timesteps == 192
+
+
+def test_warmup_trains_the_fr_model_before_the_game(split) -> None:
+    cold = FaceAugmentEnv(_config(), split=split)
+    warm = FaceAugmentEnv(_config(warmup_steps=30), split=split)
+    assert warm.evaluate_fr()["loss"] < cold.evaluate_fr()["loss"]
+    assert warm.total_steps == 0
