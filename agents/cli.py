@@ -47,6 +47,18 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="synthetic data: images per identity (default: 30)")
 
 
+def data_configs(args: argparse.Namespace):
+    """The ``DataConfig`` and ``SplitConfig`` that the shared data options describe."""
+    from recognition import DataConfig, SplitConfig
+
+    data = DataConfig(source=args.data, image_size=args.image_size, channels=args.channels, align=args.align,
+                      strict=args.strict, pose=args.pose, max_identities=args.max_identities,
+                      data_root=args.data_root, use_cache=not args.no_cache,
+                      synthetic_identities=args.synthetic_identities, synthetic_images=args.synthetic_images)
+    split = SplitConfig(n_private=args.n_private, test_fraction=args.test_fraction, seed=args.split_seed)
+    return data, split
+
+
 def _add_tracking_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tracking")
     g.add_argument("--tracking-uri", default=None,
@@ -239,18 +251,14 @@ def cmd_train_fr(args: argparse.Namespace) -> int:
     import mlflow
     import torch
 
-    from recognition import (DataConfig, ModelConfig, SplitConfig, Trainer, TrainerConfig, build_model,
-                             load_faces, one_hot, split_identities, to_float)
+    from recognition import (ModelConfig, Trainer, TrainerConfig, build_model, load_faces, one_hot,
+                             split_identities, to_float)
 
     from . import fr_defenses, tracking
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    data_cfg = DataConfig(source=args.data, image_size=args.image_size, channels=args.channels, align=args.align,
-                          strict=args.strict, pose=args.pose, max_identities=args.max_identities,
-                          data_root=args.data_root, use_cache=not args.no_cache,
-                          synthetic_identities=args.synthetic_identities, synthetic_images=args.synthetic_images)
-    split_cfg = SplitConfig(n_private=args.n_private, test_fraction=args.test_fraction, seed=args.split_seed)
+    data_cfg, split_cfg = data_configs(args)
     t0 = time.perf_counter()
     data = load_faces(data_cfg)
     split = split_identities(data, split_cfg)

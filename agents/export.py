@@ -69,7 +69,6 @@ def export_policy(algo: Any, path: str | Path, env_config: Any, fallbacks: dict[
     meta = {"format": FORMAT, "algo": type(algo).__name__, "layers": spec, "squash": squash,
             "action_table": [list(row) for row in ACTION_TABLE], "k_max": env_config.k_max,
             "mix_mode": env_config.mix_mode, "erase_fill": env_config.erase_fill,
-            "num_classes_note": "observation losses are divided by ln(num_classes) of the batch targets",
             "ema": env_config.ema, "fallbacks": fallbacks, "env_config": _jsonable(asdict(env_config))}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +137,7 @@ class ProgressCallback(BaseCallback):
         super().__init__()
         self.total = total
         self.bar: tqdm | None = None
-        self._rewards: list[float] = []
+        self._rewards: deque[float] = deque(maxlen=64)
 
     def _on_training_start(self) -> None:
         self.bar = tqdm(total=self.total, desc="agent", unit="step", dynamic_ncols=True, disable=None)
@@ -148,7 +148,7 @@ class ProgressCallback(BaseCallback):
         if self.bar is not None:
             self.bar.update(self.training_env.num_envs)
             if self.n_calls % 16 == 0 and self._rewards:
-                self.bar.set_postfix(reward=f"{np.mean(self._rewards[-64:]):+.3f}")
+                self.bar.set_postfix(reward=f"{np.mean(self._rewards):+.3f}")
         return True
 
     def _on_training_end(self) -> None:

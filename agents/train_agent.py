@@ -61,19 +61,17 @@ def train(args: Any) -> Path | None:
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
     from env import EnvConfig
-    from recognition import DataConfig, SplitConfig, load_faces, split_identities
+    from recognition import load_faces, split_identities
 
     from . import tracking
+    from .cli import data_configs
     from .export import export_policy, log_policy_model
     from .rl import (ALGOS, AtomicCheckpointCallback, EnvTermsCallback, FREvalCallback, ProgressCallback,
                      baseline_action, mlflow_logger)
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    data_cfg = DataConfig(source=args.data, image_size=args.image_size, channels=args.channels, align=args.align,
-                          data_root=args.data_root, synthetic_identities=args.synthetic_identities,
-                          synthetic_images=args.synthetic_images, max_identities=args.max_identities)
-    split_cfg = SplitConfig(n_private=args.n_private, test_fraction=args.test_fraction, seed=args.split_seed)
+    data_cfg, split_cfg = data_configs(args)
     split = split_identities(load_faces(data_cfg), split_cfg)
     env_cfg = EnvConfig(data=data_cfg, split=split_cfg, model=args.model, lr=args.lr, batch_size=args.batch_size,
                         episode_steps=args.episode_steps, horizon=args.timesteps // max(1, args.n_envs),

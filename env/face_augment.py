@@ -19,7 +19,7 @@ from defenses.hybrid import apply as apply_augment
 from defenses.hybrid import sample as sample_augment
 from defenses.params import ACTION_DIM, AugmentParams, decode
 from recognition import (DataConfig, FaceSplit, ModelConfig, SplitConfig, Trainer, TrainerConfig, build_model,
-                         load_faces, one_hot, split_identities, to_float)
+                         load_faces, one_hot, random_hflip, split_identities, to_float)
 
 OBS_NAMES = ("progress", "phase_fr", "loss_clean", "loss_aug", "acc_train", "acc_val", "probe_top1", "grad_norm")
 OBS_DIM = len(OBS_NAMES) + ACTION_DIM
@@ -193,9 +193,7 @@ class FaceAugmentEnv(gym.Env):
             self._cursor = 0
         idx = self._perm[self._cursor:self._cursor + bs]
         self._cursor += bs
-        x = to_float(self.split.train_images[idx])
-        flip = torch.rand(len(idx), generator=self._gen) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        x = random_hflip(to_float(self.split.train_images[idx]), self._gen)
         return x, one_hot(self.split.train_labels[idx], self.num_classes)
 
     def _validate(self) -> float:

@@ -2,10 +2,11 @@
 with the private/public identity split, backbones (small CNN, ResNet-18, InceptionResnetV1) and
 the `Trainer`. Nothing here knows about RL, defenses or MLflow."""
 
-from .data import DataConfig, DataError, FaceData, FaceSplit, SplitConfig, load_faces, one_hot, split_identities, to_float
+from .data import (DataConfig, DataError, FaceData, FaceSplit, SplitConfig, load_faces, one_hot, random_hflip,
+                   split_identities, to_float)
 from .models import MODEL_NAMES, ModelConfig, build_model
 from .trainer import StepStats, Trainer, TrainerConfig, soft_cross_entropy
 
 __all__ = ["DataConfig", "DataError", "FaceData", "FaceSplit", "MODEL_NAMES", "ModelConfig", "SplitConfig",
-           "StepStats", "Trainer", "TrainerConfig", "build_model", "load_faces", "one_hot", "soft_cross_entropy",
-           "split_identities", "to_float"]
+           "StepStats", "Trainer", "TrainerConfig", "build_model", "load_faces", "one_hot", "random_hflip",
+           "soft_cross_entropy", "split_identities", "to_float"]

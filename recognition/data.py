@@ -478,10 +478,16 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
+def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flip each image left-right with probability 1/2 (standard for faces; not a privacy defense)."""
+    flip = torch.rand(images.shape[0], generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Hard labels -> soft targets (float32 rows summing to 1)."""
     return torch.nn.functional.one_hot(labels, num_classes).float()
 
 
 __all__: Sequence[str] = ["DataConfig", "DataError", "FaceData", "FaceSplit", "SplitConfig", "default_data_root",
-                          "load_faces", "one_hot", "resolve_source", "split_identities", "to_float"]
+                          "load_faces", "one_hot", "random_hflip", "resolve_source", "split_identities", "to_float"]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import one_hot, to_float
+from .data import one_hot, random_hflip, to_float
 from .io import atomic_torch_save
 
 Augment = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -246,8 +246,7 @@ class Trainer:
                     x = to_float(train_images[idx])
                     y = one_hot(train_labels[idx], self.num_classes)
                     if self.config.hflip:
-                        flip = torch.rand(len(idx), generator=self.generator) < 0.5
-                        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+                        x = random_hflip(x, self.generator)
                     if augment is not None:
                         x, y = augment(x, y)
                     stats = self.step(x, y)
