@@ -215,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--acc-budget", type=float, default=0.0,
                    help="utility constraint: penalty when validation accuracy falls below this (default: 0 = off)")
     g.add_argument("--utility-weight", type=float, default=1.0, help="lambda of the utility penalty (default: 1)")
+    g.add_argument("--reward-scale", choices=("zscore", "relative", "raw"), default="zscore",
+                   help="normalization of the adversary's excess loss (default: zscore)")
+    g.add_argument("--preserve-budget", type=float, default=0.5,
+                   help="penalty when the FR model's top-1 on the augmented batch falls below this (default: 0.5)")
+    g.add_argument("--preserve-weight", type=float, default=1.0, help="weight of that penalty (default: 1)")
     g.add_argument("--val-every", type=int, default=64, help="validation every N env steps (default: 64)")
     g.add_argument("--warmup-steps", type=int, default=0,
                    help="clean FR steps before the game, so the adversary's reward carries signal (default: 0)")

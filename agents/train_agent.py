@@ -78,6 +78,8 @@ def train(args: Any) -> Path | None:
                         schedule=args.schedule, policy_steps=args.policy_steps, fr_steps=args.fr_steps,
                         k_max=args.k_max, mix_mode=args.mix_mode, acc_budget=args.acc_budget,
                         utility_weight=args.utility_weight, val_every=args.val_every,
+                        reward_scale=args.reward_scale, preserve_budget=args.preserve_budget,
+                        preserve_weight=args.preserve_weight,
                         warmup_steps=args.warmup_steps, seed=args.seed)
     print(f"data: {split.num_private} private identities, {len(split.train_labels)} training images; "
           f"{args.n_envs} env(s), {args.algo if not args.baseline else 'baseline ' + args.baseline}")
@@ -148,7 +150,7 @@ def _run_baseline(args: Any, env: Any, baseline_action, tracking, split) -> None
     window: dict[str, list[float]] = {}
     for t in range(1, args.timesteps + 1):
         _, reward, _, truncated, info = env.step(baseline_action(args.baseline, rng, fixed))
-        for k in ("loss_aug", "acc_val", "reward_adv", "reward_utility"):
+        for k in ("loss_aug", "loss_excess", "acc_aug", "acc_val", "reward_adv", "reward_utility", "reward_preserve"):
             window.setdefault(f"env.{k}", []).append(float(info[k]))
         window.setdefault("reward", []).append(reward)
         if t % args.log_every == 0:

@@ -50,9 +50,17 @@ class EnvConfig:
         privacy_weight, probe_every: the term ``-privacy_weight * probe_top1`` from a probe
             called every ``probe_every`` steps (0: never).
         clean_every: how often (in steps) the clean-batch loss baseline is refreshed.
-        reward_scale: ``relative`` (adversarial term (L_aug - L_clean) / L_clean, clipped to
-            [-5, 5]: invariant to the FR model's progress) or ``zscore`` (against a running
-            mean and std of L_aug) or ``raw``.
+        reward_scale: how the adversary's gain is normalized. Its gain is the *excess* loss on the
+            augmented batch, ``L_aug - H(targets)`` (the KL divergence from the soft targets: mixed
+            labels carry entropy no model can remove, and rewarding it would pay the adversary for
+            mixing rather than for beating the model). ``zscore`` (default): against a running mean
+            and std of that excess, clipped to [-5, 5] (invariant to the FR model's progress, as
+            Adversarial AutoAugment normalizes); ``relative``: (excess - L_clean) / L_clean
+            against the running clean-batch loss; ``raw``: the excess itself.
+        preserve_budget, preserve_weight: the adversary may not win by wiping the identity:
+            ``-preserve_weight * max(0, preserve_budget - acc_aug)``, where ``acc_aug`` is the FR
+            model's top-1 on the augmented batch against each image's dominant label. Unlike the
+            validation term this one answers to the action of the step itself.
         ema: smoothing of the running statistics.
         reset_mode: ``continue`` (the FR model keeps learning across episodes: the game) or
             ``restart`` (reset() restores the FR model's initial snapshot).
@@ -83,7 +91,9 @@ class EnvConfig:
     privacy_weight: float = 0.0
     probe_every: int = 0
     clean_every: int = 4
-    reward_scale: str = "relative"
+    reward_scale: str = "zscore"
+    preserve_budget: float = 0.5
+    preserve_weight: float = 1.0
     ema: float = 0.95
     reset_mode: str = "continue"
     warmup_steps: int = 0
@@ -98,6 +108,9 @@ class EnvConfig:
             raise ValueError(f"reset_mode must be continue or restart, got {self.reset_mode!r}")
         if self.episode_steps < 1 or self.policy_steps < 0 or self.fr_steps < 0 or self.policy_steps + self.fr_steps < 1:
             raise ValueError("episode_steps must be >= 1 and policy_steps + fr_steps >= 1")
+        if not 0.0 <= self.preserve_budget <= 1.0 or self.preserve_weight < 0:
+            raise ValueError(f"preserve_budget must be in [0, 1] and preserve_weight >= 0, got "
+                             f"{self.preserve_budget}, {self.preserve_weight}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
@@ -119,10 +132,12 @@ class FaceAugmentEnv(gym.Env):
     the last action (7 values).
 
     ## Rewards
-    ``reward = adv - utility_weight * max(0, acc_budget - acc_val) - privacy_weight * probe_top1``
-    where ``adv`` is the augmented-batch loss scaled by ``reward_scale`` (relative to the running
-    clean loss by default). ``info`` carries each term: ``reward_adv``, ``reward_utility``,
-    ``reward_privacy`` (their sum is the reward).
+    ``reward = adv - utility_weight * max(0, acc_budget - acc_val)
+    - preserve_weight * max(0, preserve_budget - acc_aug) - privacy_weight * probe_top1``
+    where ``adv`` is the excess loss on the augmented batch (``L_aug - H(targets)``), z-scored
+    against its running statistics by default (``reward_scale``). ``info`` carries each term:
+    ``reward_adv``, ``reward_utility``, ``reward_preserve``, ``reward_privacy`` (their sum is the
+    reward), with ``loss_aug``, ``loss_excess`` and ``acc_aug`` beside them.
 
     ## Starting State
     A freshly initialized FR model (seeded). ``reset()`` keeps the current FR model
@@ -179,7 +194,7 @@ class FaceAugmentEnv(gym.Env):
         self.episode_step = 0
         self.loss_clean = self.log_k
         self.loss_aug = self.log_k
-        self.aug_mean, self.aug_var = self.log_k, 1.0
+        self.aug_mean, self.aug_var, self.aug_count = 0.0, 0.0, 0
         self.acc_train = 0.0
         self.acc_val = self._validate()
         self.probe_top1 = 0.0
@@ -232,9 +247,10 @@ class FaceAugmentEnv(gym.Env):
             self.total_steps = 0
         if fresh:
             self.trainer.load_state_dict(self._snapshot)
-        keep_probe = 0.0 if fresh else self.probe_top1
+        keep = None if fresh else (self.probe_top1, self.aug_mean, self.aug_var, self.aug_count)
         self._init_stats()
-        self.probe_top1 = keep_probe
+        if keep is not None:  # the game goes on: keep the probe score and the reward's running statistics
+            self.probe_top1, self.aug_mean, self.aug_var, self.aug_count = keep
         return self._obs(), {"acc_val": self.acc_val}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -256,15 +272,22 @@ class FaceAugmentEnv(gym.Env):
         else:
             stats = self.trainer.evaluate_batch(aug_images, aug_targets)
         loss_aug = stats.loss
+        entropy = float(-(aug_targets * aug_targets.clamp_min(1e-12).log()).sum(1).mean())
+        excess = loss_aug - entropy
 
         if c.reward_scale == "relative":
-            adv = float(np.clip((loss_aug - self.loss_clean) / max(self.loss_clean, 1e-2), -5.0, 5.0))
+            adv = float(np.clip((excess - self.loss_clean) / max(self.loss_clean, 1e-2), -5.0, 5.0))
         elif c.reward_scale == "zscore":
-            adv = float(np.clip((loss_aug - self.aug_mean) / math.sqrt(self.aug_var + 1e-8), -5.0, 5.0))
+            # running mean/var, exact while fewer than 1 / (1 - ema) samples were seen, then an EMA
+            adv = 0.0 if self.aug_count < 2 else float(
+                np.clip((excess - self.aug_mean) / math.sqrt(self.aug_var + 1e-6), -5.0, 5.0))
         else:
-            adv = loss_aug
-        self.aug_var = c.ema * self.aug_var + (1 - c.ema) * (loss_aug - self.aug_mean) ** 2
-        self.aug_mean = c.ema * self.aug_mean + (1 - c.ema) * loss_aug
+            adv = excess
+        self.aug_count += 1
+        w = max(1.0 - c.ema, 1.0 / self.aug_count)
+        delta = excess - self.aug_mean
+        self.aug_mean += w * delta
+        self.aug_var = (1.0 - w) * (self.aug_var + w * delta * delta)
         self.loss_aug = c.ema * self.loss_aug + (1 - c.ema) * loss_aug
         self.acc_train = c.ema * self.acc_train + (1 - c.ema) * stats.accuracy
 
@@ -275,12 +298,14 @@ class FaceAugmentEnv(gym.Env):
         if self.probe is not None and c.probe_every and self.total_steps % c.probe_every == 0:
             self.probe_top1 = float(self.probe(self.trainer.model))
         utility = -c.utility_weight * max(0.0, c.acc_budget - self.acc_val)
+        preserve = -c.preserve_weight * max(0.0, c.preserve_budget - stats.accuracy)
         privacy = -c.privacy_weight * self.probe_top1
-        reward = adv + utility + privacy
+        reward = adv + utility + preserve + privacy
         self.last_action = action
-        info = {"phase": "fr" if fr_step else "policy", "loss_aug": loss_aug, "acc_aug": stats.accuracy,
+        info = {"phase": "fr" if fr_step else "policy", "loss_aug": loss_aug, "loss_excess": excess,
+                "target_entropy": entropy, "acc_aug": stats.accuracy,
                 "loss_clean": self.loss_clean, "grad_norm": stats.grad_norm if fr_step else 0.0, "acc_val": self.acc_val,
                 "probe_top1": self.probe_top1, "reward_adv": adv, "reward_utility": utility,
-                "reward_privacy": privacy, "params": asdict(params), "global_step": self.total_steps}
+                "reward_preserve": preserve, "reward_privacy": privacy, "params": asdict(params), "global_step": self.total_steps}
         truncated = self.episode_step >= c.episode_steps
         return self._obs(), float(reward), False, truncated, info

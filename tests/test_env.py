@@ -60,8 +60,32 @@ def test_loss_aug_is_the_loss_of_the_augmented_batch_and_reward_is_the_sum_of_te
         with torch.no_grad():
             recomputed = soft_cross_entropy(before(x)["logits"], y).item()
         assert info["loss_aug"] == pytest.approx(recomputed, rel=1e-4)
-        assert reward == pytest.approx(info["reward_adv"] + info["reward_utility"] + info["reward_privacy"])
+        assert reward == pytest.approx(info["reward_adv"] + info["reward_utility"] + info["reward_preserve"]
+                                       + info["reward_privacy"])
         assert info["reward_utility"] == pytest.approx(-1.0 * max(0.0, 0.9 - info["acc_val"]))
+        assert info["reward_preserve"] == pytest.approx(-1.0 * max(0.0, 0.5 - info["acc_aug"]))
+
+
+def test_adversarial_term_is_the_excess_over_the_soft_targets_entropy(split) -> None:
+    env = FaceAugmentEnv(_config(reward_scale="raw"), split=split)
+    env.reset(seed=2)
+    mix = np.array([1, 1, 1, -1, -1, -1, -1], dtype=np.float32)  # k = k_max, full low band, no erasing
+    _, _, _, _, info = env.step(mix)
+    _, y = env.last_batch
+    entropy = -(y * y.clamp_min(1e-12).log()).sum(1).mean().item()
+    assert entropy > 0.1  # mixed labels carry entropy...
+    assert info["target_entropy"] == pytest.approx(entropy, rel=1e-5)
+    assert info["reward_adv"] == pytest.approx(info["loss_aug"] - entropy, rel=1e-5)  # ...which is not paid for
+    assert info["loss_excess"] >= -1e-5  # a KL divergence
+
+
+def test_zscore_reward_is_centred_on_the_running_excess_loss(split) -> None:
+    env = FaceAugmentEnv(_config(policy_steps=40, fr_steps=0), split=split)  # FR frozen: a stationary loss
+    env.reset(seed=0)
+    rng = np.random.default_rng(1)
+    advs = [env.step(rng.uniform(-1, 1, 7).astype(np.float32))[4]["reward_adv"] for _ in range(40)]
+    assert advs[:2] == [0.0, 0.0]  # no statistics yet
+    assert abs(np.mean(advs[10:])) < 0.6 and 0.3 < np.std(advs[10:]) < 2.0
 
 
 def test_policy_phase_freezes_and_fr_phase_trains_the_model(split) -> None:
