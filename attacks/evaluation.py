@@ -1,0 +1,126 @@
+"""The evaluation model: an independent judge of identity for reconstructions.
+
+Reconstructions are optimized against the target and can be adversarial to it (the target
+scores noise at confidence 1.0), so attack accuracy is read by a *different* architecture trained
+on the same private training split, longer and with augmentation (the protocol of GMI, KEDMI and
+PPA). It is trained once per dataset, split and config and cached on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recognition import ModelConfig, Trainer, TrainerConfig, build_model
+from recognition.io import atomic_torch_save, cache_dir
+
+EVAL_CACHE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class EvalModelConfig:
+    """Args:
+        model: backbone (``recognition.models``); must differ from the target's (default ResNet-18
+            against the small-CNN target).
+        epochs, batch_size, lr: training budget (Adam, cosine schedule).
+        scale_min, shift: random resized-crop augmentation: zoom in to at least ``scale_min`` of
+            the side and shift by up to ``shift`` of the side, per sample.
+        seed: training seed.
+    """
+
+    model: str = "resnet18"
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 1e-3
+    scale_min: float = 0.85
+    shift: float = 0.08
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0, got {self.epochs}, "
+                             f"{self.batch_size}, {self.lr}")
+        if not 0.0 < self.scale_min <= 1.0 or not 0.0 <= self.shift < 0.5:
+            raise ValueError(f"scale_min must be in (0, 1] and shift in [0, 0.5), got {self.scale_min}, {self.shift}")
+
+
+@dataclass
+class EvalModel:
+    """A trained evaluation model with its private-test accuracy and where it is cached."""
+
+    model: nn.Module
+    config: EvalModelConfig
+    metrics: dict[str, float]
+    path: Path | None
+    cached: bool
+
+
+def random_crop_shift(images: torch.Tensor, targets: torch.Tensor, generator: torch.Generator,
+                      scale_min: float, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample random zoom-in and shift through one batched ``grid_sample`` (no loop)."""
+    b = images.shape[0]
+    s = scale_min + (1.0 - scale_min) * torch.rand(b, generator=generator)
+    t = (2.0 * torch.rand(b, 2, generator=generator) - 1.0) * 2.0 * shift
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = s
+    theta[:, 1, 1] = s
+    theta[:, :, 2] = t
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, padding_mode="border", align_corners=False), targets
+
+
+def _key(split, config: EvalModelConfig) -> str:
+    h = hashlib.sha256()
+    for t in (split.train_images, split.train_labels, split.test_images, split.test_labels):
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.contiguous().numpy().tobytes())
+    h.update(json.dumps({"config": asdict(config), "v": EVAL_CACHE_VERSION}, sort_keys=True).encode())
+    return h.hexdigest()[:20]
+
+
+def build_eval_model(split, config: EvalModelConfig) -> nn.Module:
+    """The evaluation model's architecture for ``split`` (untrained)."""
+    c, size = int(split.train_images.shape[1]), int(split.train_images.shape[-1])
+    return build_model(ModelConfig(name=config.model, num_classes=split.num_private, in_channels=c, image_size=size))
+
+
+def train_eval_model(split, config: EvalModelConfig = EvalModelConfig(), cache: bool = True,
+                     progress: bool = True) -> EvalModel:
+    """Train (or load from the cache) the evaluation model on ``split``'s private training images.
+
+    The cache file is keyed by the split's images and labels and the config, written atomically
+    under ``$VEIL_CACHE_DIR/eval-models``; a damaged file is retrained, not trusted.
+    """
+    path = cache_dir() / "eval-models" / f"{config.model}-{_key(split, config)}.pt"
+    model = build_eval_model(split, config)
+    if cache and path.is_file():
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"])
+            model.eval()
+            return EvalModel(model, config, dict(state["metrics"]), path, cached=True)
+        except Exception as err:  # a damaged cache entry: say so and retrain
+            print(f"evaluation-model cache {path} is unreadable ({err}); retraining")
+    torch.manual_seed(config.seed)
+    trainer = Trainer(model, TrainerConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                                           schedule="cosine", seed=config.seed), num_classes=split.num_private)
+    g = torch.Generator().manual_seed(config.seed + 17)
+    t0 = time.perf_counter()
+    trainer.fit(split.train_images, split.train_labels,
+                augment=lambda x, y: random_crop_shift(x, y, g, config.scale_min, config.shift), progress=progress)
+    metrics = {k: float(v) for k, v in trainer.evaluate(split.test_images, split.test_labels).items()}
+    metrics["train_seconds"] = time.perf_counter() - t0
+    if not math.isfinite(metrics["loss"]):
+        raise FloatingPointError(f"the evaluation model diverged (test loss {metrics['loss']})")
+    model.eval()
+    if cache:
+        atomic_torch_save({"model": model.state_dict(), "metrics": metrics, "config": asdict(config)}, path)
+    return EvalModel(model, config, metrics, path if cache else None, cached=False)

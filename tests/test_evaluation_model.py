@@ -1,0 +1,56 @@
+"""The evaluation model: a different architecture, trained on private train, cached."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attacks.evaluation import EvalModelConfig, random_crop_shift, train_eval_model
+from recognition import DataConfig, SplitConfig, load_faces, split_identities
+
+
+@pytest.fixture(scope="module")
+def split():
+    data = load_faces(DataConfig(synthetic_identities=8, synthetic_images=12, image_size=32))
+    return split_identities(data, SplitConfig(n_private=4))
+
+
+def test_random_crop_shift_is_per_sample_and_keeps_shape_and_range() -> None:
+    x = torch.rand(6, 3, 16, 16)
+    y = torch.eye(6)
+    out, ty = random_crop_shift(x, y, torch.Generator().manual_seed(0), scale_min=0.8, shift=0.1)
+    assert out.shape == x.shape and torch.equal(ty, y)
+    assert out.min() >= 0 and out.max() <= 1
+    same = x[:1].expand(6, -1, -1, -1)
+    moved, _ = random_crop_shift(same, y, torch.Generator().manual_seed(0), scale_min=0.8, shift=0.1)
+    assert len({round(float(m.sum()), 3) for m in moved}) > 1  # different draws per sample
+
+
+def test_identity_transform_when_no_zoom_and_no_shift() -> None:
+    x = torch.rand(2, 1, 8, 8)
+    out, _ = random_crop_shift(x, torch.eye(2), torch.Generator(), scale_min=1.0, shift=0.0)
+    assert torch.allclose(out, x, atol=1e-5)
+
+
+def test_eval_model_trains_learns_and_is_reused_from_the_cache(split) -> None:
+    cfg = EvalModelConfig(model="cnn", epochs=12, batch_size=8, lr=3e-3)
+    first = train_eval_model(split, cfg, progress=False)
+    assert not first.cached and first.path is not None and first.path.is_file()
+    assert first.metrics["top1"] > 1 / split.num_private  # above chance on the private test split
+    second = train_eval_model(split, cfg, progress=False)
+    assert second.cached and second.metrics == first.metrics
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_a_damaged_cache_entry_is_retrained(split, capsys) -> None:
+    cfg = EvalModelConfig(model="cnn", epochs=1, batch_size=8)
+    first = train_eval_model(split, cfg, progress=False)
+    first.path.write_bytes(b"not a checkpoint")
+    again = train_eval_model(split, cfg, progress=False)
+    assert not again.cached and "unreadable" in capsys.readouterr().out
+
+
+def test_bad_config_names_the_value() -> None:
+    with pytest.raises(ValueError, match="scale_min"):
+        EvalModelConfig(scale_min=0.0)
