@@ -1,0 +1,402 @@
+"""GAN priors for model inversion: a DCGAN-style generator and discriminator, WGAN-GP training on
+the public split, and the shared machinery of the GAN attacks (time-capped training loop, on-disk
+cache, frozen-model context, fingerprints).
+
+GMI (Zhang et al., "The Secret Revealer: Generative Model-Inversion Attacks Against Deep Neural
+Networks", CVPR 2020) trains this GAN on public faces with the Wasserstein loss and gradient
+penalty (Gulrajani et al. 2017) and then searches its latent space (``attacks.gmi``). KEDMI and
+PLG-MI (``attacks.kedmi``, ``attacks.plgmi``) reuse the same networks with other heads and losses.
+
+Networks work for square images of 16, 32, 64, 128 ... px and 1 or 3 channels; the generator maps
+``z ~ N(0, I)`` to images in [0, 1] (a sigmoid output, the range every veil model takes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from recognition.io import atomic_torch_save, cache_dir
+
+GAN_VERSION = "1"
+
+
+# ----------------------------------------------------------------------------------- config
+
+@dataclass(frozen=True)
+class GANConfig:
+    """How a GAN prior is built and trained.
+
+    Args:
+        latent_dim: size of ``z`` (>= 1; GMI uses 100).
+        width: channel multiplier of both networks (>= 4); the deepest layer has ``width * 2^(n-1)``
+            channels for ``n = log2(size / 4)`` up/down-sampling stages.
+        steps: generator updates (>= 1); training ends earlier at ``max_seconds``.
+        batch_size: images per update (>= 2).
+        lr: Adam learning rate of both networks (> 0).
+        betas: Adam betas (WGAN-GP's (0.5, 0.9) by default).
+        n_critic: discriminator updates per generator update (>= 1).
+        gp_weight: weight of the gradient penalty (>= 0; WGAN-GP uses 10). Only the WGAN-GP
+            (GMI) trainer reads it.
+        max_seconds: wall-clock cap on training (``None``: no cap); at least one update runs.
+        seed: seeds the networks' initialization, batches and latents.
+    """
+
+    latent_dim: int = 100
+    width: int = 32
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.9)
+    n_critic: int = 5
+    gp_weight: float = 10.0
+    max_seconds: float | None = 180.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        if self.width < 4:
+            raise ValueError(f"width must be >= 4, got {self.width}")
+        if self.steps < 1 or self.n_critic < 1:
+            raise ValueError(f"steps and n_critic must be >= 1, got steps={self.steps}, n_critic={self.n_critic}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if self.gp_weight < 0:
+            raise ValueError(f"gp_weight must be >= 0, got {self.gp_weight}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0 or None, got {self.max_seconds}")
+
+
+def _stages(image_size: int) -> int:
+    """Number of 2x up/down-sampling stages between 4x4 and ``image_size`` (a power of two >= 16)."""
+    n = int(round(math.log2(image_size))) - 2
+    if image_size < 16 or 2 ** (n + 2) != image_size:
+        raise ValueError(f"image_size must be a power of two >= 16 (e.g. 32 or 64), got {image_size}")
+    return n
+
+
+# ----------------------------------------------------------------------------------- networks
+
+class ConditionalBatchNorm2d(nn.Module):
+    """BatchNorm whose affine gain and bias are looked up per class (PLG-MI's conditional
+    generator); with ``num_classes == 0`` it is a plain affine BatchNorm."""
+
+    def __init__(self, channels: int, num_classes: int = 0) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.bn = nn.BatchNorm2d(channels, affine=num_classes == 0)
+        if num_classes:
+            self.gain = nn.Embedding(num_classes, channels)
+            self.bias = nn.Embedding(num_classes, channels)
+            nn.init.ones_(self.gain.weight)
+            nn.init.zeros_(self.bias.weight)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.bn(x)
+        if not self.num_classes:
+            return h
+        if y is None:
+            raise ValueError("a class-conditional BatchNorm needs labels y")
+        return h * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None]
+
+
+class Generator(nn.Module):
+    """DCGAN generator (as GMI's): ``z`` (B, latent) -> linear to a 4x4 map -> transposed-conv
+    stages with BatchNorm and ReLU -> sigmoid image (B, C, S, S) in [0, 1]. With
+    ``num_classes > 0`` its BatchNorms are class-conditional and ``forward`` takes labels."""
+
+    def __init__(self, latent_dim: int = 100, channels: int = 3, image_size: int = 64, width: int = 32,
+                 num_classes: int = 0) -> None:
+        super().__init__()
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        n = _stages(image_size)
+        self.latent_dim, self.channels, self.image_size, self.num_classes = latent_dim, channels, image_size, num_classes
+        c = width * 2 ** (n - 1)
+        self.c0 = c
+        self.fc = nn.Linear(latent_dim, c * 16, bias=False)
+        self.bn0 = ConditionalBatchNorm2d(c, num_classes)
+        self.ups = nn.ModuleList()
+        self.bns = nn.ModuleList()
+        for _ in range(n - 1):
+            self.ups.append(nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False))
+            self.bns.append(ConditionalBatchNorm2d(c // 2, num_classes))
+            c //= 2
+        self.out = nn.ConvTranspose2d(c, channels, 4, 2, 1)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = F.relu(self.bn0(self.fc(z).view(len(z), self.c0, 4, 4), y))
+        for up, bn in zip(self.ups, self.bns):
+            h = F.relu(bn(up(h), y))
+        return torch.sigmoid(self.out(h))
+
+
+class Discriminator(nn.Module):
+    """DCGAN discriminator: strided convs with LeakyReLU (InstanceNorm after the first, as GMI's
+    WGAN-GP critic, which must not use BatchNorm) down to a 4x4 map whose flattening is the
+    feature vector, then a linear head with ``outputs`` scores.
+
+    ``forward(x, y=None) -> (scores (B, outputs), features (B, F))``. With ``num_classes > 0`` a
+    projection term ``<embed(y), features>`` is added to every score (Miyato and Koyama 2018, the
+    PLG-MI discriminator); ``spectral`` wraps every layer in spectral normalization.
+    """
+
+    def __init__(self, channels: int = 3, image_size: int = 64, width: int = 32, outputs: int = 1,
+                 num_classes: int = 0, norm: str = "instance", spectral: bool = False) -> None:
+        super().__init__()
+        if norm not in ("instance", "none"):
+            raise ValueError(f"norm must be 'instance' or 'none', got {norm!r}")
+        if outputs < 1:
+            raise ValueError(f"outputs must be >= 1, got {outputs}")
+        n = _stages(image_size)
+        sn: Callable[[nn.Module], nn.Module] = (nn.utils.parametrizations.spectral_norm if spectral
+                                                else (lambda m: m))
+        layers: list[nn.Module] = [sn(nn.Conv2d(channels, width, 4, 2, 1)), nn.LeakyReLU(0.2)]
+        c = width
+        for _ in range(n - 1):
+            layers.append(sn(nn.Conv2d(c, 2 * c, 4, 2, 1, bias=norm == "none")))
+            if norm == "instance":
+                layers.append(nn.InstanceNorm2d(2 * c, affine=True))
+            layers.append(nn.LeakyReLU(0.2))
+            c *= 2
+        self.body = nn.Sequential(*layers)
+        self.feature_dim = c * 16
+        self.head = sn(nn.Linear(self.feature_dim, outputs))
+        self.num_classes = num_classes
+        self.embed = sn(nn.Embedding(num_classes, self.feature_dim)) if num_classes else None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(x * 2.0 - 1.0).flatten(1)
+        out = self.head(h)
+        if self.embed is not None:
+            if y is None:
+                raise ValueError("a projection discriminator needs labels y")
+            out = out + (self.embed(y) * h).sum(1, keepdim=True)
+        return out, h
+
+
+@dataclass
+class GANBundle:
+    """A trained GAN prior: the networks (eval mode, frozen), how it was made and how long it took.
+
+    ``kind`` is ``gmi``, ``kedmi`` or ``plgmi``; ``steps_done`` counts generator updates (fewer
+    than ``config.steps`` when the time cap stopped training); ``from_cache`` tells whether it
+    was read from disk; ``extra`` holds method-specific tensors (e.g. PLG-MI's pseudo-label counts).
+    """
+
+    generator: Generator
+    discriminator: Discriminator
+    config: GANConfig
+    kind: str
+    steps_done: int
+    seconds: float
+    from_cache: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.generator.latent_dim
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 or float images -> float32 in [0, 1]."""
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+
+
+def tensor_fingerprint(t: torch.Tensor) -> str:
+    """A short content hash of a tensor (dtype, shape and bytes), for cache keys."""
+    h = hashlib.sha1(f"{t.dtype}:{tuple(t.shape)}".encode())
+    h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A short content hash of a model's state dict (names, shapes, values): the cache key of
+    everything trained against a given target."""
+    h = hashlib.sha1(type(model).__name__.encode())
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(tensor_fingerprint(v).encode())
+    return h.hexdigest()[:16]
+
+
+def cache_key(*parts: Any) -> str:
+    """Hash JSON-able parts (configs as dicts) into a 16-hex-digit cache key."""
+    return hashlib.sha1(json.dumps([GAN_VERSION, *parts], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def frozen(*models: nn.Module) -> Iterator[None]:
+    """Put ``models`` in eval mode with ``requires_grad=False`` for the block and restore each
+    parameter's flag and each model's train mode afterwards (even on error)."""
+    state = [(m, m.training, [(p, p.requires_grad) for p in m.parameters()]) for m in models]
+    for m in models:
+        m.eval()
+        m.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for m, was, flags in state:
+            for p, f in flags:
+                p.requires_grad_(f)
+            m.train(was)
+
+
+def run_loop(steps: int, max_seconds: float | None, desc: str, step: Callable[[int], dict[str, float]],
+             progress: bool = True) -> tuple[int, float]:
+    """Call ``step(i)`` for ``i < steps`` under a tqdm bar until ``max_seconds`` have passed
+    (checked before each step; at least one runs). Returns (steps done, seconds)."""
+    t0 = time.perf_counter()
+    done = 0
+    with tqdm(total=steps, desc=desc, unit="step", leave=False, disable=None if progress else True) as bar:
+        for i in range(steps):
+            if i and max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
+                break
+            stats = step(i)
+            done += 1
+            bar.update(1)
+            if stats and (i % 10 == 0 or i == steps - 1):
+                bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()}, refresh=False)
+    return done, time.perf_counter() - t0
+
+
+def cache_path(prefix: str, key: str) -> Path:
+    """Where a cached GAN (or surrogate) with this key lives."""
+    return cache_dir() / f"{prefix}-{key}.pt"
+
+
+def load_cached(prefix: str, key: str) -> dict | None:
+    """Read a cache entry written by ``save_cached`` (``None`` if absent or damaged)."""
+    path = cache_path(prefix, key)
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged entry is rebuilt, never trusted
+        warnings.warn(f"ignoring damaged cache file {path}: {err}", stacklevel=2)
+        return None
+
+
+def save_cached(prefix: str, key: str, blob: dict) -> None:
+    """Write a cache entry atomically; a failure to write only warns (the result is still used)."""
+    try:
+        atomic_torch_save(blob, cache_path(prefix, key))
+    except OSError as err:
+        warnings.warn(f"could not write the GAN cache in {cache_dir()}: {err}", stacklevel=2)
+
+
+def bundle_blob(bundle: GANBundle) -> dict:
+    """The state of a bundle as plain tensors and numbers (loadable with ``weights_only``)."""
+    return {"generator": bundle.generator.state_dict(), "discriminator": bundle.discriminator.state_dict(),
+            "steps_done": bundle.steps_done, "seconds": bundle.seconds, "extra": bundle.extra}
+
+
+def finish(generator: Generator, discriminator: Discriminator, config: GANConfig, kind: str,
+           steps_done: int, seconds: float, from_cache: bool = False, extra: dict | None = None) -> GANBundle:
+    """Freeze both networks in eval mode and wrap them in a ``GANBundle``."""
+    for m in (generator, discriminator):
+        m.eval()
+        m.requires_grad_(False)
+    return GANBundle(generator, discriminator, config, kind, steps_done, seconds, from_cache, extra or {})
+
+
+def restore(blob: dict, generator: Generator, discriminator: Discriminator, config: GANConfig,
+            kind: str) -> GANBundle:
+    """Load a cache blob into fresh networks and return the bundle (``from_cache=True``)."""
+    generator.load_state_dict(blob["generator"])
+    discriminator.load_state_dict(blob["discriminator"])
+    return finish(generator, discriminator, config, kind, int(blob["steps_done"]), float(blob["seconds"]),
+                  True, dict(blob.get("extra", {})))
+
+
+def sample_batch(images: torch.Tensor, batch_size: int, g: torch.Generator) -> torch.Tensor:
+    """A random batch of public images in [0, 1], each flipped left-right with probability 1/2."""
+    idx = torch.randint(len(images), (batch_size,), generator=g)
+    x = to_unit(images[idx])
+    flip = torch.rand(batch_size, generator=g) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def gradient_penalty(discriminator: Discriminator, real: torch.Tensor, fake: torch.Tensor,
+                     g: torch.Generator) -> torch.Tensor:
+    """WGAN-GP: ``E[(||grad_x D(x_hat)|| - 1)^2]`` on random interpolates of real and fake."""
+    a = torch.rand(len(real), 1, 1, 1, generator=g)
+    x = (a * real + (1 - a) * fake).requires_grad_(True)
+    score = discriminator(x)[0]
+    (grad,) = torch.autograd.grad(score.sum(), x, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1.0).square().mean()
+
+
+def check_images(images: torch.Tensor) -> None:
+    """Raise a clear error unless ``images`` is a (N, C, S, S) batch of at least 2 images."""
+    if images.ndim != 4 or images.shape[-1] != images.shape[-2] or len(images) < 2:
+        raise ValueError(f"public images must be (N >= 2, C, S, S), got {tuple(images.shape)}")
+
+
+# ----------------------------------------------------------------------------------- WGAN-GP
+
+def _wgan_step(gen: Generator, disc: Discriminator, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
+               images: torch.Tensor, config: GANConfig, g: torch.Generator) -> dict[str, float]:
+    """One generator update after ``n_critic`` critic updates (WGAN-GP)."""
+    for _ in range(config.n_critic):
+        real = sample_batch(images, config.batch_size, g)
+        with torch.no_grad():
+            fake = gen(torch.randn(config.batch_size, config.latent_dim, generator=g))
+        wd = disc(real)[0].mean() - disc(fake)[0].mean()
+        gp = gradient_penalty(disc, real, fake, g)
+        loss_d = -wd + config.gp_weight * gp
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+    disc.requires_grad_(False)
+    loss_g = -disc(gen(torch.randn(config.batch_size, config.latent_dim, generator=g)))[0].mean()
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+    disc.requires_grad_(True)
+    return {"w_dist": wd.item(), "gp": gp.item()}
+
+
+def train_gan(public_images: torch.Tensor, config: GANConfig = GANConfig(), cache: bool = True,
+              source: str = "", progress: bool = True) -> GANBundle:
+    """Train (or read from the cache) GMI's WGAN-GP prior on the public images (uint8 or [0, 1],
+    (N, C, S, S)). The cache key hashes ``source``, the images' content and shape, and ``config``."""
+    check_images(public_images)
+    _, c, s, _ = public_images.shape
+    torch.manual_seed(config.seed)
+    gen = Generator(config.latent_dim, c, s, config.width)
+    disc = Discriminator(c, s, config.width, outputs=1, norm="instance")
+    key = cache_key("gmi", source, tensor_fingerprint(public_images), asdict(config))
+    if cache and (blob := load_cached("gan-gmi", key)) is not None:
+        return restore(blob, gen, disc, config, "gmi")
+    opt_g = torch.optim.Adam(gen.parameters(), config.lr, betas=config.betas)
+    opt_d = torch.optim.Adam(disc.parameters(), config.lr, betas=config.betas)
+    g = torch.Generator().manual_seed(config.seed)
+    gen.train()
+    disc.train()
+    done, secs = run_loop(config.steps, config.max_seconds, "GMI GAN (WGAN-GP)",
+                          lambda i: _wgan_step(gen, disc, opt_g, opt_d, public_images, config, g), progress)
+    bundle = finish(gen, disc, config, "gmi", done, secs)
+    if cache:
+        save_cached("gan-gmi", key, bundle_blob(bundle))
+    return bundle

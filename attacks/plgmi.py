@@ -1,0 +1,188 @@
+"""PLG-MI, the pseudo-label-guided model-inversion attack (Yuan, Chen, Zhang, Gong, Liu, Ma,
+"Pseudo Label-Guided Model Inversion Attack via Conditional Generative Adversarial Network",
+AAAI 2023).
+
+1. *Top-n selection*: the target scores every public image; for each class ``k`` the ``top_n``
+   images with the highest ``p_k`` become that class's pseudo-labelled data (an image may serve
+   several classes), which splits the public faces into the target's identities.
+2. A conditional GAN on them: class-conditional generator (conditional BatchNorm), projection
+   discriminator with spectral normalization, hinge loss; the generator also lowers
+   ``alpha *`` the target's max-margin loss on augmented samples of the requested class.
+3. Inversion: for each class and restart, ``z`` is optimized by Adam so that the target's
+   max-margin loss ``-logit_y + max_{k != y} logit_k`` of two augmented views of ``G(z, y)`` falls
+   (random resized crop, brightness/contrast jitter, flip, small rotation; batched affine warps
+   here instead of kornia). No discriminator term: the conditional generator is the prior.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .gan import (Discriminator, GANBundle, GANConfig, Generator, bundle_blob, cache_key, check_images, finish,
+                  frozen, load_cached, model_fingerprint, restore, run_loop, save_cached, tensor_fingerprint, to_unit)
+from .gmi import lomma_kit
+from .lomma import IDENTITY_LOSSES, LOMMAConfig, identity_loss, max_margin_loss
+
+
+def augment(x: torch.Tensor, g: torch.Generator | None = None, scale: tuple[float, float] = (0.8, 1.0),
+            jitter: float = 0.2, degrees: float = 5.0) -> torch.Tensor:
+    """PLG-MI's inversion augmentations, batched: random resized crop (area ``scale``, square),
+    brightness and contrast jitter of +-``jitter``, horizontal flip, rotation of +-``degrees``."""
+    b = len(x)
+    u = torch.rand(b, 6, generator=g)
+    side = (scale[0] + (scale[1] - scale[0]) * u[:, 0]).sqrt()  # crop side as a fraction of the image
+    tx, ty = (2 * u[:, 1] - 1) * (1 - side), (2 * u[:, 2] - 1) * (1 - side)
+    angle = (2 * u[:, 3] - 1) * math.radians(degrees)
+    flip = torch.where(u[:, 4] < 0.5, -1.0, 1.0)
+    cos, sin = angle.cos() * side, angle.sin() * side
+    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    j = (2 * torch.rand(b, 2, 1, 1, 1, generator=g) - 1) * jitter
+    mean = out.mean((1, 2, 3), keepdim=True)
+    out = (out * (1 + j[:, 0]) - mean) * (1 + j[:, 1]) + mean
+    return out.clamp(0.0, 1.0)
+
+
+@torch.no_grad()
+def pseudo_label(target: nn.Module, public_images: torch.Tensor, top_n: int,
+                 batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-n selection: indices into ``public_images`` and their pseudo-labels, the ``top_n``
+    most confident images of each of the target's classes (class-major)."""
+    if top_n < 1:
+        raise ValueError(f"top_n must be >= 1, got {top_n}")
+    with frozen(target):
+        probs = torch.cat([target(to_unit(public_images[i:i + batch]))["logits"].softmax(1)
+                           for i in range(0, len(public_images), batch)])
+    n = min(top_n, len(public_images))
+    idx = probs.topk(n, dim=0).indices.T  # (K, n)
+    labels = torch.arange(probs.shape[1]).repeat_interleave(n)
+    return idx.reshape(-1), labels
+
+
+def _plgmi_step(gen: Generator, disc: Discriminator, target: nn.Module, opt_g: torch.optim.Optimizer,
+                opt_d: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                config: GANConfig, alpha: float, g: torch.Generator) -> dict[str, float]:
+    """``n_critic`` hinge-loss updates of the projection discriminator, then one generator update
+    (hinge + ``alpha`` x the target's max-margin loss on augmented samples)."""
+    n = config.batch_size
+    for _ in range(config.n_critic):
+        idx = torch.randint(len(images), (n,), generator=g)
+        x = to_unit(images[idx])
+        flip = torch.rand(n, generator=g) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        y_fake = torch.randint(num_classes, (n,), generator=g)
+        with torch.no_grad():
+            fake = gen(torch.randn(n, config.latent_dim, generator=g), y_fake)
+        loss_d = F.relu(1 - disc(x, labels[idx])[0]).mean() + F.relu(1 + disc(fake, y_fake)[0]).mean()
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+    disc.requires_grad_(False)
+    y = torch.randint(num_classes, (n,), generator=g)
+    fake = gen(torch.randn(n, config.latent_dim, generator=g), y)
+    loss_adv = -disc(fake, y)[0].mean()
+    loss_inv = max_margin_loss(target(augment(fake, g))["logits"], y).mean() if alpha else torch.zeros(())
+    opt_g.zero_grad(set_to_none=True)
+    (loss_adv + alpha * loss_inv).backward()
+    opt_g.step()
+    disc.requires_grad_(True)
+    return {"d_hinge": loss_d.item(), "g_adv": loss_adv.item(), "g_inv": loss_inv.item()}
+
+
+def train_plgmi_gan(target: nn.Module, public_images: torch.Tensor, config: GANConfig = GANConfig(),
+                    cache: bool = True, source: str = "", top_n: int = 30, alpha: float = 0.2,
+                    progress: bool = True) -> GANBundle:
+    """Pseudo-label the public images with ``target`` (top-n per class) and train (or read from
+    the cache) PLG-MI's conditional GAN on them; cached by the target's weights, the images'
+    content, ``config``, ``top_n`` and ``alpha``. ``config.gp_weight`` is not used (hinge loss,
+    spectral normalization). ``extra['pseudo_index']`` holds the selected public images."""
+    check_images(public_images)
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    idx, labels = pseudo_label(target, public_images, top_n)
+    k = int(labels.max()) + 1
+    _, c, s, _ = public_images.shape
+    torch.manual_seed(config.seed)
+    gen = Generator(config.latent_dim, c, s, config.width, num_classes=k)
+    disc = Discriminator(c, s, config.width, outputs=1, num_classes=k, norm="none", spectral=True)
+    key = cache_key("plgmi", source, model_fingerprint(target), tensor_fingerprint(public_images), asdict(config),
+                    top_n, alpha)
+    if cache and (blob := load_cached("gan-plgmi", key)) is not None:
+        return restore(blob, gen, disc, config, "plgmi")
+    opt_g = torch.optim.Adam(gen.parameters(), config.lr, betas=config.betas)
+    opt_d = torch.optim.Adam(disc.parameters(), config.lr, betas=config.betas)
+    g = torch.Generator().manual_seed(config.seed)
+    gen.train()
+    disc.train()
+    selected = public_images[idx]
+    with frozen(target):
+        done, secs = run_loop(config.steps, config.max_seconds, "PLG-MI cGAN",
+                              lambda i: _plgmi_step(gen, disc, target, opt_g, opt_d, selected, labels, k, config,
+                                                    alpha, g), progress)
+    bundle = finish(gen, disc, config, "plgmi", done, secs, extra={"pseudo_index": idx, "pseudo_labels": labels})
+    if cache:
+        save_cached("gan-plgmi", key, bundle_blob(bundle))
+    return bundle
+
+
+@dataclass(frozen=True)
+class PLGMIConfig:
+    """Args:
+        steps: Adam steps on the latents (>= 1; the authors run 600).
+        lr: Adam learning rate (> 0; the authors' 0.1).
+        seeds: random restarts per class (>= 1); each gives one reconstruction.
+        views: augmented views per step whose losses are summed (>= 1; the authors' 2).
+        augment: apply the augmentations (False: the loss reads ``G(z, y)`` itself, once).
+        identity_loss: ``max_margin`` (the paper), ``ce`` or ``logit`` (ignored with ``lomma``).
+        lomma: LOMMA's logit loss and model augmentation (``None``: off).
+    """
+
+    steps: int = 300
+    lr: float = 0.1
+    seeds: int = 5
+    views: int = 2
+    augment: bool = True
+    identity_loss: str = "max_margin"
+    lomma: LOMMAConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.seeds < 1 or self.views < 1:
+            raise ValueError(f"steps, seeds and views must be >= 1, got {self.steps}, {self.seeds}, {self.views}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.identity_loss not in IDENTITY_LOSSES:
+            raise ValueError(f"identity_loss must be one of {IDENTITY_LOSSES}, got {self.identity_loss!r}")
+
+
+def plgmi_attack(target: nn.Module, gan: GANBundle, classes: torch.Tensor, config: PLGMIConfig = PLGMIConfig(),
+                 generator: torch.Generator | None = None, public_images: torch.Tensor | None = None,
+                 progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reconstruct each class in ``classes`` ``config.seeds`` times with the conditional GAN.
+
+    Returns images (len(classes) * seeds, C, H, W) in [0, 1], class-major, and their classes.
+    The target is left as it was; ``public_images`` is needed only with ``config.lomma``.
+    """
+    if gan.kind != "plgmi":
+        raise ValueError(f"PLG-MI needs its conditional GAN (train_plgmi_gan), got a {gan.kind!r} GAN")
+    kit = lomma_kit(target, config.lomma, public_images, progress)
+    labels = classes.repeat_interleave(config.seeds)
+    z = torch.randn(len(labels), gan.latent_dim, generator=generator).requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=config.lr)
+    G = gan.generator
+    views = config.views if config.augment else 1
+    with frozen(target, G):
+        for _ in range(config.steps):
+            x = G(z, labels)
+            xs = torch.cat([augment(x, generator) for _ in range(views)]) if config.augment else x
+            loss = identity_loss(target, xs, labels.repeat(views), config.identity_loss, kit)
+            opt.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            opt.step()
+        with torch.no_grad():
+            return G(z, labels), labels
