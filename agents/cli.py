@@ -243,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-private", type=int, default=None, help="private identities (default: half)")
     _add_tracking_args(d)
 
+    from .attack_cli import add_parser as add_attack_parser
+
+    add_attack_parser(sub, _add_data_args, _add_tracking_args)
+
     u = sub.add_parser("ui", help="serve the MLflow UI on veil's store (127.0.0.1)",
                        description="Serve MLflow's UI on veil's store (mlruns/mlflow.db), bound to 127.0.0.1, "
                                    "with one worker and MLflow's job runner off (about 0.5 GB instead of 3 GB).")
@@ -347,7 +351,8 @@ def cmd_train_fr(args: argparse.Namespace) -> int:
         trainer.fit(split.train_images, split.train_labels, split.test_images, split.test_labels,
                     augment=augment, on_epoch_end=on_epoch_end, checkpoint_path=ckpt, progress=True)
         # the checkpoint written at each epoch end also records the run, so --resume continues it
-        trainer.save_checkpoint(ckpt, extra={"mlflow_run_id": run_id, "model_config": asdict(model_cfg)})
+        trainer.save_checkpoint(ckpt, extra={"mlflow_run_id": run_id, "model_config": asdict(model_cfg),
+                                             "defense": defense.params()})
         fit_s = time.perf_counter() - t1
         final = trainer.evaluate(split.test_images, split.test_labels)
         tracking.log_metrics({"final_test_top1": final["top1"], "final_test_top5": final["top5"],
@@ -450,7 +455,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from . import train_agent
 
-    handlers = {"train-fr": cmd_train_fr, "train-agent": train_agent.run, "demo": cmd_demo, "ui": cmd_ui}
+    from .attack_cli import cmd_attack
+
+    handlers = {"train-fr": cmd_train_fr, "train-agent": train_agent.run, "demo": cmd_demo, "ui": cmd_ui,
+                "attack": cmd_attack}
     try:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError, FloatingPointError) as err:

@@ -1,0 +1,265 @@
+"""``veil attack``: run model-inversion attacks on a trained FR model (an MLflow run ID, a veil
+checkpoint or an MLflow model folder), score them with the cached evaluation model and log the
+reports to MLflow, nested under the target's training run when it is a run ID."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class DictOutputs(nn.Module):
+    """Adapts a model that returns a logits tensor (an MLflow-logged ``LogitsOnly``) to veil's
+    output contract; the logits double as the embedding."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> dict[str, Any]:
+        out = self.model(x)
+        if isinstance(out, dict):
+            return out
+        return {"logits": out, "embedding": out, "hidden": []}
+
+
+def _run_params(run_id: str) -> dict[str, str]:
+    import mlflow
+
+    try:
+        return mlflow.get_run(run_id).data.params
+    except Exception as err:
+        raise ValueError(f"{run_id!r} is neither a file nor a run ID in {mlflow.get_tracking_uri()}: {err}") from err
+
+
+def data_from_params(params: dict[str, str], args: argparse.Namespace) -> None:
+    """Fill ``args``'s data options from a training run's logged ``data.*``/``split.*`` params."""
+    def get(key: str, default: Any) -> Any:
+        v = params.get(key)
+        return default if v in (None, "None") else v
+
+    args.data = get("data.source", "synthetic")
+    args.data_root = get("data.data_root", None)
+    args.image_size = int(get("data.image_size", 64))
+    args.channels = int(get("data.channels", 3))
+    args.align = get("data.align", "False") == "True"
+    args.pose = get("data.pose", "frontal")
+    mi = get("data.max_identities", None)
+    args.max_identities = int(mi) if mi is not None else None
+    args.synthetic_identities = int(get("data.synthetic_identities", 100))
+    args.synthetic_images = int(get("data.synthetic_images", 30))
+    npriv = get("split.n_private", None)
+    args.n_private = int(npriv) if npriv is not None else None
+    args.test_fraction = float(get("split.test_fraction", 0.3))
+    args.split_seed = int(get("split.seed", 0))
+
+
+def model_from_checkpoint(path: Path) -> tuple[nn.Module, str | None]:
+    """Rebuild a ``veil train-fr`` model from its checkpoint (weights only, no pickle), wrappers
+    included (MID's bottleneck; DP's per-sample-gradient wrapper is stripped); returns it and the
+    MLflow run it names."""
+    from dataclasses import fields as dc_fields
+
+    from defenses.baselines import MIDConfig, MIDModel
+    from recognition import ModelConfig, build_model
+
+    from .fr_defenses import embedding_dim
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable veil checkpoint: {err}") from err
+    extra = state.get("extra", {}) if isinstance(state, dict) else {}
+    mc = extra.get("model_config")
+    if mc is None or "model" not in state:
+        raise ValueError(f"{path} has no model_config (not written by veil train-fr)")
+    cfg = ModelConfig(**{**mc, "weights": None})
+    model = build_model(cfg)
+    weights = {k.removeprefix("_module."): v for k, v in state["model"].items()}
+    defense = extra.get("defense", {})
+    if "mid" in str(defense.get("names", "")).split(","):
+        names = {f.name for f in dc_fields(MIDConfig)}
+        mid = MIDConfig(**{k: v for k, v in defense.get("mid", {}).items() if k in names})
+        model = MIDModel(model, embedding_dim(model, cfg.in_channels, cfg.image_size), cfg.num_classes, mid.bottleneck)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: the weights do not fit the model it describes ({str(err).splitlines()[0]})") from err
+    return model.eval(), extra.get("mlflow_run_id")
+
+
+def load_target(spec: str) -> tuple[nn.Module, str | None, dict[str, str]]:
+    """The target model, its MLflow run ID (if known) and that run's params. ``spec`` is a veil
+    checkpoint, an MLflow model folder, or a run ID of ``veil train-fr`` (its checkpoint artifact)."""
+    import mlflow
+
+    path = Path(spec)
+    if path.is_dir():
+        import mlflow.pytorch
+
+        return DictOutputs(mlflow.pytorch.load_model(str(path), map_location="cpu")), None, {}
+    if path.is_file():
+        model, run_id = model_from_checkpoint(path)
+        try:  # the checkpoint names its training run: nest under it and take its data options
+            return model, run_id, _run_params(run_id) if run_id else {}
+        except ValueError:
+            return model, None, {}
+    params = _run_params(spec)
+    dest = Path(mlflow.artifacts.download_artifacts(run_id=spec, artifact_path="checkpoint"))
+    files = sorted(dest.glob("*.pt")) if dest.is_dir() else [dest]
+    if not files:
+        raise ValueError(f"run {spec} has no checkpoint artifact (was it made by veil train-fr?)")
+    model, _ = model_from_checkpoint(files[0])
+    return model, spec, params
+
+
+def load_eval_model(spec: str | None, split, args: argparse.Namespace, target_arch: str | None):
+    """The evaluation model: a given file (a cached eval-model ``.pt``), or trained and cached."""
+    from attacks.evaluation import EvalModel, EvalModelConfig, build_eval_model, train_eval_model
+
+    if spec:
+        path = Path(spec)
+        if not path.is_file():
+            import mlflow
+
+            dest = mlflow.artifacts.download_artifacts(run_id=spec, artifact_path="eval_model")
+            files = sorted(Path(dest).glob("*.pt"))
+            if not files:
+                raise ValueError(f"run {spec} has no eval_model/*.pt artifact")
+            path = files[0]
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = EvalModelConfig(**state["config"])
+        model = build_eval_model(split, cfg)
+        model.load_state_dict(state["model"])
+        return EvalModel(model.eval(), cfg, dict(state["metrics"]), path, cached=True)
+    arch = args.eval_arch
+    if target_arch == arch:
+        print(f"warning: the evaluation model has the target's architecture ({arch}); use --eval-arch to change it")
+    return train_eval_model(split, EvalModelConfig(model=arch, epochs=args.eval_epochs, seed=args.seed))
+
+
+def _log_eval_model(ev, split_summary: dict) -> str:
+    """Log the evaluation model once per cache file, as its own run; returns that run's ID."""
+    import mlflow
+
+    from . import tracking
+
+    key = ev.path.name if ev.path else "uncached"
+    found = mlflow.search_runs(filter_string=f"tags.`veil.eval_cache` = '{key}'", max_results=1, output_format="list")
+    if found:
+        return found[0].info.run_id
+    with mlflow.start_run(run_name=f"eval-model-{ev.config.model}", nested=mlflow.active_run() is not None) as run:
+        mlflow.set_tags({"veil.kind": "eval-model", "veil.eval_cache": key})
+        tracking.log_params({"eval": asdict(ev.config), "split": split_summary})
+        tracking.log_metrics({f"test_{k}": v for k, v in ev.metrics.items()}, step=0)
+        if ev.path:
+            tracking.log_file(ev.path, "eval_model")
+        return run.info.run_id
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from attacks.harness import ATTACKS, HarnessConfig, run_attack, target_accuracy
+    from attacks.report import AttackReport
+    from recognition import load_faces, split_identities
+
+    from . import tracking
+    from .cli import data_configs
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tracking.setup(args.tracking_uri, args.experiment)
+    names = [a.strip() for a in args.attack.split(",") if a.strip()]
+    unknown = [a for a in names if a not in ATTACKS]
+    if unknown:
+        raise ValueError(f"unknown attack(s) {unknown}; known: {sorted(ATTACKS)}")
+    target, run_id, params = load_target(args.model)
+    if args.data is None:
+        if not params:
+            raise ValueError("--data is needed when --model is a file (a run ID carries its data options)")
+        data_from_params(params, args)
+    data_cfg, split_cfg = data_configs(args)
+    split = split_identities(load_faces(data_cfg), split_cfg)
+    n_out = target(split.test_images[:1].float() / 255.0)["logits"].shape[1]
+    if n_out != split.num_private:
+        raise ValueError(f"the target has {n_out} classes but the split has {split.num_private} private identities; "
+                         "pass the data options it was trained with")
+    ev = load_eval_model(args.eval_model, split, args, params.get("model.name"))
+    acc = target_accuracy(target, split)
+    print(f"target: {args.model}: private test top-1 {acc['top1']:.1%}; evaluation model {ev.config.model}: "
+          f"{ev.metrics['top1']:.1%}{' (cached)' if ev.cached else ''}")
+    settings: dict[str, Any] = {"seeds": args.restarts}
+    if args.steps:
+        settings["steps"] = args.steps
+    if args.lomma:
+        settings["lomma"] = True
+    if args.gan_seconds:
+        settings["max_seconds"] = args.gan_seconds
+    reports: list[AttackReport] = []
+    out_root = Path(args.out_dir)
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"attack-{Path(args.model).name}"):
+        eval_run = _log_eval_model(ev, split.summary())
+        for name in names:
+            cfg = HarnessConfig(identities=args.identities, attack_seeds=args.attack_seeds, settings=settings,
+                                seed=args.seed)
+            t0 = time.perf_counter()
+            report = run_attack(name, target, split, ev.model, cfg)
+            report.context = {"target": args.model, "target_top1": acc["top1"], "num_private": split.num_private,
+                              "eval_model": f"{ev.config.model} ({ev.metrics['top1']:.1%} private test top-1, "
+                                            f"run {eval_run})", "data": split.source}
+            with mlflow.start_run(run_name=f"attack-{name}", nested=True) as child:
+                mlflow.set_tags({"veil.kind": "attack", "veil.attack": name, "veil.eval_run": eval_run})
+                tracking.log_params({"attack": {"name": name, "identities": len(report.classes),
+                                                "attack_seeds": args.attack_seeds, **settings}})
+                metrics = {f"attack.{k}": v for k, v in report.summary.items() if isinstance(v, float)}
+                metrics.update({f"attack.{k}_std": s for k, (_, s) in report.spread.items()})
+                metrics.update({"attack.seconds": sum(report.seconds), "target.top1": acc["top1"]})
+                tracking.log_metrics({k: v for k, v in metrics.items() if v == v and abs(v) != float("inf")}, step=0)
+                paths = report.save(out_root / child.info.run_id)
+                for p in paths.values():
+                    tracking.log_file(p, "report")
+            print(f"{name}: attack top-1 {report.summary['top1']:.1%} ({time.perf_counter() - t0:.0f}s); "
+                  f"report in {paths['markdown']}")
+            reports.append(report)
+    print("\n" + AttackReport.markdown_header())
+    for r in reports:
+        print(r.markdown_row())
+    print("\nlook at the reports with:  veil ui")
+    return 0
+
+
+def add_parser(sub, add_data_args, add_tracking_args) -> None:
+    """The ``veil attack`` sub-command."""
+    a = sub.add_parser("attack", help="run model-inversion attacks on a trained FR model and report the leak",
+                       description="Attack a trained FR model (an MLflow run ID of veil train-fr, a veil checkpoint "
+                                   "or an MLflow model folder), score the reconstructions with an independent "
+                                   "evaluation model (trained once per data/split and cached), and log a JSON/"
+                                   "Markdown report and a reconstruction grid to MLflow (nested under the training "
+                                   "run for a run ID).")
+    a.add_argument("--model", required=True, metavar="RUN_ID_OR_PATH", help="the target model")
+    a.add_argument("--attack", default="pca", help="attack(s), comma-separated: pca, whitebox, gmi, kedmi, plgmi "
+                                                   "(default: pca)")
+    a.add_argument("--identities", type=int, default=0, help="private identities attacked (default: 0 = all)")
+    a.add_argument("--attack-seeds", type=int, default=2, help="independent attack runs (default: 2)")
+    a.add_argument("--restarts", type=int, default=2, help="reconstructions per identity per run (default: 2)")
+    a.add_argument("--steps", type=int, default=None, help="optimization steps (default: each attack's own)")
+    a.add_argument("--lomma", action="store_true", help="GAN attacks: LOMMA's logit loss and model augmentation")
+    a.add_argument("--gan-seconds", type=float, default=None, help="GAN attacks: time cap of GAN training")
+    a.add_argument("--eval-model", default=None, metavar="RUN_ID_OR_PATH",
+                   help="evaluation model (default: train one, or reuse the cached one for this data and split)")
+    a.add_argument("--eval-arch", choices=("resnet18", "cnn", "inception"), default="resnet18",
+                   help="evaluation model architecture; differs from the target's (default: resnet18)")
+    a.add_argument("--eval-epochs", type=int, default=40, help="evaluation model training epochs (default: 40)")
+    a.add_argument("--seed", type=int, default=0, help="seed of identities and attack runs (default: 0)")
+    a.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    a.add_argument("--out-dir", default="reports", help="where reports are written (default: reports)")
+    add_data_args(a)
+    a.set_defaults(data=None)  # None: take the data options from the target's run
+    add_tracking_args(a)

@@ -1,0 +1,121 @@
+"""The attack harness: run one model-inversion attack on a target, over several attack seeds,
+and score it with the evaluation model into an ``AttackReport``.
+
+Attacks are looked up by name in ``ATTACKS``; each is a function
+``(target, split, classes, settings, generator) -> (images in [0, 1], labels)`` so a new attack
+is one entry. Settings not given take each attack's own defaults.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from .metrics import evaluate_reconstructions
+from .report import AttackReport
+
+AttackFn = Callable[[nn.Module, Any, torch.Tensor, dict[str, Any], torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _settings(cls, settings: dict[str, Any]):
+    """Build config ``cls`` from the keys of ``settings`` it knows (the rest belong to others)."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in settings.items() if k in names})
+
+
+def _pca(target, split, classes, settings, generator):
+    from .pca import FacePrior, PCAAttackConfig, pca_attack
+
+    cfg = _settings(PCAAttackConfig, settings)
+    prior = FacePrior.fit(split.public_images, cfg.components)
+    return pca_attack(target, prior, classes, cfg, generator)
+
+
+ATTACKS: dict[str, AttackFn] = {"pca": _pca}
+
+
+def register(name: str, fn: AttackFn) -> None:
+    """Add an attack under ``name`` (the GAN attacks and white-box inversion register here)."""
+    ATTACKS[name] = fn
+
+
+@dataclass(frozen=True)
+class HarnessConfig:
+    """Args:
+        identities: private identities attacked (the first N of a seeded permutation; 0 = all).
+        attack_seeds: independent runs of the attack (each with its own restarts); the report
+            gives mean ± std over them.
+        settings: the attack's own options (e.g. ``steps``, ``seeds`` = restarts per identity,
+            ``lomma``), passed to its config.
+        seed: fixes the identities and the attack seeds.
+    """
+
+    identities: int = 0
+    attack_seeds: int = 2
+    settings: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.identities < 0 or self.attack_seeds < 1:
+            raise ValueError(f"identities must be >= 0 and attack_seeds >= 1, got {self.identities}, "
+                             f"{self.attack_seeds}")
+
+
+def pick_identities(num_private: int, n: int, seed: int) -> torch.Tensor:
+    """The fixed, sorted list of attacked identities."""
+    g = torch.Generator().manual_seed(seed)
+    n = num_private if n <= 0 else min(n, num_private)
+    return torch.randperm(num_private, generator=g)[:n].sort().values
+
+
+def run_attack(name: str, target: nn.Module, split, eval_model: nn.Module, config: HarnessConfig = HarnessConfig(),
+               progress: bool = True) -> AttackReport:
+    """Attack ``target`` with attack ``name`` and score the reconstructions; ``target`` is left
+    unchanged (each attack restores parameters and mode)."""
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; known: {sorted(ATTACKS)}")
+    classes = pick_identities(split.num_private, config.identities, config.seed)
+    keep = torch.isin(split.train_labels, classes)
+    priv_x, priv_y = split.train_images[keep], split.train_labels[keep]
+    images, labels, per_seed, seconds = [], [], [], []
+    from tqdm.auto import tqdm
+
+    for s in tqdm(range(config.attack_seeds), desc=f"attack {name}", unit="seed", disable=None if progress else True):
+        g = torch.Generator().manual_seed(config.seed * 1000 + s)
+        torch.manual_seed(config.seed * 1000 + s)
+        t0 = time.perf_counter()
+        x, y = ATTACKS[name](target, split, classes, dict(config.settings), g)
+        seconds.append(time.perf_counter() - t0)
+        if x.shape[1:] != split.train_images.shape[1:] or not torch.isfinite(x).all():
+            raise ValueError(f"attack {name} returned images of shape {tuple(x.shape)} (finite: "
+                             f"{bool(torch.isfinite(x).all())}); expected (*, {tuple(split.train_images.shape[1:])})")
+        images.append(x.clamp(0, 1))
+        labels.append(y)
+        per_seed.append(evaluate_reconstructions(x, y, eval_model, priv_x, priv_y))
+    recons, rec_labels = torch.cat(images), torch.cat(labels)
+    return AttackReport.build(name, recons, rec_labels, eval_model, split, priv_x, priv_y, per_seed,
+                              settings=dict(config.settings), seconds=seconds, classes=classes)
+
+
+def target_accuracy(target: nn.Module, split) -> dict[str, float]:
+    """Clean top-1/top-5 of the target on the private test split."""
+    from .metrics import _forward
+
+    logits, _ = _forward(target, split.test_images)
+    k = min(5, logits.shape[1])
+    topk = logits.topk(k, 1).indices
+    y = split.test_labels
+    return {"top1": (topk[:, 0] == y).float().mean().item(), "top5": (topk == y[:, None]).any(1).float().mean().item()}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    n = len(values)
+    m = sum(values) / n
+    return m, (math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)

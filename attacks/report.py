@@ -1,0 +1,166 @@
+"""``AttackReport``: what one attack did to one target, as JSON, a Markdown table and an image
+grid (each reconstruction beside the nearest private image of its identity)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .metrics import evaluate_reconstructions
+
+# the columns of the Markdown table, in order, with how each is printed
+COLUMNS = (("top1", "attack top-1", "pct"), ("top5", "top-5", "pct"), ("nn_feature_acc", "NN feature id", "pct"),
+           ("nn_pixel_acc", "NN pixel id", "pct"), ("knn_dist", "KNN dist", "num"), ("psnr", "PSNR dB", "num"),
+           ("ssim", "SSIM", "num3"), ("sink_share", "sink share", "pct"), ("frechet", "Fréchet", "num"))
+
+
+def _fmt(value: float, kind: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if kind == "pct":
+        return f"{100 * value:.1f}%"
+    if kind == "num3":
+        return f"{value:.3f}"
+    return f"{value:.2f}"
+
+
+def _mean_std(rows: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
+    out = {}
+    for k in rows[0]:
+        v = torch.tensor([float(r[k]) for r in rows if k in r], dtype=torch.float64)
+        v = v[torch.isfinite(v)]
+        if len(v):
+            out[k] = (v.mean().item(), v.std().item() if len(v) > 1 else 0.0)
+    return out
+
+
+@dataclass
+class AttackReport:
+    """Every figure of one attack on one target.
+
+    ``summary`` pools all reconstructions of all attack seeds; ``per_seed`` has one row per
+    attack seed (``spread`` = mean and std over them); ``per_identity`` one row per attacked
+    identity; ``extra`` the metrics that need every reconstruction at once (Fréchet distance,
+    DDCS ranking). ``resolution`` is one reconstruction's weight in top-1 within a seed.
+    """
+
+    attack: str
+    settings: dict[str, Any]
+    classes: list[int]
+    summary: dict[str, float]
+    per_seed: list[dict[str, float]]
+    spread: dict[str, tuple[float, float]]
+    per_identity: list[dict[str, float]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    seconds: list[float] = field(default_factory=list)
+    resolution: float = 0.0
+    context: dict[str, Any] = field(default_factory=dict)  # target/eval-model accuracy, data, run ids
+    images: torch.Tensor | None = field(default=None, repr=False)
+    labels: torch.Tensor | None = field(default=None, repr=False)
+    nearest: torch.Tensor | None = field(default=None, repr=False)
+
+    @classmethod
+    def build(cls, attack: str, recons: torch.Tensor, labels: torch.Tensor, eval_model: nn.Module, split,
+              priv_x: torch.Tensor, priv_y: torch.Tensor, per_seed: list[dict[str, float]], settings: dict[str, Any],
+              seconds: list[float], classes: torch.Tensor) -> "AttackReport":
+        summary = evaluate_reconstructions(recons, labels, eval_model, priv_x, priv_y, split.public_images)
+        priv = priv_x.float() / 255.0 if priv_x.dtype == torch.uint8 else priv_x.float()
+        same = labels[:, None] == priv_y[None, :]
+        d = torch.cdist(recons.flatten(1).float(), priv.flatten(1))
+        nearest = priv[torch.where(same, d, torch.full_like(d, float("inf"))).argmin(1)]
+        per_identity = []
+        for c in classes.tolist():
+            m = labels == c
+            if m.any():
+                row = evaluate_reconstructions(recons[m], labels[m], eval_model, priv_x, priv_y)
+                per_identity.append({"identity": c, **{k: v for k, v in row.items() if k != "n"}})
+        n_per_seed = len(recons) // max(1, len(per_seed))
+        return cls(attack=attack, settings=settings, classes=classes.tolist(), summary=summary, per_seed=per_seed,
+                   spread=_mean_std(per_seed), per_identity=per_identity, seconds=seconds,
+                   resolution=1.0 / max(1, n_per_seed), images=recons, labels=labels, nearest=nearest)
+
+    # ------------------------------------------------------------------ output
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in (
+            "attack", "settings", "classes", "summary", "per_seed", "per_identity", "extra", "seconds",
+            "resolution", "context")}
+        d["spread"] = {k: {"mean": m, "std": s} for k, (m, s) in self.spread.items()}
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=float)
+
+    def markdown_row(self, label: str | None = None) -> str:
+        """One table row: mean ± std over attack seeds where there are several."""
+        cells = [label or self.attack]
+        for key, _, kind in COLUMNS:
+            if key in self.spread and len(self.per_seed) > 1:
+                m, s = self.spread[key]
+                cells.append(f"{_fmt(m, kind)} ± {_fmt(s, kind).rstrip('%')}" + ("%" if kind == "pct" else ""))
+            else:
+                cells.append(_fmt(self.summary.get(key, self.extra.get(key, float("nan"))), kind))
+        cells.append(f"{sum(self.seconds):.1f}")
+        return "| " + " | ".join(cells) + " |"
+
+    @staticmethod
+    def markdown_header(first: str = "attack") -> str:
+        names = [first] + [c[1] for c in COLUMNS] + ["seconds"]
+        return "| " + " | ".join(names) + " |\n|" + "---|" * len(names)
+
+    def to_markdown(self) -> str:
+        """The report as Markdown: context, the table row, per-identity top-1, notes."""
+        lines = [f"# Attack report: {self.attack}", ""]
+        for k, v in self.context.items():
+            lines.append(f"- {k}: {v}")
+        chance = 1.0 / max(1, int(self.context.get("num_private", 0)) or 1)
+        lines += [f"- identities attacked: {len(self.classes)}; reconstructions: {int(self.summary['n'])} "
+                  f"over {len(self.per_seed)} attack seed(s); one reconstruction = {100 * self.resolution:.1f} "
+                  f"points of top-1 within a seed; chance top-1 = {100 * chance:.1f}%",
+                  f"- public mean face PSNR to the same private images: "
+                  f"{self.summary.get('psnr_mean_face', float('nan')):.2f} dB (what blur alone scores)", "",
+                  self.markdown_header(), self.markdown_row(), ""]
+        for note in self.extra.get("notes", []):
+            lines.append(f"> {note}")
+        if self.per_identity:
+            lines += ["", "| identity | top-1 | NN feature id | KNN dist | PSNR |", "|---|---|---|---|---|"]
+            for r in self.per_identity:
+                lines.append(f"| {r['identity']} | {_fmt(r['top1'], 'pct')} | {_fmt(r['nn_feature_acc'], 'pct')} | "
+                             f"{r['knn_dist']:.2f} | {r['psnr']:.2f} |")
+        if self.extra.get("ddcs_top"):
+            lines += ["", "Most exposed private training samples (DDCS):", "",
+                      "| rank | private sample | identity | DDCS |", "|---|---|---|---|"]
+            for i, r in enumerate(self.extra["ddcs_top"], 1):
+                lines.append(f"| {i} | {r['sample']} | {r['identity']} | {r['ddcs']:.3f} |")
+        return "\n".join(lines) + "\n"
+
+    def grid(self, per_identity: int = 1, max_identities: int = 20) -> torch.Tensor:
+        """Pairs (reconstruction, nearest private image of its identity), one pair per cell."""
+        if self.images is None or self.labels is None or self.nearest is None:
+            raise ValueError("this report holds no images")
+        cells = []
+        for c in self.classes[:max_identities]:
+            idx = (self.labels == c).nonzero().flatten()[:per_identity]
+            for i in idx.tolist():
+                cells += [self.images[i], self.nearest[i]]
+        from torchvision.utils import make_grid
+
+        return make_grid(torch.stack(cells), nrow=min(10, len(cells)), padding=2, pad_value=1.0)
+
+    def save(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write ``report.json``, ``report.md`` and ``reconstructions.png`` into ``out_dir``."""
+        from torchvision.utils import save_image
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"json": out / "report.json", "markdown": out / "report.md", "grid": out / "reconstructions.png"}
+        paths["json"].write_text(self.to_json())
+        paths["markdown"].write_text(self.to_markdown())
+        save_image(self.grid(), paths["grid"])
+        return paths
