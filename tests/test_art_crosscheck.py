@@ -83,7 +83,7 @@ def trained():
     split = split_identities(data, SplitConfig(n_private=6))
     torch.manual_seed(0)
     model = build_model(ModelConfig(num_classes=split.num_private, width=8, embedding_dim=32))
-    Trainer(model, TrainerConfig(epochs=10, batch_size=8, lr=3e-3), split.num_private).fit(
+    Trainer(model, TrainerConfig(epochs=6, batch_size=8, lr=3e-3, schedule="constant"), split.num_private).fit(
         split.train_images, split.train_labels, progress=False)
     return split, model.eval()
 
