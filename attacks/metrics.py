@@ -197,7 +197,8 @@ def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> dict[str, float | int 
     float64 (no complex parts to discard, unlike scipy's sqrtm on a non-symmetric product).
     """
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"frechet_distance needs two (N, D) feature sets of one D, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(f"frechet_distance needs two (N, D) feature sets of one D, got {tuple(x.shape)} "
+                         f"and {tuple(y.shape)}")
     n = min(len(x), len(y))
     if n < 2:
         raise ValueError(f"frechet_distance needs at least 2 samples per set, got {len(x)} and {len(y)}")

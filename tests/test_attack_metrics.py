@@ -173,7 +173,8 @@ def test_ddcs_ranks_the_copied_samples_first_and_skips_unattacked_identities() -
     feats, labels = _features()
     images = feats.reshape(8, 1, 1, 2)  # the Pixels model's embedding is the flattened image
     model = Pixels(images, labels, 2)
-    recons = torch.stack([images[2], images[3] + torch.tensor([0.6, 0.0]).reshape(1, 1, 2)])  # identity 0 only: sample 2 copied, 3 near
+    # identity 0 only: sample 2 copied, sample 3 missed by 0.6
+    recons = torch.stack([images[2], images[3] + torch.tensor([0.6, 0.0]).reshape(1, 1, 2)])
     out = ddcs(recons, torch.tensor([0, 0]), model, images, labels, top=3)
     assert out["ranking"][:2].tolist() == [2, 3] and out["ranking_recon"][:2].tolist() == [0, 1]
     assert out["ranking_scores"][0] == pytest.approx(1.0)
