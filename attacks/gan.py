@@ -51,6 +51,9 @@ class GANConfig:
         n_critic: discriminator updates per generator update (>= 1).
         gp_weight: weight of the gradient penalty (>= 0; WGAN-GP uses 10). Only the WGAN-GP
             (GMI) trainer reads it.
+        gp_every: compute the penalty on every ``gp_every``-th critic update only, scaled by
+            ``gp_every`` (lazy regularization, Karras et al. 2020; >= 1, 1 = exact WGAN-GP). The
+            penalty's double backward is most of a critic update's cost on CPU.
         max_seconds: wall-clock cap on training (``None``: no cap); at least one update runs.
         seed: seeds the networks' initialization, batches and latents.
     """
@@ -63,6 +66,7 @@ class GANConfig:
     betas: tuple[float, float] = (0.5, 0.9)
     n_critic: int = 5
     gp_weight: float = 10.0
+    gp_every: int = 1
     max_seconds: float | None = 180.0
     seed: int = 0
 
@@ -71,8 +75,9 @@ class GANConfig:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
         if self.width < 4:
             raise ValueError(f"width must be >= 4, got {self.width}")
-        if self.steps < 1 or self.n_critic < 1:
-            raise ValueError(f"steps and n_critic must be >= 1, got steps={self.steps}, n_critic={self.n_critic}")
+        if self.steps < 1 or self.n_critic < 1 or self.gp_every < 1:
+            raise ValueError(f"steps, n_critic and gp_every must be >= 1, got steps={self.steps}, "
+                             f"n_critic={self.n_critic}, gp_every={self.gp_every}")
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -347,6 +352,14 @@ def gradient_penalty(discriminator: Discriminator, real: torch.Tensor, fake: tor
     return (grad.flatten(1).norm(dim=1) - 1.0).square().mean()
 
 
+def seeded(seed: int, build: Callable[[], Any]) -> Any:
+    """Call ``build()`` (network construction) under ``torch.manual_seed(seed)`` without
+    disturbing the caller's global random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
 def check_images(images: torch.Tensor) -> None:
     """Raise a clear error unless ``images`` is a (N, C, S, S) batch of at least 2 images."""
     if images.ndim != 4 or images.shape[-1] != images.shape[-2] or len(images) < 2:
@@ -356,15 +369,19 @@ def check_images(images: torch.Tensor) -> None:
 # ----------------------------------------------------------------------------------- WGAN-GP
 
 def _wgan_step(gen: Generator, disc: Discriminator, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
-               images: torch.Tensor, config: GANConfig, g: torch.Generator) -> dict[str, float]:
-    """One generator update after ``n_critic`` critic updates (WGAN-GP)."""
-    for _ in range(config.n_critic):
+               images: torch.Tensor, config: GANConfig, g: torch.Generator, step: int = 0) -> dict[str, float]:
+    """Generator update ``step``, after ``n_critic`` critic updates (WGAN-GP, lazily penalized
+    every ``gp_every`` critic updates)."""
+    gp = torch.zeros(())
+    for j in range(config.n_critic):
         real = sample_batch(images, config.batch_size, g)
         with torch.no_grad():
             fake = gen(torch.randn(config.batch_size, config.latent_dim, generator=g))
         wd = disc(real)[0].mean() - disc(fake)[0].mean()
-        gp = gradient_penalty(disc, real, fake, g)
-        loss_d = -wd + config.gp_weight * gp
+        loss_d = -wd
+        if (step * config.n_critic + j) % config.gp_every == 0:
+            gp = gradient_penalty(disc, real, fake, g)
+            loss_d = loss_d + config.gp_weight * config.gp_every * gp
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
@@ -383,9 +400,8 @@ def train_gan(public_images: torch.Tensor, config: GANConfig = GANConfig(), cach
     (N, C, S, S)). The cache key hashes ``source``, the images' content and shape, and ``config``."""
     check_images(public_images)
     _, c, s, _ = public_images.shape
-    torch.manual_seed(config.seed)
-    gen = Generator(config.latent_dim, c, s, config.width)
-    disc = Discriminator(c, s, config.width, outputs=1, norm="instance")
+    gen, disc = seeded(config.seed, lambda: (Generator(config.latent_dim, c, s, config.width),
+                                             Discriminator(c, s, config.width, outputs=1, norm="instance")))
     key = cache_key("gmi", source, tensor_fingerprint(public_images), asdict(config))
     if cache and (blob := load_cached("gan-gmi", key)) is not None:
         return restore(blob, gen, disc, config, "gmi")
@@ -395,7 +411,7 @@ def train_gan(public_images: torch.Tensor, config: GANConfig = GANConfig(), cach
     gen.train()
     disc.train()
     done, secs = run_loop(config.steps, config.max_seconds, "GMI GAN (WGAN-GP)",
-                          lambda i: _wgan_step(gen, disc, opt_g, opt_d, public_images, config, g), progress)
+                          lambda i: _wgan_step(gen, disc, opt_g, opt_d, public_images, config, g, i), progress)
     bundle = finish(gen, disc, config, "gmi", done, secs)
     if cache:
         save_cached("gan-gmi", key, bundle_blob(bundle))

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gan import (Discriminator, GANBundle, GANConfig, Generator, cache_key, check_images, finish, frozen,
-                  load_cached, model_fingerprint, restore, run_loop, save_cached, tensor_fingerprint, to_unit,
-                  bundle_blob)
+from .gan import (Discriminator, GANBundle, GANConfig, Generator, bundle_blob, cache_key, check_images, finish,
+                  frozen, load_cached, model_fingerprint, restore, run_loop, save_cached, seeded, tensor_fingerprint,
+                  to_unit)
 from .gmi import lomma_kit
 from .lomma import IDENTITY_LOSSES, LOMMAConfig, identity_loss
 
@@ -96,9 +96,8 @@ def train_kedmi_gan(target: nn.Module, public_images: torch.Tensor, config: GANC
     probs = soft_labels(target, public_images)
     k = probs[0].shape[1]
     _, c, s, _ = public_images.shape
-    torch.manual_seed(config.seed)
-    gen = Generator(config.latent_dim, c, s, config.width)
-    disc = Discriminator(c, s, config.width, outputs=k, norm="instance")
+    gen, disc = seeded(config.seed, lambda: (Generator(config.latent_dim, c, s, config.width),
+                                             Discriminator(c, s, config.width, outputs=k, norm="instance")))
     key = cache_key("kedmi", source, model_fingerprint(target), tensor_fingerprint(public_images), asdict(config),
                     entropy_weight)
     if cache and (blob := load_cached("gan-kedmi", key)) is not None:

@@ -26,7 +26,7 @@ from torch import nn
 
 from recognition.models import ModelConfig, build_model
 
-from .gan import (cache_key, frozen, load_cached, model_fingerprint, run_loop, sample_batch, save_cached,
+from .gan import (cache_key, frozen, load_cached, model_fingerprint, run_loop, sample_batch, save_cached, seeded,
                   tensor_fingerprint, to_unit)
 
 IDENTITY_LOSSES = ("ce", "max_margin", "logit")
@@ -139,8 +139,8 @@ def prepare_lomma(target: nn.Module, public_images: torch.Tensor, config: LOMMAC
     with torch.no_grad(), frozen(target):
         num_classes = target(to_unit(public_images[:2]))["logits"].shape[1]
     mean = public_feature_mean(target, public_images)
-    torch.manual_seed(config.seed)
-    models = [_surrogate(num_classes, public_images, config, i) for i in range(config.surrogates)]
+    models = seeded(config.seed, lambda: [_surrogate(num_classes, public_images, config, i)
+                                          for i in range(config.surrogates)])
     if not models:
         return LOMMAKit([], mean, config)
     key = cache_key("lomma", model_fingerprint(target), tensor_fingerprint(public_images), asdict(config))

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .gan import (Discriminator, GANBundle, GANConfig, Generator, bundle_blob, cache_key, check_images, finish,
-                  frozen, load_cached, model_fingerprint, restore, run_loop, save_cached, tensor_fingerprint, to_unit)
+                  frozen, load_cached, model_fingerprint, restore, run_loop, save_cached, seeded,
+                  tensor_fingerprint, to_unit)
 from .gmi import lomma_kit
 from .lomma import IDENTITY_LOSSES, LOMMAConfig, identity_loss, max_margin_loss
 
@@ -108,9 +109,9 @@ def train_plgmi_gan(target: nn.Module, public_images: torch.Tensor, config: GANC
     idx, labels = pseudo_label(target, public_images, top_n)
     k = int(labels.max()) + 1
     _, c, s, _ = public_images.shape
-    torch.manual_seed(config.seed)
-    gen = Generator(config.latent_dim, c, s, config.width, num_classes=k)
-    disc = Discriminator(c, s, config.width, outputs=1, num_classes=k, norm="none", spectral=True)
+    gen, disc = seeded(config.seed, lambda: (
+        Generator(config.latent_dim, c, s, config.width, num_classes=k),
+        Discriminator(c, s, config.width, outputs=1, num_classes=k, norm="none", spectral=True)))
     key = cache_key("plgmi", source, model_fingerprint(target), tensor_fingerprint(public_images), asdict(config),
                     top_n, alpha)
     if cache and (blob := load_cached("gan-plgmi", key)) is not None:

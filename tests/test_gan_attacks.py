@@ -95,6 +95,8 @@ def test_configs_and_networks_reject_bad_values_by_name() -> None:
         GANConfig(width=2)
     with pytest.raises(ValueError, match="max_seconds"):
         GANConfig(max_seconds=0)
+    with pytest.raises(ValueError, match="gp_every=0"):
+        GANConfig(gp_every=0)
     with pytest.raises(ValueError, match="power of two"):
         Generator(image_size=48)
     with pytest.raises(ValueError, match="steps"):
