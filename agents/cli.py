@@ -223,6 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-every", type=int, default=64, help="validation every N env steps (default: 64)")
     g.add_argument("--warmup-steps", type=int, default=0,
                    help="clean FR steps before the game, so the adversary's reward carries signal (default: 0)")
+    g = a.add_argument_group("privacy probe (the PCA-prior attack, scored by the cached evaluation model)")
+    g.add_argument("--probe-every", type=int, default=0,
+                   help="run the probe on the FR model every N env steps; its top-1 enters the observation (default: 0 = off)")
+    g.add_argument("--privacy-weight", type=float, default=0.0,
+                   help="mu of the reward term -mu * probe top-1 (default: 0: observed and logged only)")
+    g.add_argument("--probe-identities", type=int, default=10, help="identities the probe attacks (default: 10)")
+    g.add_argument("--eval-epochs", type=int, default=40,
+                   help="training epochs of the evaluation model, if it is not cached yet (default: 40)")
     g = a.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
@@ -240,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--timesteps", type=int, default=1024, help="agent steps (default: 1024)")
     d.add_argument("--epochs", type=int, default=10, help="epochs of each FR model (default: 10)")
     d.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    d.add_argument("--eval-epochs", type=int, default=15,
+                   help="epochs of the evaluation model that scores the attack (cached after the first demo; default: 15)")
     d.add_argument("--n-private", type=int, default=None, help="private identities (default: half)")
     _add_tracking_args(d)
 
@@ -257,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train_fr(args: argparse.Namespace) -> int:
+    train_fr(args)
+    return 0
+
+
+def train_fr(args: argparse.Namespace) -> str:
+    """Train an FR model as ``args`` say; returns its MLflow run ID."""
     import mlflow
     import torch
 
@@ -370,7 +386,7 @@ def cmd_train_fr(args: argparse.Namespace) -> int:
     print(f"checkpoint: {ckpt}")
     print(f"MLflow run {run_id} in {uri}")
     print("look at it with:  veil ui   (then open http://127.0.0.1:5000)")
-    return 0
+    return run_id
 
 
 def _policy_augment(path: str, trainer, seed: int):
@@ -414,6 +430,7 @@ def _tldmi_pretrain(model, model_cfg, train_cfg, defense, split):
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import train_agent
+    from .attack_cli import cmd_attack
 
     parser = build_parser()
     common = ["--data", args.data, "--seed", str(args.seed), "--experiment", args.experiment]
@@ -421,17 +438,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
         common += ["--tracking-uri", args.tracking_uri]
     if args.n_private:
         common += ["--n-private", str(args.n_private)]
-    print("== 1/3: training the augmentation agent (PPO) on the adversarial game")
+    print("== 1/4: training the augmentation agent (PPO) on the adversarial game")
     agent_args = parser.parse_args(["train-agent", *common, "--timesteps", str(args.timesteps), "--n-steps", "128",
                                     "--warmup-steps", "300", "--acc-budget", "0.5", "--utility-weight", "5",
                                     "--run-name", "demo-agent"])
     policy = train_agent.train(agent_args)
-    print("\n== 2/3: a fresh FR model trained with the learned policy")
-    cmd_train_fr(parser.parse_args(["train-fr", *common, "--epochs", str(args.epochs), "--policy", str(policy),
-                                    "--run-name", "demo-fr-policy"]))
-    print("\n== 3/3: the same FR model without augmentation, for comparison")
-    cmd_train_fr(parser.parse_args(["train-fr", *common, "--epochs", str(args.epochs), "--run-name", "demo-fr-none"]))
-    print("\nCompare the runs demo-agent, demo-fr-policy and demo-fr-none:  veil ui   (http://127.0.0.1:5000)")
+    print("\n== 2/4: a fresh FR model trained with the learned policy")
+    run_policy = train_fr(parser.parse_args(["train-fr", *common, "--epochs", str(args.epochs), "--policy", str(policy),
+                                             "--run-name", "demo-fr-policy"]))
+    print("\n== 3/4: the same FR model without augmentation, for comparison")
+    run_none = train_fr(parser.parse_args(["train-fr", *common, "--epochs", str(args.epochs),
+                                           "--run-name", "demo-fr-none"]))
+    print("\n== 4/4: the privacy probe (PCA-prior attack on every private identity) against both")
+    for run_id in (run_policy, run_none):
+        attack = ["attack", "--model", run_id, "--attack", "pca", "--attack-seeds", "1", "--restarts", "2",
+                  "--eval-epochs", str(args.eval_epochs), "--seed", str(args.seed), "--experiment", args.experiment]
+        if args.tracking_uri:
+            attack += ["--tracking-uri", args.tracking_uri]
+        cmd_attack(parser.parse_args(attack))
+    print("\nCompare the runs demo-agent, demo-fr-policy and demo-fr-none (attack reports nested under the FR runs):"
+          "  veil ui   (http://127.0.0.1:5000)")
     return 0
 
 

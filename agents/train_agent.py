@@ -37,7 +37,7 @@ def _plot_actions(history: list[dict[str, float]], path: Path) -> Path | None:
     return path
 
 
-def make_env_fn(env_cfg: Any, split: Any, rank: int, threads: int | None):
+def make_env_fn(env_cfg: Any, split: Any, rank: int, threads: int | None, probe: Any = None):
     def _make():
         from dataclasses import replace
 
@@ -45,8 +45,22 @@ def make_env_fn(env_cfg: Any, split: Any, rank: int, threads: int | None):
 
         if threads:
             torch.set_num_threads(threads)
-        return FaceAugmentEnv(replace(env_cfg, seed=env_cfg.seed + 1000 * rank), split=split)
+        return FaceAugmentEnv(replace(env_cfg, seed=env_cfg.seed + 1000 * rank), split=split, probe=probe)
     return _make
+
+
+def make_probe(args: Any, split: Any):
+    """The privacy probe of ``--probe-every``: PCA-prior attack scored by the cached evaluation
+    model (trained here the first time, which takes a few minutes), or ``None``."""
+    if not getattr(args, "probe_every", 0):
+        return None, None
+    from attacks import PrivacyProbe, ProbeConfig
+    from attacks.evaluation import EvalModelConfig, train_eval_model
+
+    ev = train_eval_model(split, EvalModelConfig(epochs=args.eval_epochs, seed=args.seed))
+    print(f"probe: evaluation model {ev.config.model} at {ev.metrics['top1']:.1%} private test top-1"
+          f"{' (cached)' if ev.cached else ''}; {args.probe_identities} identities every {args.probe_every} steps")
+    return PrivacyProbe(split, ev.model, ProbeConfig(identities=args.probe_identities, seed=args.seed)), ev
 
 
 def run(args: Any) -> int:
@@ -80,7 +94,8 @@ def train(args: Any) -> Path | None:
                         utility_weight=args.utility_weight, val_every=args.val_every,
                         reward_scale=args.reward_scale, preserve_budget=args.preserve_budget,
                         preserve_weight=args.preserve_weight,
-                        warmup_steps=args.warmup_steps, seed=args.seed)
+                        warmup_steps=args.warmup_steps, probe_every=args.probe_every,
+                        privacy_weight=args.privacy_weight, seed=args.seed)
     print(f"data: {split.num_private} private identities, {len(split.train_labels)} training images; "
           f"{args.n_envs} env(s), {args.algo if not args.baseline else 'baseline ' + args.baseline}")
 
@@ -94,7 +109,11 @@ def train(args: Any) -> Path | None:
                              "agent": {"algo": args.algo, "timesteps": args.timesteps, "n_envs": args.n_envs,
                                        "n_steps": args.n_steps, "ent_coef": args.ent_coef,
                                        "policy_lr": args.policy_lr, "baseline": args.baseline}})
-        fns = [make_env_fn(env_cfg, split, i, 1 if args.n_envs > 1 else None) for i in range(args.n_envs)]
+        probe, ev = make_probe(args, split)
+        if ev is not None:
+            tracking.log_params({"probe": {"eval_model": ev.config.model, "eval_top1": round(ev.metrics["top1"], 4),
+                                           "identities": args.probe_identities, "every": args.probe_every}})
+        fns = [make_env_fn(env_cfg, split, i, 1 if args.n_envs > 1 else None, probe) for i in range(args.n_envs)]
         if args.baseline:
             _run_baseline(args, fns[0](), baseline_action, tracking, split)
             return None
@@ -150,7 +169,8 @@ def _run_baseline(args: Any, env: Any, baseline_action, tracking, split) -> None
     window: dict[str, list[float]] = {}
     for t in range(1, args.timesteps + 1):
         _, reward, _, truncated, info = env.step(baseline_action(args.baseline, rng, fixed))
-        for k in ("loss_aug", "loss_excess", "acc_aug", "acc_val", "reward_adv", "reward_utility", "reward_preserve"):
+        for k in ("loss_aug", "loss_excess", "acc_aug", "acc_val", "probe_top1", "reward_adv", "reward_utility",
+                  "reward_preserve", "reward_privacy"):
             window.setdefault(f"env.{k}", []).append(float(info[k]))
         window.setdefault("reward", []).append(reward)
         if t % args.log_every == 0:

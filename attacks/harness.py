@@ -37,7 +37,13 @@ def _pca(target, split, classes, settings, generator):
     return pca_attack(target, prior, classes, cfg, generator)
 
 
-ATTACKS: dict[str, AttackFn] = {"pca": _pca}
+def _whitebox(target, split, classes, settings, generator):
+    from .whitebox import WhiteBoxConfig, whitebox_attack
+
+    return whitebox_attack(target, split.public_images, classes, _settings(WhiteBoxConfig, settings), generator)
+
+
+ATTACKS: dict[str, AttackFn] = {"pca": _pca, "whitebox": _whitebox}
 
 
 def register(name: str, fn: AttackFn) -> None:

@@ -12,7 +12,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .metrics import evaluate_reconstructions
+from .ddcs import ddcs
+from .metrics import FRECHET_NOTE, evaluate_reconstructions, per_identity, summarize
+
+
+def _embedding_dim(model: nn.Module, like: torch.Tensor) -> int:
+    with torch.no_grad():
+        was = model.training
+        model.eval()
+        dim = int(model(like[:1].float())["embedding"].shape[1])
+        model.train(was)
+    return dim
 
 # the columns of the Markdown table, in order, with how each is printed
 COLUMNS = (("top1", "attack top-1", "pct"), ("top5", "top-5", "pct"), ("nn_feature_acc", "NN feature id", "pct"),
@@ -64,26 +74,40 @@ class AttackReport:
     images: torch.Tensor | None = field(default=None, repr=False)
     labels: torch.Tensor | None = field(default=None, repr=False)
     nearest: torch.Tensor | None = field(default=None, repr=False)
+    exposed: torch.Tensor | None = field(default=None, repr=False)  # the DDCS top samples, in ranking order
 
     @classmethod
     def build(cls, attack: str, recons: torch.Tensor, labels: torch.Tensor, eval_model: nn.Module, split,
               priv_x: torch.Tensor, priv_y: torch.Tensor, per_seed: list[dict[str, float]], settings: dict[str, Any],
               seconds: list[float], classes: torch.Tensor) -> "AttackReport":
-        summary = evaluate_reconstructions(recons, labels, eval_model, priv_x, priv_y, split.public_images)
+        summary = evaluate_reconstructions(recons, labels, eval_model, priv_x, priv_y, split.public_images,
+                                           frechet=len(recons) >= 2)
         priv = priv_x.float() / 255.0 if priv_x.dtype == torch.uint8 else priv_x.float()
         same = labels[:, None] == priv_y[None, :]
         d = torch.cdist(recons.flatten(1).float(), priv.flatten(1))
         nearest = priv[torch.where(same, d, torch.full_like(d, float("inf"))).argmin(1)]
-        per_identity = []
-        for c in classes.tolist():
-            m = labels == c
-            if m.any():
-                row = evaluate_reconstructions(recons[m], labels[m], eval_model, priv_x, priv_y)
-                per_identity.append({"identity": c, **{k: v for k, v in row.items() if k != "n"}})
+        per = per_identity(recons, labels, eval_model, priv_x, priv_y)
+        rows = [{k: per[k][i] for k in per} for i in range(len(per["identity"]))]
+        extra: dict[str, Any] = {"identity_spread": summarize(per)}
+        if len(recons) >= 2:
+            extra["frechet_note"] = FRECHET_NOTE + (" Reduced by PCA before the distance (fewer samples than "
+                                                    "feature dimensions)." if summary.get("frechet_dims", 0) <
+                                                    _embedding_dim(eval_model, recons) else "")
+        exposure = ddcs(recons, labels, eval_model, priv_x, priv_y, top=10)
+        extra["ddcs_mean"] = exposure["mean"]
+        extra["ddcs_covered_share"] = exposure["covered_share"]
+        extra["ddcs_formula"] = exposure["formula"]
+        train_pos = torch.isin(split.train_labels, classes).nonzero().flatten()  # priv_x row -> train-set row
+        extra["ddcs_top"] = [{"sample": int(train_pos[i]), "dataset_index": int(split.train_index[train_pos[i]]),
+                              "identity": int(priv_y[i]), "ddcs": float(exposure["scores"][i]),
+                              "nearest_recon": int(r), "_row": int(i)}
+                             for i, r in zip(exposure["ranking"].tolist(), exposure["ranking_recon"].tolist())]
+        extra["notes"] = [extra.pop("frechet_note")] if "frechet_note" in extra else []
         n_per_seed = len(recons) // max(1, len(per_seed))
         return cls(attack=attack, settings=settings, classes=classes.tolist(), summary=summary, per_seed=per_seed,
-                   spread=_mean_std(per_seed), per_identity=per_identity, seconds=seconds,
-                   resolution=1.0 / max(1, n_per_seed), images=recons, labels=labels, nearest=nearest)
+                   spread=_mean_std(per_seed), per_identity=rows, extra=extra, seconds=seconds,
+                   resolution=1.0 / max(1, n_per_seed), images=recons, labels=labels, nearest=nearest,
+                   exposed=priv[[r["_row"] for r in extra["ddcs_top"]]] if extra["ddcs_top"] else None)
 
     # ------------------------------------------------------------------ output
 
@@ -91,6 +115,8 @@ class AttackReport:
         d = {k: getattr(self, k) for k in (
             "attack", "settings", "classes", "summary", "per_seed", "per_identity", "extra", "seconds",
             "resolution", "context")}
+        d["extra"] = {**self.extra, "ddcs_top": [{k: v for k, v in r.items() if not k.startswith("_")}
+                                                 for r in self.extra.get("ddcs_top", [])]}
         d["spread"] = {k: {"mean": m, "std": s} for k, (m, s) in self.spread.items()}
         return d
 
@@ -129,15 +155,23 @@ class AttackReport:
         for note in self.extra.get("notes", []):
             lines.append(f"> {note}")
         if self.per_identity:
-            lines += ["", "| identity | top-1 | NN feature id | KNN dist | PSNR |", "|---|---|---|---|---|"]
+            sp = self.extra.get("identity_spread", {})
+            lines += ["", f"Per identity (mean ± std over identities: top-1 {_fmt(sp.get('top1_mean'), 'pct')} ± "
+                          f"{_fmt(sp.get('top1_std'), 'pct')}):", "",
+                      "| identity | top-1 | top-5 | NN feature id | NN pixel id | KNN dist | PSNR | SSIM |",
+                      "|---|---|---|---|---|---|---|---|"]
             for r in self.per_identity:
-                lines.append(f"| {r['identity']} | {_fmt(r['top1'], 'pct')} | {_fmt(r['nn_feature_acc'], 'pct')} | "
-                             f"{r['knn_dist']:.2f} | {r['psnr']:.2f} |")
+                lines.append(f"| {int(r['identity'])} | {_fmt(r['top1'], 'pct')} | {_fmt(r['top5'], 'pct')} | "
+                             f"{_fmt(r['nn_feature_acc'], 'pct')} | {_fmt(r['nn_pixel_acc'], 'pct')} | "
+                             f"{r['knn_dist']:.2f} | {r['psnr']:.2f} | {r['ssim']:.3f} |")
         if self.extra.get("ddcs_top"):
-            lines += ["", "Most exposed private training samples (DDCS):", "",
-                      "| rank | private sample | identity | DDCS |", "|---|---|---|---|"]
+            lines += ["", f"Most exposed private training samples (DDCS, mean {self.extra['ddcs_mean']:.3f}, "
+                          f"{_fmt(self.extra['ddcs_covered_share'], 'pct')} of samples reached; "
+                          f"{self.extra.get('ddcs_formula', '')}):", "",
+                      "| rank | private train sample | dataset index | identity | DDCS |", "|---|---|---|---|---|"]
             for i, r in enumerate(self.extra["ddcs_top"], 1):
-                lines.append(f"| {i} | {r['sample']} | {r['identity']} | {r['ddcs']:.3f} |")
+                lines.append(f"| {i} | {r['sample']} | {r['dataset_index']} | {r['identity']} | {r['ddcs']:.3f} |")
+            lines += ["", "`exposed.png`: each exposed sample beside its nearest reconstruction."]
         return "\n".join(lines) + "\n"
 
     def grid(self, per_identity: int = 1, max_identities: int = 20) -> torch.Tensor:
@@ -153,8 +187,20 @@ class AttackReport:
 
         return make_grid(torch.stack(cells), nrow=min(10, len(cells)), padding=2, pad_value=1.0)
 
+    def exposure_grid(self) -> torch.Tensor | None:
+        """The most exposed private samples (DDCS ranking), each beside its nearest reconstruction."""
+        top = self.extra.get("ddcs_top", [])
+        if self.exposed is None or self.images is None or not top:
+            return None
+        from torchvision.utils import make_grid
+
+        cells = []
+        for x, r in zip(self.exposed, top):
+            cells += [x, self.images[r["nearest_recon"]]]
+        return make_grid(torch.stack(cells), nrow=min(10, len(cells)), padding=2, pad_value=1.0)
+
     def save(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write ``report.json``, ``report.md`` and ``reconstructions.png`` into ``out_dir``."""
+        """Write ``report.json``, ``report.md``, ``reconstructions.png`` and ``exposed.png`` into ``out_dir``."""
         from torchvision.utils import save_image
 
         out = Path(out_dir)
@@ -163,4 +209,8 @@ class AttackReport:
         paths["json"].write_text(self.to_json())
         paths["markdown"].write_text(self.to_markdown())
         save_image(self.grid(), paths["grid"])
+        exposed = self.exposure_grid()
+        if exposed is not None:
+            paths["exposed"] = out / "exposed.png"
+            save_image(exposed, paths["exposed"])
         return paths

@@ -107,6 +107,20 @@ def test_baseline_policy_runs_through_the_same_env(tmp_path: Path, monkeypatch: 
     assert "baseline random: FR clean top-1" in capsys.readouterr().out
 
 
+def test_probe_scores_the_fr_model_during_training_and_enters_the_reward(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["train-agent", *AGENT_TINY, "--timesteps", "16", "--baseline", "random", "--log-every", "8",
+                 "--probe-every", "4", "--privacy-weight", "0.5", "--probe-identities", "3", "--eval-epochs", "1"]) == 0
+    mlflow.set_tracking_uri(tracking.default_tracking_uri())
+    (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name("veil").experiment_id])
+    assert run.data.params["probe.identities"] == "3" and run.data.params["probe.eval_model"] == "resnet18"
+    probe = [m.value for m in MlflowClient().get_metric_history(run.info.run_id, "env.probe_top1")]
+    privacy = [m.value for m in MlflowClient().get_metric_history(run.info.run_id, "env.reward_privacy")]
+    assert len(probe) == 2 and all(0.0 <= p <= 1.0 for p in probe)
+    assert privacy == pytest.approx([-0.5 * p for p in probe])
+
+
 def test_train_agent_with_subprocess_envs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)

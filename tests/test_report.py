@@ -1,0 +1,85 @@
+"""The harness and its report on known inputs: an 'attack' that returns the private images."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from attacks.harness import ATTACKS, HarnessConfig, pick_identities, register, run_attack
+from recognition import DataConfig, SplitConfig, load_faces, split_identities
+
+
+class Oracle(nn.Module):
+    """Embedding = pixels; logits = minus the distance to the nearest private image of each class."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: int) -> None:
+        super().__init__()
+        self.images, self.labels, self.classes = images.flatten(1), labels, classes
+
+    def forward(self, x: torch.Tensor) -> dict:
+        d = torch.cdist(x.flatten(1), self.images)
+        logits = torch.stack([-d[:, self.labels == c].min(1).values for c in range(self.classes)], 1)
+        return {"logits": logits, "embedding": x.flatten(1), "hidden": []}
+
+
+@pytest.fixture(scope="module")
+def split():
+    return split_identities(load_faces(DataConfig(synthetic_identities=8, synthetic_images=6, image_size=16)),
+                            SplitConfig(n_private=4))
+
+
+def _replay(target, split, classes, settings, generator):
+    """Returns the first private training image of each class: a perfect reconstruction."""
+    x = torch.stack([split.train_images[split.train_labels == c][0] for c in classes.tolist()]).float() / 255
+    return x, classes.clone()
+
+
+@pytest.fixture
+def report(split):
+    register("replay", _replay)
+    oracle = Oracle(split.train_images.float() / 255, split.train_labels, split.num_private)
+    yield run_attack("replay", nn.Identity(), split, oracle, HarnessConfig(identities=3, attack_seeds=2), progress=False)
+    ATTACKS.pop("replay")
+
+
+def test_identities_are_a_fixed_sorted_subset() -> None:
+    a = pick_identities(20, 5, seed=3)
+    assert torch.equal(a, pick_identities(20, 5, seed=3)) and torch.equal(a, a.sort().values) and len(a) == 5
+    assert len(pick_identities(20, 0, seed=3)) == 20
+
+
+def test_perfect_reconstructions_score_perfectly_in_every_view(report) -> None:
+    s = report.summary
+    assert s["top1"] == 1.0 and s["nn_feature_acc"] == 1.0 and s["knn_dist"] == pytest.approx(0, abs=1e-4)
+    assert s["ssim"] == pytest.approx(1.0, abs=1e-4)
+    assert len(report.per_seed) == 2 and report.spread["top1"] == (1.0, 0.0)
+    assert [r["top1"] for r in report.per_identity] == [1.0, 1.0, 1.0]
+    assert report.resolution == pytest.approx(1 / 3)
+
+
+def test_ddcs_ranks_the_reconstructed_samples_first_with_score_one(report, split) -> None:
+    top = report.extra["ddcs_top"]
+    assert [r["ddcs"] for r in top[:3]] == pytest.approx([1.0, 1.0, 1.0])
+    for r in top[:3]:  # each is the first training image of its identity
+        first = (split.train_labels == r["identity"]).nonzero().flatten()[0].item()
+        assert r["sample"] == first
+    assert all(r["ddcs"] < 1.0 for r in top[3:])
+
+
+def test_report_outputs_json_markdown_and_grids(report, tmp_path) -> None:
+    paths = report.save(tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert data["attack"] == "replay" and data["summary"]["top1"] == 1.0
+    assert "_row" not in data["extra"]["ddcs_top"][0]
+    md = paths["markdown"].read_text()
+    assert "| replay | 100.0% ± 0.0%" in md and "public mean face PSNR" in md and "Fréchet" in md
+    grid = report.grid()
+    assert grid.shape[0] == 3 and paths["grid"].is_file() and paths["exposed"].is_file()
+
+
+def test_unknown_attack_is_refused(split) -> None:
+    with pytest.raises(ValueError, match="unknown attack 'nope'"):
+        run_attack("nope", nn.Identity(), split, nn.Identity())
