@@ -202,6 +202,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
         settings["lomma"] = True
     if args.gan_seconds:
         settings["max_seconds"] = args.gan_seconds
+    if args.gan_steps:
+        settings["gan_steps"] = args.gan_steps
     reports: list[AttackReport] = []
     out_root = Path(args.out_dir)
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"attack-{Path(args.model).name}"):
@@ -251,7 +253,9 @@ def add_parser(sub, add_data_args, add_tracking_args) -> None:
     a.add_argument("--restarts", type=int, default=2, help="reconstructions per identity per run (default: 2)")
     a.add_argument("--steps", type=int, default=None, help="optimization steps (default: each attack's own)")
     a.add_argument("--lomma", action="store_true", help="GAN attacks: LOMMA's logit loss and model augmentation")
-    a.add_argument("--gan-seconds", type=float, default=None, help="GAN attacks: time cap of GAN training")
+    a.add_argument("--gan-seconds", type=float, default=None,
+                   help="GAN attacks: time cap of GAN training (default: 180 s per GAN)")
+    a.add_argument("--gan-steps", type=int, default=None, help="GAN attacks: generator updates (default: 2000)")
     a.add_argument("--eval-model", default=None, metavar="RUN_ID_OR_PATH",
                    help="evaluation model (default: train one, or reuse the cached one for this data and split)")
     a.add_argument("--eval-arch", choices=("resnet18", "cnn", "inception"), default="resnet18",

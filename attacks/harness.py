@@ -43,7 +43,50 @@ def _whitebox(target, split, classes, settings, generator):
     return whitebox_attack(target, split.public_images, classes, _settings(WhiteBoxConfig, settings), generator)
 
 
-ATTACKS: dict[str, AttackFn] = {"pca": _pca, "whitebox": _whitebox}
+def _gan_config(settings: dict[str, Any], **defaults: Any):
+    from .gan import GANConfig
+
+    cfg = {**defaults, **{k.removeprefix("gan_"): v for k, v in settings.items() if k.startswith("gan_")}}
+    if "max_seconds" in settings:
+        cfg["max_seconds"] = settings["max_seconds"]
+    return GANConfig(**cfg)
+
+
+def _lomma(settings: dict[str, Any]):
+    from .lomma import LOMMAConfig
+
+    return LOMMAConfig() if settings.get("lomma") else None
+
+
+def _gmi(target, split, classes, settings, generator):
+    """GMI: the WGAN-GP prior is trained once per public set and config (cached), not per target."""
+    from .gan import train_gan
+    from .gmi import GMIConfig, gmi_attack
+
+    gan = train_gan(split.public_images, _gan_config(settings), source=split.source)
+    cfg = _settings(GMIConfig, {**settings, "lomma": _lomma(settings)})
+    return gmi_attack(target, gan, classes, cfg, generator, public_images=split.public_images)
+
+
+def _kedmi(target, split, classes, settings, generator):
+    """KEDMI: its GAN learns from the target's soft labels, so it trains per target (cached by weights)."""
+    from .kedmi import KEDMIConfig, kedmi_attack, train_kedmi_gan
+
+    gan = train_kedmi_gan(target, split.public_images, _gan_config(settings, n_critic=1), source=split.source)
+    cfg = _settings(KEDMIConfig, {**settings, "lomma": _lomma(settings)})
+    return kedmi_attack(target, gan, classes, cfg, generator, public_images=split.public_images)
+
+
+def _plgmi(target, split, classes, settings, generator):
+    """PLG-MI: a conditional GAN on public images pseudo-labelled by the target, per target."""
+    from .plgmi import PLGMIConfig, plgmi_attack, train_plgmi_gan
+
+    gan = train_plgmi_gan(target, split.public_images, _gan_config(settings), source=split.source)
+    cfg = _settings(PLGMIConfig, {**settings, "lomma": _lomma(settings)})
+    return plgmi_attack(target, gan, classes, cfg, generator, public_images=split.public_images)
+
+
+ATTACKS: dict[str, AttackFn] = {"pca": _pca, "whitebox": _whitebox, "gmi": _gmi, "kedmi": _kedmi, "plgmi": _plgmi}
 
 
 def register(name: str, fn: AttackFn) -> None:
