@@ -40,8 +40,10 @@ def _run_params(run_id: str) -> dict[str, str]:
 
 def data_from_params(params: dict[str, str], args: argparse.Namespace) -> None:
     """Fill ``args``'s data options from a training run's logged ``data.*``/``split.*`` params."""
+    prefix = "env." if "data.source" not in params and "env.data.source" in params else ""  # an agent run
+
     def get(key: str, default: Any) -> Any:
-        v = params.get(key)
+        v = params.get(prefix + key)
         return default if v in (None, "None") else v
 
     args.data = get("data.source", "synthetic")

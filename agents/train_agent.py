@@ -115,7 +115,11 @@ def train(args: Any) -> Path | None:
                                            "identities": args.probe_identities, "every": args.probe_every}})
         fns = [make_env_fn(env_cfg, split, i, 1 if args.n_envs > 1 else None, probe) for i in range(args.n_envs)]
         if args.baseline:
-            _run_baseline(args, fns[0](), baseline_action, tracking, split)
+            env = fns[0]()
+            _run_baseline(args, env, baseline_action, tracking, split)
+            fr_ckpt = out_dir / f"{run.info.run_id}-fr.pt"
+            env.save_fr(fr_ckpt, {"mlflow_run_id": run.info.run_id, "defense": {"names": f"baseline-{args.baseline}"}})
+            tracking.log_file(fr_ckpt, "checkpoint")
             return None
         vec = SubprocVecEnv(fns) if args.n_envs > 1 else DummyVecEnv(fns)
         algo_cls = ALGOS[args.algo]
@@ -144,6 +148,13 @@ def train(args: Any) -> Path | None:
         agent.learn(total_timesteps=args.timesteps, callback=callbacks)
         final = evaluate()
         tracking.log_metrics({f"final_fr.{k}": v for k, v in final.items()}, step=agent.num_timesteps)
+        fr_ckpt = out_dir / f"{run.info.run_id}-fr.pt"
+        extra = {"mlflow_run_id": run.info.run_id, "defense": {"names": "policy"}}
+        if eval_env is None:
+            vec.env_method("save_fr", str(fr_ckpt), extra, indices=0)
+        else:
+            eval_env.unwrapped.save_fr(fr_ckpt, extra)
+        tracking.log_file(fr_ckpt, "checkpoint")
         grad = [h.get("env.grad_norm") for h in terms.history if h.get("env.grad_norm") is not None]
         fallbacks = {"acc_val": float(np.mean([h["env.acc_val"] for h in terms.history[-8:]])) if terms.history else 0.0,
                      "grad_norm": float(np.mean(grad)) if grad else 1.0}
@@ -157,7 +168,8 @@ def train(args: Any) -> Path | None:
         vec.close()
     print(f"\nFR model of env 0: clean top-1 {final['top1']:.1%} on the private test split")
     print(f"policy: {policy_path}   (veil train-fr --policy {policy_path})")
-    print(f"agent checkpoint: {ckpt}\nMLflow run {run.info.run_id}; look at it with: veil ui")
+    print(f"agent checkpoint: {ckpt}\nFR model of the game: {fr_ckpt} (veil attack --model {run.info.run_id})")
+    print(f"MLflow run {run.info.run_id}; look at it with: veil ui")
     return policy_path
 
 

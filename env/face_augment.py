@@ -173,9 +173,10 @@ class FaceAugmentEnv(gym.Env):
 
         torch.manual_seed(config.seed)
         image_size = int(self.split.train_images.shape[-1])
-        model = build_model(ModelConfig(name=config.model, num_classes=self.num_classes,
+        self.model_config = ModelConfig(name=config.model, num_classes=self.num_classes,
                                         in_channels=int(self.split.train_images.shape[1]),
-                                        image_size=image_size, width=config.width))
+                                        image_size=image_size, width=config.width)
+        model = build_model(self.model_config)
         self.trainer = Trainer(model, TrainerConfig(lr=config.lr, batch_size=config.batch_size, schedule="constant",
                                                     seed=config.seed), num_classes=self.num_classes)
         self._gen = torch.Generator().manual_seed(config.seed + 2)
@@ -218,6 +219,11 @@ class FaceAugmentEnv(gym.Env):
     def evaluate_fr(self) -> dict[str, float]:
         """Clean top-1/top-5 of the FR model on the private test split."""
         return self.trainer.evaluate(self.split.test_images, self.split.test_labels)
+
+    def save_fr(self, path, extra: dict[str, Any] | None = None):
+        """Write the game's FR model as a ``veil train-fr``-style checkpoint (atomic; it carries
+        its model config, so ``veil attack`` can rebuild it without pickle)."""
+        return self.trainer.save_checkpoint(path, extra={"model_config": asdict(self.model_config), **(extra or {})})
 
     def is_fr_step(self, step: int | None = None) -> bool:
         """Whether global step ``step`` (default: the next one) updates the FR model."""

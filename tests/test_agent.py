@@ -90,7 +90,14 @@ def test_train_agent_logs_sb3_metrics_env_terms_policy_and_plot(tmp_path: Path,
         assert key in m, key
     assert run.data.params["agent.algo"] == "ppo" and run.data.params["env.batch_size"] == "16"
     arts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
-    assert {"policy", "plots", "action_history.json"} <= arts
+    assert {"policy", "plots", "action_history.json", "checkpoint"} <= arts
+    from agents.attack_cli import data_from_params, load_target
+
+    game_fr, run_id, params = load_target(run.info.run_id)  # the game's FR model, as veil attack sees it
+    assert run_id == run.info.run_id and game_fr(torch.rand(2, 3, 32, 32))["logits"].shape == (2, 4)
+    ns = type("A", (), {})()
+    data_from_params(params, ns)
+    assert (ns.data, ns.image_size, ns.synthetic_identities) == ("synthetic", 32, 8)
     models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
     served = mlflow.pyfunc.load_model(models[0].model_uri)
     policy = next((tmp_path / "checkpoints").glob("*-policy.safetensors"))
