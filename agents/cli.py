@@ -174,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_defense_args(p)
     g.add_argument("--policy", default=None, metavar="FILE",
                    help="augment every batch with a learned policy exported by veil train-agent (.safetensors)")
+    g.add_argument("--policy-warmup", type=int, default=None, metavar="N",
+                   help="clean batches before the policy acts (default: the game's --warmup-steps, from the file)")
     g.add_argument("--checkpoint", default=None, metavar="FILE",
                    help="where to write the resumable checkpoint (default: checkpoints/<run id>.pt)")
     g.add_argument("--resume", default=None, metavar="FILE",
@@ -315,7 +317,7 @@ def train_fr(args: argparse.Namespace) -> str:
     if args.policy:
         if augment is not None:
             raise ValueError("--policy replaces the augmentation defenses; drop re/mixup/hybrid/negls from --defense")
-        augment = _policy_augment(args.policy, trainer, args.seed)
+        augment = _policy_augment(args.policy, trainer, args.seed, args.policy_warmup)
     ledger = None
     if "dp" in defense.names:
         from defenses.dp import make_private
@@ -389,11 +391,12 @@ def train_fr(args: argparse.Namespace) -> str:
     return run_id
 
 
-def _policy_augment(path: str, trainer, seed: int):
+def _policy_augment(path: str, trainer, seed: int, warmup: int | None = None):
     """A learned policy as the trainer's per-batch augmentation, fed the last step's loss."""
     from .export import PolicyAugmenter
 
-    augmenter = PolicyAugmenter.load(path, seed=seed)
+    augmenter = PolicyAugmenter.load(path, seed=seed, warmup_steps=warmup)
+    print(f"policy: {path}; clean warm-up for the first {augmenter.warmup_steps} batches, as in the game")
 
     def augment(images, targets):
         last = trainer.last_stats

@@ -103,8 +103,12 @@ class PolicyAugmenter(nn.Module):
         ...     x, y = aug(x, y, loss=last_loss, step=step, total_steps=n_steps)
     """
 
-    def __init__(self, actor: nn.Sequential, meta: dict[str, Any], seed: int = 0) -> None:
+    def __init__(self, actor: nn.Sequential, meta: dict[str, Any], seed: int = 0,
+                 warmup_steps: int | None = None) -> None:
         super().__init__()
+        # the game trained its FR model on clean batches first; by default the augmenter does too
+        self.warmup_steps = int(meta.get("env_config", {}).get("warmup_steps", 0) if warmup_steps is None
+                                else warmup_steps)
         self.actor = actor
         self.meta = meta
         self.squash = meta["squash"]
@@ -119,8 +123,9 @@ class PolicyAugmenter(nn.Module):
         self.last_params = None
 
     @classmethod
-    def load(cls, path: str | Path, seed: int = 0) -> "PolicyAugmenter":
-        """Load an exported policy (safetensors; no pickle is involved)."""
+    def load(cls, path: str | Path, seed: int = 0, warmup_steps: int | None = None) -> "PolicyAugmenter":
+        """Load an exported policy (safetensors; no pickle is involved). ``warmup_steps``: clean
+        batches before the policy acts (default: the game's own warm-up)."""
         from safetensors import safe_open
 
         path = Path(path)
@@ -144,7 +149,7 @@ class PolicyAugmenter(nn.Module):
                 layers.append(lin)
             else:
                 layers.append(nn.Tanh() if kind == "tanh" else nn.ReLU())
-        return cls(nn.Sequential(*layers).eval(), meta, seed)
+        return cls(nn.Sequential(*layers).eval(), meta, seed, warmup_steps)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
@@ -172,6 +177,9 @@ class PolicyAugmenter(nn.Module):
         if train_acc is not None:
             self.train_acc = (float(train_acc) if self.train_acc is None
                               else self.ema * self.train_acc + (1 - self.ema) * float(train_acc))
+        if step < self.warmup_steps:  # the game's clean warm-up: the policy acts on a model past it
+            self.last_params = None
+            return images, targets
         obs = self.observation(targets.shape[1], step, total_steps)
         action = self.act(torch.from_numpy(obs)[None])[0].numpy()
         self.last_action = action.astype(np.float32)

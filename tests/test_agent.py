@@ -67,6 +67,22 @@ def test_policy_augmenter_returns_augmented_batches_and_tracks_its_statistics(en
     assert aug.observation(4, 4, 10)[5] == pytest.approx(0.9)
 
 
+def test_policy_augmenter_replays_the_games_clean_warmup(tmp_path: Path) -> None:
+    from stable_baselines3 import PPO
+
+    cfg = EnvConfig(data=TINY_DATA, width=8, batch_size=16, warmup_steps=5)
+    env = FaceAugmentEnv(cfg, split=split_identities(load_faces(cfg.data), cfg.split))
+    path = export_policy(PPO("MlpPolicy", env, seed=0, device="cpu"), tmp_path / "p.safetensors", env.config, {})
+    x, y = torch.rand(8, 3, 32, 32), one_hot(torch.arange(8) % 4, 4)
+    aug = PolicyAugmenter.load(path)
+    assert aug.warmup_steps == 5
+    out, t = aug(x, y, step=4, total_steps=100)
+    assert out is x and t is y and aug.last_params is None  # clean during the warm-up
+    aug(x, y, step=5, total_steps=100)
+    assert aug.last_params is not None
+    assert PolicyAugmenter.load(path, warmup_steps=0).warmup_steps == 0
+
+
 def test_loading_a_non_policy_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "x.safetensors").write_bytes(b"junk")
     with pytest.raises(ValueError, match="not a veil policy"):
