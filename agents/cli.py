@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .attack_cli import add_parser as add_attack_parser
 
     add_attack_parser(sub, _add_data_args, _add_tracking_args)
+    from .benchmark import add_parser as add_benchmark_parser
+
+    add_benchmark_parser(sub, _add_data_args, _add_tracking_args)
 
     u = sub.add_parser("ui", help="serve the MLflow UI on veil's store (127.0.0.1)",
                        description="Serve MLflow's UI on veil's store (mlruns/mlflow.db), bound to 127.0.0.1, "
@@ -335,7 +338,8 @@ def train_fr(args: argparse.Namespace) -> str:
 
     tracking.setup(args.tracking_uri, args.experiment)
     run_name = args.run_name or f"fr-{args.model}-{Path(str(args.data)).name}"
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as run:
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name,
+                          nested=mlflow.active_run() is not None) as run:
         run_id = run.info.run_id
         ckpt = Path(args.checkpoint or Path("checkpoints") / f"{run_id}.pt")
         if not args.resume:
@@ -485,9 +489,10 @@ def main(argv: list[str] | None = None) -> int:
     from . import train_agent
 
     from .attack_cli import cmd_attack
+    from .benchmark import cmd_benchmark
 
     handlers = {"train-fr": cmd_train_fr, "train-agent": train_agent.run, "demo": cmd_demo, "ui": cmd_ui,
-                "attack": cmd_attack}
+                "attack": cmd_attack, "benchmark": cmd_benchmark}
     try:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError, FloatingPointError) as err:

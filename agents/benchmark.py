@@ -1,0 +1,306 @@
+"""``veil benchmark``: every defense under every attack, same data, budget and seeds.
+
+Each cell (defense x target seed) trains a target with ``veil train-fr``'s code, measures its
+natural accuracy, runs every attack through the harness and writes ``cells/<defense>-s<seed>.json``
+atomically, so an interrupted benchmark resumes where it stopped. The summary (Markdown, CSV, a
+privacy-utility plot with the Pareto front, reconstruction grids) is rebuilt from the cells. In
+MLflow: one parent run, one nested training run per cell, one nested attack run under it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DEFENSE_CHOICES = ("none", "re", "mixup", "hybrid", "tldmi", "negls", "mid", "bido", "dp", "policy", "policy+tldmi")
+DEFAULT_DEFENSES = "none,re,mixup,hybrid,tldmi,negls,mid,bido,dp"
+METRICS = ("top1", "top5", "knn_dist", "nn_feature_acc", "nn_pixel_acc", "psnr", "ssim", "sink_share", "frechet")
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def _write_json(obj: Any, path: Path) -> None:
+    """Atomic JSON write (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1, default=float)
+    os.replace(tmp, path)
+
+
+def mean_ci(values: list[float]) -> tuple[float, float, float]:
+    """Mean, sample std and the half-width of the 95% t-interval (nan for one value)."""
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    if not v:
+        return math.nan, math.nan, math.nan
+    m = sum(v) / len(v)
+    if len(v) < 2:
+        return m, math.nan, math.nan
+    sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+    return m, sd, T95.get(len(v) - 1, 1.96) * sd / math.sqrt(len(v))
+
+
+def _fr_args(parser: argparse.ArgumentParser, args: argparse.Namespace, defense: str, seed: int) -> argparse.Namespace:
+    """The ``veil train-fr`` arguments of one cell: the benchmark's data and budget, this defense."""
+    argv = ["train-fr", "--epochs", str(args.epochs), "--seed", str(seed), "--run-name", f"{defense}-s{seed}",
+            "--experiment", args.experiment, "--checkpoint", str(Path(args.out_dir) / "checkpoints" / f"{defense}-s{seed}.pt")]
+    names = defense.split("+")
+    if "policy" in names:
+        if not args.policy:
+            raise ValueError(f"defense {defense!r} needs --policy FILE (an exported policy from veil train-agent)")
+        argv += ["--policy", args.policy]
+        names.remove("policy")
+    if names:
+        argv += ["--defense", ",".join(names)]
+    for opt, value in (("--batch-size", args.batch_size), ("--lr", args.lr), ("--model", args.model),
+                       ("--threads", args.threads), ("--tracking-uri", args.tracking_uri)):
+        if value is not None:
+            argv += [opt, str(value)]
+    ns = parser.parse_args(argv)
+    for key in ("data", "data_root", "image_size", "channels", "align", "pose", "strict", "max_identities", "n_private",
+                "test_fraction", "split_seed", "no_cache", "synthetic_identities", "synthetic_images"):
+        setattr(ns, key, getattr(args, key))
+    return ns
+
+
+def run_cell(parser, args, defense: str, seed: int, split, eval_model, out: Path) -> dict[str, Any]:
+    """Train one target and attack it; returns the cell's record (also written to ``cells/``)."""
+    import mlflow
+
+    from attacks.harness import HarnessConfig, run_attack, target_accuracy
+
+    from . import tracking
+    from .attack_cli import load_target
+    from .cli import train_fr
+
+    t0 = time.perf_counter()
+    fr_run = train_fr(_fr_args(parser, args, defense, seed))
+    target, _, _ = load_target(str(Path(args.out_dir) / "checkpoints" / f"{defense}-s{seed}.pt"))
+    natural = target_accuracy(target, split)
+    record: dict[str, Any] = {"defense": defense, "seed": seed, "fr_run": fr_run, "natural_top1": natural["top1"],
+                              "natural_top5": natural["top5"], "attacks": {}}
+    settings: dict[str, Any] = {"seeds": args.restarts}
+    if args.steps:
+        settings["steps"] = args.steps
+    if args.gan_seconds:
+        settings["max_seconds"] = args.gan_seconds
+    with mlflow.start_run(run_id=fr_run, nested=True):
+        for attack in args.attacks.split(","):
+            report = run_attack(attack, target, split, eval_model,
+                                HarnessConfig(identities=args.identities, attack_seeds=args.attack_seeds,
+                                              settings=settings, seed=seed))
+            with mlflow.start_run(run_name=f"attack-{attack}", nested=True) as child:
+                mlflow.set_tags({"veil.kind": "attack", "veil.attack": attack, "veil.defense": defense})
+                tracking.log_metrics({f"attack.{k}": float(v) for k, v in report.summary.items()
+                                      if isinstance(v, float) and math.isfinite(v)}, step=0)
+                paths = report.save(out / "reports" / f"{defense}-s{seed}-{attack}")
+                for p in paths.values():
+                    tracking.log_file(p, "report")
+            record["attacks"][attack] = {**{k: report.summary.get(k) for k in METRICS},
+                                         "seconds": sum(report.seconds), "report": str(paths["markdown"]),
+                                         "grid": str(paths["grid"]), "attack_run": child.info.run_id}
+    record["seconds"] = time.perf_counter() - t0
+    _write_json(record, out / "cells" / f"{defense}-s{seed}.json")
+    return record
+
+
+def summarize(records: list[dict[str, Any]], defenses: list[str], attacks: list[str]) -> list[dict[str, Any]]:
+    """One row per (defense, attack): mean, std and 95% interval over target seeds of natural
+    accuracy and every metric, and whether the attack top-1 differs from ``none`` beyond the
+    spread (the 95% interval of the difference of means excludes 0)."""
+    rows = []
+    for d in defenses:
+        cells = [r for r in records if r["defense"] == d]
+        if not cells:
+            continue
+        for a in attacks:
+            row: dict[str, Any] = {"defense": d, "attack": a, "seeds": len(cells)}
+            row["natural_top1"] = mean_ci([c["natural_top1"] for c in cells])
+            for k in METRICS:
+                row[k] = mean_ci([c["attacks"].get(a, {}).get(k) for c in cells])
+            row["seconds"] = mean_ci([c["attacks"].get(a, {}).get("seconds") for c in cells])[0]
+            rows.append(row)
+    base = {r["attack"]: r for r in rows if r["defense"] == "none"}
+    for r in rows:
+        b = base.get(r["attack"])
+        if b is None or r["defense"] == "none":
+            r["vs_none"] = ""
+            continue
+        (m1, s1, _), (m2, s2, _) = r["top1"], b["top1"]
+        n1, n2 = r["seeds"], b["seeds"]
+        if n1 < 2 or n2 < 2 or math.isnan(s1) or math.isnan(s2):
+            r["vs_none"] = f"{100 * (m1 - m2):+.1f} (one seed: no interval)"
+            continue
+        se = math.sqrt(s1 ** 2 / n1 + s2 ** 2 / n2)
+        half = T95.get(min(n1, n2) - 1, 1.96) * se
+        sig = abs(m1 - m2) > half
+        r["vs_none"] = f"{100 * (m1 - m2):+.1f} ± {100 * half:.1f}{' *' if sig else ''}"
+    return rows
+
+
+def _pm(stat: tuple[float, float, float], pct: bool) -> str:
+    m, s, _ = stat
+    if math.isnan(m):
+        return "-"
+    f = 100.0 if pct else 1.0
+    unit = "%" if pct else ""
+    return f"{f * m:.1f}{unit}" if math.isnan(s) else f"{f * m:.1f} ± {f * s:.1f}{unit}"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The benchmark table: mean ± std over target seeds."""
+    head = ["defense", "attack", "seeds", "natural top-1", "attack top-1", "Δ top-1 vs none (95% CI)", "top-5",
+            "NN feature id", "NN pixel id", "KNN dist", "PSNR", "SSIM", "sink share", "Fréchet", "attack s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r["defense"], r["attack"], str(r["seeds"]), _pm(r["natural_top1"], True), _pm(r["top1"], True),
+            r["vs_none"] or "-", _pm(r["top5"], True), _pm(r["nn_feature_acc"], True), _pm(r["nn_pixel_acc"], True),
+            _pm(r["knn_dist"], False), _pm(r["psnr"], False),
+            "-" if math.isnan(r["ssim"][0]) else f"{r['ssim'][0]:.3f}", _pm(r["sink_share"], True),
+            _pm(r["frechet"], False), f"{r['seconds']:.0f}"]) + " |")
+    lines += ["", "`*`: the 95% interval of the difference from `none` excludes 0 (Welch, t with min(n)-1 "
+              "degrees of freedom). With 3 seeds only large differences pass."]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    cols = ["natural_top1", *METRICS]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["defense", "attack", "seeds", *[f"{c}_{s}" for c in cols for s in ("mean", "std", "ci95")],
+                    "seconds", "vs_none"])
+        for r in rows:
+            w.writerow([r["defense"], r["attack"], r["seeds"], *[v for c in cols for v in r[c]], r["seconds"],
+                        r["vs_none"]])
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated in (higher natural accuracy, lower attack accuracy), sorted
+    by natural accuracy."""
+    front = [i for i, (u, p) in enumerate(points)
+             if not any((u2 >= u and p2 <= p) and (u2 > u or p2 < p) for u2, p2 in points)]
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def plot(rows: list[dict[str, Any]], attacks: list[str], path: Path) -> Path:
+    """Attack top-1 against natural top-1, one point per defense, std error bars, Pareto front."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(attacks), figsize=(5.2 * len(attacks), 4.4), squeeze=False)
+    for ax, a in zip(axes[0], attacks):
+        rs = [r for r in rows if r["attack"] == a and not math.isnan(r["top1"][0])]
+        pts = [(100 * r["natural_top1"][0], 100 * r["top1"][0]) for r in rs]
+        for r, (u, p) in zip(rs, pts):
+            xe = 0 if math.isnan(r["natural_top1"][1]) else 100 * r["natural_top1"][1]
+            ye = 0 if math.isnan(r["top1"][1]) else 100 * r["top1"][1]
+            ax.errorbar(u, p, xerr=xe, yerr=ye, fmt="o", capsize=3)
+            ax.annotate(r["defense"], (u, p), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        front = pareto_front(pts)
+        if len(front) > 1:
+            ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=1, label="Pareto front")
+            ax.legend(fontsize=8)
+        ax.set_xlabel("natural top-1 (%)  →  better")
+        ax.set_ylabel("attack top-1 (%)  ↓  better")
+        ax.set_title(f"attack: {a}")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    import mlflow
+    import torch
+
+    from attacks.evaluation import EvalModelConfig, train_eval_model
+    from attacks.harness import ATTACKS
+    from recognition import load_faces, split_identities
+
+    from . import tracking
+    from .cli import build_parser, data_configs
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
+    bad = [d for d in defenses if d not in DEFENSE_CHOICES] + [a for a in attacks if a not in ATTACKS]
+    if bad:
+        raise ValueError(f"unknown defense/attack {bad}; defenses: {', '.join(DEFENSE_CHOICES)}; "
+                         f"attacks: {', '.join(sorted(ATTACKS))}")
+    if any("policy" in d for d in defenses) and not args.policy:
+        raise ValueError("the policy defenses need --policy FILE (export one with veil train-agent)")
+    out = Path(args.out_dir)
+    parser = build_parser()
+    data_cfg, split_cfg = data_configs(args)
+    split = split_identities(load_faces(data_cfg), split_cfg)
+    ev = train_eval_model(split, EvalModelConfig(epochs=args.eval_epochs))
+    print(f"benchmark: {split.source}, {split.num_private} private identities; evaluation model {ev.config.model} "
+          f"{ev.metrics['top1']:.1%}; {len(defenses)} defenses x {len(seeds)} seeds x {len(attacks)} attacks")
+    tracking.setup(args.tracking_uri, args.experiment)
+    records: list[dict[str, Any]] = []
+    with mlflow.start_run(run_name=args.run_name or f"benchmark-{Path(str(args.data)).name}"):
+        mlflow.set_tags({"veil.kind": "benchmark"})
+        tracking.log_params({"benchmark": {"defenses": ",".join(defenses), "attacks": ",".join(attacks),
+                                           "seeds": ",".join(map(str, seeds)), "epochs": args.epochs,
+                                           "identities": args.identities, "attack_seeds": args.attack_seeds,
+                                           "eval_model": ev.config.model, "eval_top1": round(ev.metrics["top1"], 4)},
+                             "split": split.summary()})
+        for d in defenses:
+            for s in seeds:
+                cell = out / "cells" / f"{d}-s{s}.json"
+                if cell.is_file():
+                    print(f"cell {d} seed {s}: done before, skipped")
+                    records.append(json.loads(cell.read_text()))
+                    continue
+                print(f"\n== cell {d} seed {s}")
+                records.append(run_cell(parser, args, d, s, split, ev.model, out))
+        rows = summarize(records, defenses, attacks)
+        md = markdown(rows)
+        (out / "results.md").write_text(md)
+        write_csv(rows, out / "results.csv")
+        plot(rows, attacks, out / "privacy_utility.png")
+        for name in ("results.md", "results.csv", "privacy_utility.png"):
+            tracking.log_file(out / name, "benchmark")
+    print("\n" + md)
+    print(f"results: {out / 'results.md'}, {out / 'results.csv'}, {out / 'privacy_utility.png'}; veil ui to compare")
+    return 0
+
+
+def add_parser(sub, add_data_args, add_tracking_args) -> None:
+    b = sub.add_parser("benchmark", help="every defense under every attack: the privacy-utility table",
+                       description="Train a target per defense and seed with the same budget, attack each with "
+                                   "every attack, and write a Markdown/CSV table (mean ± std over seeds), a "
+                                   "privacy-utility plot with the Pareto front and reconstruction grids; one MLflow "
+                                   "parent run with a nested run per cell. Finished cells are skipped on a rerun.")
+    b.add_argument("--defenses", default=DEFAULT_DEFENSES, help=f"comma list of {', '.join(DEFENSE_CHOICES)} "
+                                                                f"(default: {DEFAULT_DEFENSES})")
+    b.add_argument("--attacks", default="pca,whitebox,gmi", help="comma list of attacks (default: pca,whitebox,gmi)")
+    b.add_argument("--seeds", default="0,1,2", help="target-training seeds (default: 0,1,2)")
+    b.add_argument("--policy", default=None, metavar="FILE", help="exported policy for the policy defenses")
+    b.add_argument("--epochs", type=int, default=30, help="target training epochs (default: 30)")
+    b.add_argument("--batch-size", type=int, default=None, help="target batch size (default: train-fr's)")
+    b.add_argument("--lr", type=float, default=None, help="target learning rate (default: train-fr's)")
+    b.add_argument("--model", default=None, help="target backbone (default: train-fr's)")
+    b.add_argument("--identities", type=int, default=0, help="identities attacked (default: 0 = all)")
+    b.add_argument("--attack-seeds", type=int, default=2, help="attack runs per target (default: 2)")
+    b.add_argument("--restarts", type=int, default=2, help="reconstructions per identity per run (default: 2)")
+    b.add_argument("--steps", type=int, default=None, help="attack optimization steps (default: each attack's)")
+    b.add_argument("--gan-seconds", type=float, default=None, help="time cap per GAN (default: 180 s)")
+    b.add_argument("--eval-epochs", type=int, default=40, help="evaluation model epochs (default: 40; cached)")
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    b.add_argument("--out-dir", default="benchmarks/results/run", help="cells, tables, plots (default: "
+                                                                       "benchmarks/results/run)")
+    add_data_args(b)
+    add_tracking_args(b)

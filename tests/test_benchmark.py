@@ -1,0 +1,73 @@
+"""veil benchmark: cells, resume, the table, the plot's Pareto front and the MLflow tree."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from agents import tracking
+from agents.benchmark import mean_ci, pareto_front, summarize
+from agents.cli import main
+
+TINY = ["--data", "synthetic", "--synthetic-identities", "8", "--synthetic-images", "8", "--image-size", "32",
+        "--batch-size", "16", "--threads", "2", "--epochs", "2", "--attacks", "pca", "--steps", "10", "--restarts", "1",
+        "--attack-seeds", "1", "--eval-epochs", "1"]
+
+
+def test_pareto_front_keeps_the_undominated_points() -> None:
+    pts = [(90.0, 60.0), (95.0, 70.0), (80.0, 65.0), (70.0, 20.0), (95.0, 75.0)]
+    assert pareto_front(pts) == [3, 0, 1]  # (80, 65) is beaten by (90, 60); (95, 75) by (95, 70)
+
+
+def test_mean_ci_uses_the_t_interval() -> None:
+    m, sd, half = mean_ci([1.0, 2.0, 3.0])
+    assert (m, sd) == (2.0, 1.0) and half == pytest.approx(4.303 / 3 ** 0.5)
+    assert mean_ci([1.0])[2] != mean_ci([1.0])[2]  # nan: one seed has no interval
+
+
+def test_difference_from_none_is_flagged_only_beyond_the_spread() -> None:
+    def cell(d, s, top1):
+        return {"defense": d, "seed": s, "natural_top1": 0.9, "attacks": {"pca": {"top1": top1, "seconds": 1.0}}}
+    records = [cell("none", s, v) for s, v in enumerate((0.60, 0.62, 0.61))]
+    records += [cell("re", s, v) for s, v in enumerate((0.30, 0.31, 0.29))]
+    records += [cell("mid", s, v) for s, v in enumerate((0.40, 0.80, 0.60))]
+    rows = {r["defense"]: r for r in summarize(records, ["none", "re", "mid"], ["pca"])}
+    assert rows["re"]["vs_none"].endswith("*") and rows["re"]["vs_none"].startswith("-31.0")
+    assert not rows["mid"]["vs_none"].endswith("*")
+
+
+def test_benchmark_writes_cells_tables_and_plot_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench"
+    assert main(["benchmark", *TINY, "--defenses", "none,re", "--seeds", "0", "--out-dir", str(out)]) == 0
+    assert {p.name for p in (out / "cells").iterdir()} == {"none-s0.json", "re-s0.json"}
+    cell = json.loads((out / "cells" / "re-s0.json").read_text())
+    assert 0.0 <= cell["natural_top1"] <= 1.0 and 0.0 <= cell["attacks"]["pca"]["top1"] <= 1.0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["defense"], r["attack"]) for r in rows] == [("none", "pca"), ("re", "pca")]
+    assert "| re | pca | 1 |" in (out / "results.md").read_text() and (out / "privacy_utility.png").is_file()
+    mlflow.set_tracking_uri(tracking.default_tracking_uri())
+    runs = MlflowClient().search_runs([mlflow.get_experiment_by_name("veil").experiment_id])
+    by_id = {r.info.run_id: r for r in runs}
+    parent = next(r for r in runs if r.data.tags.get("veil.kind") == "benchmark")
+    attacks = [r for r in runs if r.data.tags.get("veil.kind") == "attack"]
+    assert len(attacks) == 2
+    for a in attacks:  # attack run -> training run -> benchmark run
+        fr = by_id[a.data.tags["mlflow.parentRunId"]]
+        assert fr.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    capsys.readouterr()
+    assert main(["benchmark", *TINY, "--defenses", "none,re", "--seeds", "0", "--out-dir", str(out)]) == 0
+    assert capsys.readouterr().out.count("done before, skipped") == 2
+
+
+def test_policy_defense_without_a_policy_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["benchmark", *TINY, "--defenses", "none,policy"]) == 2
+    assert "--policy FILE" in capsys.readouterr().err
