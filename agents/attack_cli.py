@@ -22,6 +22,15 @@ class DictOutputs(nn.Module):
         super().__init__()
         self.model = model
 
+    def train(self, mode: bool = True) -> "DictOutputs":
+        """Switch modes where the wrapped model allows it (an exported MLflow model does not)."""
+        self.training = mode
+        try:
+            self.model.train(mode)
+        except NotImplementedError:
+            pass
+        return self
+
     def forward(self, x: torch.Tensor) -> dict[str, Any]:
         out = self.model(x)
         if isinstance(out, dict):
