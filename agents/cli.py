@@ -250,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--timesteps", type=int, default=1024, help="agent steps (default: 1024)")
     d.add_argument("--epochs", type=int, default=10, help="epochs of each FR model (default: 10)")
     d.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    d.add_argument("--eval-epochs", type=int, default=15,
-                   help="epochs of the evaluation model that scores the attack (cached after the first demo; default: 15)")
+    d.add_argument("--eval-epochs", type=int, default=10,
+                   help="epochs of the evaluation model that scores the attack (cached after the first demo; default: 10)")
     d.add_argument("--n-private", type=int, default=None, help="private identities (default: half)")
     _add_tracking_args(d)
 
@@ -320,7 +320,8 @@ def train_fr(args: argparse.Namespace) -> str:
     if args.policy:
         if augment is not None:
             raise ValueError("--policy replaces the augmentation defenses; drop re/mixup/hybrid/negls from --defense")
-        augment = _policy_augment(args.policy, trainer, args.seed, args.policy_warmup)
+        planned = -(-len(split.train_labels) // args.batch_size) * args.epochs
+        augment = _policy_augment(args.policy, trainer, args.seed, args.policy_warmup, planned)
     ledger = None
     if "dp" in defense.names:
         from defenses.dp import make_private
@@ -395,12 +396,17 @@ def train_fr(args: argparse.Namespace) -> str:
     return run_id
 
 
-def _policy_augment(path: str, trainer, seed: int, warmup: int | None = None):
+def _policy_augment(path: str, trainer, seed: int, warmup: int | None = None, planned_steps: int | None = None):
     """A learned policy as the trainer's per-batch augmentation, fed the last step's loss."""
     from .export import PolicyAugmenter
 
     augmenter = PolicyAugmenter.load(path, seed=seed, warmup_steps=warmup)
     print(f"policy: {path}; clean warm-up for the first {augmenter.warmup_steps} batches, as in the game")
+    game_steps = augmenter.game_fr_steps()
+    if planned_steps and game_steps and planned_steps < game_steps / 2:
+        print(f"warning: this policy was learned against an FR model trained for about {game_steps} steps; this run "
+              f"has {planned_steps}. On AT&T such a short run lost 10-88 points of accuracy with the policy "
+              f"(README: 'What the agent learns'); train for about {game_steps} steps (--epochs) to match the game.")
 
     def augment(images, targets):
         last = trainer.last_stats
@@ -458,7 +464,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                            "--run-name", "demo-fr-none"]))
     print("\n== 4/4: the privacy probe (PCA-prior attack on every private identity) against both")
     for run_id in (run_policy, run_none):
-        attack = ["attack", "--model", run_id, "--attack", "pca", "--attack-seeds", "1", "--restarts", "2",
+        attack = ["attack", "--model", run_id, "--attack", "pca", "--attack-seeds", "1", "--restarts", "1",
                   "--eval-epochs", str(args.eval_epochs), "--seed", str(args.seed), "--experiment", args.experiment]
         if args.tracking_uri:
             attack += ["--tracking-uri", args.tracking_uri]

@@ -151,6 +151,19 @@ class PolicyAugmenter(nn.Module):
                 layers.append(nn.Tanh() if kind == "tanh" else nn.ReLU())
         return cls(nn.Sequential(*layers).eval(), meta, seed, warmup_steps)
 
+    def game_fr_steps(self) -> int | None:
+        """About how many FR steps the game's model took while the policy learned (warm-up plus
+        the FR share of the agent's steps), or ``None`` when the file does not say."""
+        env = self.meta.get("env_config", {})
+        try:
+            horizon, warm = int(env["horizon"]), int(env.get("warmup_steps", 0))
+            if env.get("schedule") == "interleaved":
+                return warm + horizon
+            n1, n2 = int(env["policy_steps"]), int(env["fr_steps"])
+            return warm + horizon * n2 // max(1, n1 + n2)
+        except (KeyError, TypeError, ValueError):
+            return None
+
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
         """Deterministic actions for observations (N, 15) -> (N, 7) in [-1, 1]."""

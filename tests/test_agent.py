@@ -81,6 +81,8 @@ def test_policy_augmenter_replays_the_games_clean_warmup(tmp_path: Path) -> None
     aug(x, y, step=5, total_steps=100)
     assert aug.last_params is not None
     assert PolicyAugmenter.load(path, warmup_steps=0).warmup_steps == 0
+    # warm-up + the FR share of the horizon (alternating 32/32 by default): what a deployment should match
+    assert aug.game_fr_steps() == 5 + cfg.horizon // 2
 
 
 def test_loading_a_non_policy_file_is_a_clear_error(tmp_path: Path) -> None:
