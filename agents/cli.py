@@ -250,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--timesteps", type=int, default=1024, help="agent steps (default: 1024)")
     d.add_argument("--epochs", type=int, default=10, help="epochs of each FR model (default: 10)")
     d.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    d.add_argument("--eval-epochs", type=int, default=10,
-                   help="epochs of the evaluation model that scores the attack (cached after the first demo; default: 10)")
+    d.add_argument("--eval-epochs", type=int, default=8,
+                   help="epochs of the evaluation model that scores the attack (cached after the first demo; default: 8)")
     d.add_argument("--n-private", type=int, default=None, help="private identities (default: half)")
     _add_tracking_args(d)
 
@@ -462,9 +462,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("\n== 3/4: the same FR model without augmentation, for comparison")
     run_none = train_fr(parser.parse_args(["train-fr", *common, "--epochs", str(args.epochs),
                                            "--run-name", "demo-fr-none"]))
-    print("\n== 4/4: the privacy probe (PCA-prior attack on every private identity) against both")
+    print("\n== 4/4: the privacy probe (PCA-prior attack on 20 private identities) against both")
     for run_id in (run_policy, run_none):
         attack = ["attack", "--model", run_id, "--attack", "pca", "--attack-seeds", "1", "--restarts", "1",
+                  "--identities", "20",
                   "--eval-epochs", str(args.eval_epochs), "--seed", str(args.seed), "--experiment", args.experiment]
         if args.tracking_uri:
             attack += ["--tracking-uri", args.tracking_uri]
