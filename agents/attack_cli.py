@@ -174,6 +174,16 @@ def _log_eval_model(ev, split_summary: dict) -> str:
         return run.info.run_id
 
 
+def attack_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The harness settings the attack options describe (``veil attack`` and ``veil benchmark``)."""
+    settings: dict[str, Any] = {"seeds": args.restarts}
+    for option, key in (("steps", "steps"), ("lomma", "lomma"), ("gan_seconds", "max_seconds"),
+                        ("gan_steps", "gan_steps")):
+        if getattr(args, option, None):
+            settings[key] = getattr(args, option)
+    return settings
+
+
 def cmd_attack(args: argparse.Namespace) -> int:
     import mlflow
 
@@ -206,15 +216,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     acc = target_accuracy(target, split)
     print(f"target: {args.model}: private test top-1 {acc['top1']:.1%}; evaluation model {ev.config.model}: "
           f"{ev.metrics['top1']:.1%}{' (cached)' if ev.cached else ''}")
-    settings: dict[str, Any] = {"seeds": args.restarts}
-    if args.steps:
-        settings["steps"] = args.steps
-    if args.lomma:
-        settings["lomma"] = True
-    if args.gan_seconds:
-        settings["max_seconds"] = args.gan_seconds
-    if args.gan_steps:
-        settings["gan_steps"] = args.gan_steps
+    settings = attack_settings(args)
     reports: list[AttackReport] = []
     out_root = Path(args.out_dir)
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"attack-{Path(args.model).name}"):

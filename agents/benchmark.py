@@ -76,7 +76,7 @@ def run_cell(parser, args, defense: str, seed: int, split, eval_model, out: Path
     from attacks.harness import HarnessConfig, run_attack, target_accuracy
 
     from . import tracking
-    from .attack_cli import load_target
+    from .attack_cli import attack_settings, load_target
     from .cli import train_fr
 
     t0 = time.perf_counter()
@@ -85,11 +85,7 @@ def run_cell(parser, args, defense: str, seed: int, split, eval_model, out: Path
     natural = target_accuracy(target, split)
     record: dict[str, Any] = {"defense": defense, "seed": seed, "fr_run": fr_run, "natural_top1": natural["top1"],
                               "natural_top5": natural["top5"], "attacks": {}}
-    settings: dict[str, Any] = {"seeds": args.restarts}
-    if args.steps:
-        settings["steps"] = args.steps
-    if args.gan_seconds:
-        settings["max_seconds"] = args.gan_seconds
+    settings = attack_settings(args)
     with mlflow.start_run(run_id=fr_run, nested=True):
         for attack in args.attacks.split(","):
             report = run_attack(attack, target, split, eval_model,

@@ -8,7 +8,6 @@ is one entry. Settings not given take each attack's own defaults.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -161,10 +160,3 @@ def target_accuracy(target: nn.Module, split) -> dict[str, float]:
     topk = logits.topk(k, 1).indices
     y = split.test_labels
     return {"top1": (topk[:, 0] == y).float().mean().item(), "top5": (topk == y[:, None]).any(1).float().mean().item()}
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    n = len(values)
-    m = sum(values) / n
-    return m, (math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)

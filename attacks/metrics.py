@@ -140,6 +140,7 @@ def evaluate_reconstructions(recons: torch.Tensor, labels: torch.Tensor, eval_mo
         mine = torch.isin(private_labels, labels)
         fd = feature_frechet(recons, priv[mine], eval_model)
         out["frechet"], out["frechet_dims"] = fd["frechet"], float(fd["frechet_dims"])
+        out["frechet_reduced"] = float(fd["frechet_reduced"])
     return out
 
 

@@ -15,15 +15,6 @@ from torch import nn
 from .ddcs import ddcs
 from .metrics import FRECHET_NOTE, evaluate_reconstructions, per_identity, summarize
 
-
-def _embedding_dim(model: nn.Module, like: torch.Tensor) -> int:
-    with torch.no_grad():
-        was = model.training
-        model.eval()
-        dim = int(model(like[:1].float())["embedding"].shape[1])
-        model.train(was)
-    return dim
-
 # the columns of the Markdown table, in order, with how each is printed
 COLUMNS = (("top1", "attack top-1", "pct"), ("top5", "top-5", "pct"), ("nn_feature_acc", "NN feature id", "pct"),
            ("nn_pixel_acc", "NN pixel id", "pct"), ("knn_dist", "KNN dist", "num"), ("psnr", "PSNR dB", "num"),
@@ -89,10 +80,9 @@ class AttackReport:
         per = per_identity(recons, labels, eval_model, priv_x, priv_y)
         rows = [{k: per[k][i] for k in per} for i in range(len(per["identity"]))]
         extra: dict[str, Any] = {"identity_spread": summarize(per)}
-        if len(recons) >= 2:
+        if "frechet" in summary:
             extra["frechet_note"] = FRECHET_NOTE + (" Reduced by PCA before the distance (fewer samples than "
-                                                    "feature dimensions)." if summary.get("frechet_dims", 0) <
-                                                    _embedding_dim(eval_model, recons) else "")
+                                                    "feature dimensions)." if summary["frechet_reduced"] else "")
         exposure = ddcs(recons, labels, eval_model, priv_x, priv_y, top=10)
         extra["ddcs_mean"] = exposure["mean"]
         extra["ddcs_covered_share"] = exposure["covered_share"]

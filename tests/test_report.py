@@ -10,19 +10,7 @@ from torch import nn
 
 from attacks.harness import ATTACKS, HarnessConfig, pick_identities, register, run_attack
 from recognition import DataConfig, SplitConfig, load_faces, split_identities
-
-
-class Oracle(nn.Module):
-    """Embedding = pixels; logits = minus the distance to the nearest private image of each class."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: int) -> None:
-        super().__init__()
-        self.images, self.labels, self.classes = images.flatten(1), labels, classes
-
-    def forward(self, x: torch.Tensor) -> dict:
-        d = torch.cdist(x.flatten(1), self.images)
-        logits = torch.stack([-d[:, self.labels == c].min(1).values for c in range(self.classes)], 1)
-        return {"logits": logits, "embedding": x.flatten(1), "hidden": []}
+from test_attacks import Oracle  # the evaluation model that knows the private images
 
 
 @pytest.fixture(scope="module")
