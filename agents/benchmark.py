@@ -2,7 +2,8 @@
 
 Each cell (defense x target seed) trains a target with ``veil train-fr``'s code, measures its
 natural accuracy, runs every attack through the harness and writes ``cells/<defense>-s<seed>.json``
-atomically, so an interrupted benchmark resumes where it stopped. The summary (Markdown, CSV, a
+atomically after training and after each attack, so an interrupted benchmark resumes where it
+stopped and a rerun with more attacks attacks the saved targets instead of retraining them. The summary (Markdown, CSV, a
 privacy-utility plot with the Pareto front, reconstruction grids) is rebuilt from the cells. In
 MLflow: one parent run, one nested training run per cell, one nested attack run under it.
 """
@@ -69,8 +70,11 @@ def _fr_args(parser: argparse.ArgumentParser, args: argparse.Namespace, defense:
     return ns
 
 
-def run_cell(parser, args, defense: str, seed: int, split, eval_model, out: Path) -> dict[str, Any]:
-    """Train one target and attack it; returns the cell's record (also written to ``cells/``)."""
+def run_cell(parser, args, defense: str, seed: int, split, eval_model, out: Path,
+             record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train one target (unless ``record`` says it was trained) and run the attacks it lacks;
+    the record is rewritten to ``cells/`` after each attack, so an interruption loses one attack
+    at most and a rerun with more ``--attacks`` attacks the saved target instead of retraining."""
     import mlflow
 
     from attacks.harness import HarnessConfig, run_attack, target_accuracy
@@ -80,14 +84,25 @@ def run_cell(parser, args, defense: str, seed: int, split, eval_model, out: Path
     from .cli import train_fr
 
     t0 = time.perf_counter()
-    fr_run = train_fr(_fr_args(parser, args, defense, seed))
-    target, _, _ = load_target(str(Path(args.out_dir) / "checkpoints" / f"{defense}-s{seed}.pt"))
-    natural = target_accuracy(target, split)
-    record: dict[str, Any] = {"defense": defense, "seed": seed, "fr_run": fr_run, "natural_top1": natural["top1"],
-                              "natural_top5": natural["top5"], "attacks": {}}
+    cell = out / "cells" / f"{defense}-s{seed}.json"
+    ckpt = Path(args.out_dir) / "checkpoints" / f"{defense}-s{seed}.pt"
+    if record is None:
+        fr_run = train_fr(_fr_args(parser, args, defense, seed))
+        target, _, _ = load_target(str(ckpt))
+        natural = target_accuracy(target, split)
+        record = {"defense": defense, "seed": seed, "fr_run": fr_run, "natural_top1": natural["top1"],
+                  "natural_top5": natural["top5"], "attacks": {}, "seconds": time.perf_counter() - t0}
+        _write_json(record, cell)
+    else:
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"cell {cell} lacks attacks but its target {ckpt} is gone; delete the cell "
+                                    "file to retrain it")
+        target, _, _ = load_target(str(ckpt))
+    missing = [a for a in args.attacks.split(",") if a not in record["attacks"]]
     settings = attack_settings(args)
-    with mlflow.start_run(run_id=fr_run, nested=True):
-        for attack in args.attacks.split(","):
+    with mlflow.start_run(run_id=record["fr_run"], nested=True):
+        for attack in missing:
+            t1 = time.perf_counter()
             report = run_attack(attack, target, split, eval_model,
                                 HarnessConfig(identities=args.identities, attack_seeds=args.attack_seeds,
                                               settings=settings, seed=seed))
@@ -101,8 +116,8 @@ def run_cell(parser, args, defense: str, seed: int, split, eval_model, out: Path
             record["attacks"][attack] = {**{k: report.summary.get(k) for k in METRICS},
                                          "seconds": sum(report.seconds), "report": str(paths["markdown"]),
                                          "grid": str(paths["grid"]), "attack_run": child.info.run_id}
-    record["seconds"] = time.perf_counter() - t0
-    _write_json(record, out / "cells" / f"{defense}-s{seed}.json")
+            record["seconds"] = record.get("seconds", 0.0) + time.perf_counter() - t1
+            _write_json(record, cell)
     return record
 
 
@@ -256,12 +271,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         for d in defenses:
             for s in seeds:
                 cell = out / "cells" / f"{d}-s{s}.json"
-                if cell.is_file():
+                done = json.loads(cell.read_text()) if cell.is_file() else None
+                missing = [a for a in attacks if done is None or a not in done["attacks"]]
+                if not missing:
                     print(f"cell {d} seed {s}: done before, skipped")
-                    records.append(json.loads(cell.read_text()))
+                    records.append(done)
                     continue
-                print(f"\n== cell {d} seed {s}")
-                records.append(run_cell(parser, args, d, s, split, ev.model, out))
+                print(f"\n== cell {d} seed {s}" + ("" if done is None else f": target trained before; "
+                                                      f"attacks {', '.join(missing)}"))
+                records.append(run_cell(parser, args, d, s, split, ev.model, out, done))
         rows = summarize(records, defenses, attacks)
         md = markdown(rows)
         (out / "results.md").write_text(md)
@@ -279,7 +297,8 @@ def add_parser(sub, add_data_args, add_tracking_args) -> None:
                        description="Train a target per defense and seed with the same budget, attack each with "
                                    "every attack, and write a Markdown/CSV table (mean ± std over seeds), a "
                                    "privacy-utility plot with the Pareto front and reconstruction grids; one MLflow "
-                                   "parent run with a nested run per cell. Finished cells are skipped on a rerun.")
+                                   "parent run with a nested run per cell. Finished cells are skipped on a rerun; a "
+                                   "rerun with more --attacks attacks the saved targets instead of retraining.")
     b.add_argument("--defenses", default=DEFAULT_DEFENSES, help=f"comma list of {', '.join(DEFENSE_CHOICES)} "
                                                                 f"(default: {DEFAULT_DEFENSES})")
     b.add_argument("--attacks", default="pca,whitebox,gmi", help="comma list of attacks (default: pca,whitebox,gmi)")

@@ -66,6 +66,25 @@ def test_benchmark_writes_cells_tables_and_plot_and_resumes(tmp_path: Path, monk
     assert capsys.readouterr().out.count("done before, skipped") == 2
 
 
+def test_a_rerun_with_more_attacks_attacks_the_saved_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench"
+    assert main(["benchmark", *TINY, "--defenses", "none", "--seeds", "0", "--out-dir", str(out)]) == 0
+    before = json.loads((out / "cells" / "none-s0.json").read_text())
+    mtime = (out / "checkpoints" / "none-s0.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["benchmark", *TINY, "--defenses", "none", "--seeds", "0", "--attacks", "pca,whitebox",
+                 "--out-dir", str(out)]) == 0
+    assert "target trained before; attacks whitebox" in capsys.readouterr().out
+    after = json.loads((out / "cells" / "none-s0.json").read_text())
+    assert (out / "checkpoints" / "none-s0.pt").stat().st_mtime_ns == mtime  # not retrained
+    assert after["fr_run"] == before["fr_run"] and after["attacks"]["pca"] == before["attacks"]["pca"]
+    assert 0.0 <= after["attacks"]["whitebox"]["top1"] <= 1.0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["defense"], r["attack"]) for r in rows] == [("none", "pca"), ("none", "whitebox")]
+
+
 def test_policy_defense_without_a_policy_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
