@@ -55,7 +55,7 @@ def _fr_args(parser: argparse.ArgumentParser, args: argparse.Namespace, defense:
     if "policy" in names:
         if not args.policy:
             raise ValueError(f"defense {defense!r} needs --policy FILE (an exported policy from veil train-agent)")
-        argv += ["--policy", args.policy]
+        argv += ["--policy", policy_for_seed(args.policy, args.seeds, seed)]
         names.remove("policy")
     if names:
         argv += ["--defense", ",".join(names)]
@@ -68,6 +68,18 @@ def _fr_args(parser: argparse.ArgumentParser, args: argparse.Namespace, defense:
                 "test_fraction", "split_seed", "no_cache", "synthetic_identities", "synthetic_images"):
         setattr(ns, key, getattr(args, key))
     return ns
+
+
+def policy_for_seed(policy: str, seeds: str, seed: int) -> str:
+    """``--policy`` is one file for every seed, or a comma list with one file per seed (an agent
+    trained with each target seed), matched to ``--seeds`` in order."""
+    files = [f.strip() for f in policy.split(",") if f.strip()]
+    order = [int(x) for x in str(seeds).split(",") if x.strip()]
+    if len(files) == 1:
+        return files[0]
+    if len(files) != len(order):
+        raise ValueError(f"--policy lists {len(files)} files for {len(order)} seeds; give one file, or one per seed")
+    return files[order.index(seed)]
 
 
 def run_cell(parser, args, defense: str, seed: int, split, eval_model, out: Path,
@@ -250,8 +262,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if bad:
         raise ValueError(f"unknown defense/attack {bad}; defenses: {', '.join(DEFENSE_CHOICES)}; "
                          f"attacks: {', '.join(sorted(ATTACKS))}")
-    if any("policy" in d for d in defenses) and not args.policy:
-        raise ValueError("the policy defenses need --policy FILE (export one with veil train-agent)")
+    if any("policy" in d for d in defenses):
+        if not args.policy:
+            raise ValueError("the policy defenses need --policy FILE (export one with veil train-agent)")
+        for s in seeds:
+            path = Path(policy_for_seed(args.policy, args.seeds, s))
+            if not path.is_file():
+                raise FileNotFoundError(f"--policy: no file {path}")
     out = Path(args.out_dir)
     parser = build_parser()
     data_cfg, split_cfg = data_configs(args)
@@ -303,7 +320,8 @@ def add_parser(sub, add_data_args, add_tracking_args) -> None:
                                                                 f"(default: {DEFAULT_DEFENSES})")
     b.add_argument("--attacks", default="pca,whitebox,gmi", help="comma list of attacks (default: pca,whitebox,gmi)")
     b.add_argument("--seeds", default="0,1,2", help="target-training seeds (default: 0,1,2)")
-    b.add_argument("--policy", default=None, metavar="FILE", help="exported policy for the policy defenses")
+    b.add_argument("--policy", default=None, metavar="FILE", help="exported policy for the policy defenses; a comma list gives one per "
+                                                           "seed, in --seeds order")
     b.add_argument("--epochs", type=int, default=30, help="target training epochs (default: 30)")
     b.add_argument("--batch-size", type=int, default=None, help="target batch size (default: train-fr's)")
     b.add_argument("--lr", type=float, default=None, help="target learning rate (default: train-fr's)")

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from agents import tracking
-from agents.benchmark import mean_ci, pareto_front, summarize
+from agents.benchmark import mean_ci, pareto_front, policy_for_seed, summarize
 from agents.cli import main
 
 TINY = ["--data", "synthetic", "--synthetic-identities", "8", "--synthetic-images", "8", "--image-size", "32",
@@ -22,6 +22,13 @@ TINY = ["--data", "synthetic", "--synthetic-identities", "8", "--synthetic-image
 def test_pareto_front_keeps_the_undominated_points() -> None:
     pts = [(90.0, 60.0), (95.0, 70.0), (80.0, 65.0), (70.0, 20.0), (95.0, 75.0)]
     assert pareto_front(pts) == [3, 0, 1]  # (80, 65) is beaten by (90, 60); (95, 75) by (95, 70)
+
+
+def test_policy_files_are_one_for_all_seeds_or_one_per_seed() -> None:
+    assert policy_for_seed("p.safetensors", "0,1,2", 2) == "p.safetensors"
+    assert policy_for_seed("a,b,c", "4,5,6", 5) == "b"
+    with pytest.raises(ValueError, match="2 files for 3 seeds"):
+        policy_for_seed("a,b", "0,1,2", 0)
 
 
 def test_mean_ci_uses_the_t_interval() -> None:
