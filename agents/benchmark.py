@@ -242,6 +242,58 @@ def plot(rows: list[dict[str, Any]], attacks: list[str], path: Path) -> Path:
     return path
 
 
+def defense_grid(records: list[dict[str, Any]], defenses: list[str], attack: str, path: Path,
+                 identities: int = 10) -> Path | None:
+    """One row per defense (its first seed that saved reconstructions): the first reconstruction
+    of each of the first ``identities`` attacked identities; the top row holds the nearest private
+    training image of each. Returns None when no cell saved reconstructions for ``attack``."""
+    import matplotlib
+    import torch
+    from safetensors.torch import load_file
+    from torchvision.utils import make_grid
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows: list[tuple[str, torch.Tensor]] = []
+    reference: torch.Tensor | None = None
+    classes: list[int] | None = None
+    for d in defenses:
+        cells = sorted((r for r in records if r["defense"] == d and attack in r["attacks"]), key=lambda r: r["seed"])
+        for r in cells:
+            f = Path(r["attacks"][attack]["report"]).with_name("reconstructions.safetensors")
+            if not f.is_file():
+                continue
+            t = load_file(str(f))
+            if classes is None:
+                classes = list(dict.fromkeys(t["labels"].tolist()))[:identities]
+            first = [int((t["labels"] == c).nonzero()[0]) if (t["labels"] == c).any() else -1 for c in classes]
+            if min(first) < 0:
+                continue
+            if reference is None:
+                reference = t["nearest"][first]
+            a = r["attacks"][attack]
+            rows.append((f"{d} (s{r['seed']})\nnat {100 * r['natural_top1']:.0f}%, atk {100 * a['top1']:.0f}%",
+                         t["images"][first]))
+            break
+    if not rows or reference is None:
+        return None
+    rows.insert(0, ("private (nearest)", reference))
+    fig, axes = plt.subplots(len(rows), 1, figsize=(1.1 * len(classes) + 1.8, 1.15 * len(rows)), squeeze=False)
+    for ax, (name, imgs) in zip(axes[:, 0], rows):
+        strip = make_grid(imgs.float() / 255.0, nrow=len(imgs), padding=2, pad_value=1.0)
+        ax.imshow(strip.permute(1, 2, 0).numpy().squeeze(), cmap="gray" if strip.shape[0] == 1 else None)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
+    fig.suptitle(f"{attack}: first reconstruction of identities {classes}", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     import mlflow
     import torch
@@ -304,6 +356,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         plot(rows, attacks, out / "privacy_utility.png")
         for name in ("results.md", "results.csv", "privacy_utility.png"):
             tracking.log_file(out / name, "benchmark")
+        for a in attacks:
+            g = defense_grid(records, defenses, a, out / f"grid-{a}.png")
+            if g is not None:
+                tracking.log_file(g, "benchmark")
     print("\n" + md)
     print(f"results: {out / 'results.md'}, {out / 'results.csv'}, {out / 'privacy_utility.png'}; veil ui to compare")
     return 0

@@ -190,15 +190,26 @@ class AttackReport:
         return make_grid(torch.stack(cells), nrow=min(10, len(cells)), padding=2, pad_value=1.0)
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write ``report.json``, ``report.md``, ``reconstructions.png`` and ``exposed.png`` into ``out_dir``."""
+        """Write ``report.json``, ``report.md``, ``reconstructions.png``, ``exposed.png`` and the
+        reconstructions themselves (``reconstructions.safetensors``: uint8 ``images``, ``labels``,
+        ``nearest``) into ``out_dir``."""
+        from safetensors.torch import save_file
         from torchvision.utils import save_image
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        paths = {"json": out / "report.json", "markdown": out / "report.md", "grid": out / "reconstructions.png"}
+        paths = {"json": out / "report.json", "markdown": out / "report.md", "grid": out / "reconstructions.png",
+                 "tensors": out / "reconstructions.safetensors"}
         paths["json"].write_text(self.to_json())
         paths["markdown"].write_text(self.to_markdown())
         save_image(self.grid(), paths["grid"])
+        if self.images is not None and self.labels is not None and self.nearest is not None:
+            def u8(x: torch.Tensor) -> torch.Tensor:
+                return (x.clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
+            save_file({"images": u8(self.images), "labels": self.labels.long().contiguous(),
+                       "nearest": u8(self.nearest)}, str(paths["tensors"]))
+        else:
+            del paths["tensors"]
         exposed = self.exposure_grid()
         if exposed is not None:
             paths["exposed"] = out / "exposed.png"

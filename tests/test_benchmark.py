@@ -59,6 +59,7 @@ def test_benchmark_writes_cells_tables_and_plot_and_resumes(tmp_path: Path, monk
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [(r["defense"], r["attack"]) for r in rows] == [("none", "pca"), ("re", "pca")]
     assert "| re | pca | 1 |" in (out / "results.md").read_text() and (out / "privacy_utility.png").is_file()
+    assert (out / "grid-pca.png").is_file()  # one row per defense under the private images
     mlflow.set_tracking_uri(tracking.default_tracking_uri())
     runs = MlflowClient().search_runs([mlflow.get_experiment_by_name("veil").experiment_id])
     by_id = {r.info.run_id: r for r in runs}

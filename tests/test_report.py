@@ -68,6 +68,16 @@ def test_report_outputs_json_markdown_and_grids(report, tmp_path) -> None:
     assert grid.shape[0] == 3 and paths["grid"].is_file() and paths["exposed"].is_file()
 
 
+def test_saved_reconstructions_round_trip_as_uint8(report, split, tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    t = load_file(str(report.save(tmp_path)["tensors"]))
+    assert t["images"].dtype == torch.uint8 and t["images"].shape == report.images.shape
+    assert torch.equal(t["labels"], report.labels)
+    first = split.train_images[split.train_labels == int(report.labels[0])][0]
+    assert torch.equal(t["images"][0], first)  # the replayed private image, exactly
+
+
 def test_unknown_attack_is_refused(split) -> None:
     with pytest.raises(ValueError, match="unknown attack 'nope'"):
         run_attack("nope", nn.Identity(), split, nn.Identity())
