@@ -203,17 +203,24 @@ class PolicyAugmenter(nn.Module):
 
 
 try:  # MLflow is a dependency of veil, but the augmenter above needs only torch and safetensors
-    import mlflow.pyfunc as _pyfunc
+    import warnings
 
-    class PolicyPyfunc(_pyfunc.PythonModel):
-        """MLflow pyfunc serving the exported policy: observations (N, 15) -> actions (N, 7)."""
+    # MLflow warns, on import and on defining the class, that predict has no type hints (its input
+    # is a plain array: the signature is given when logging). Its own decorator resets warning
+    # filters, so silence the display for these two statements only.
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda *args, **kwargs: None
+        import mlflow.pyfunc as _pyfunc
 
-        def load_context(self, context) -> None:  # type: ignore[no-untyped-def]
-            self.augmenter = PolicyAugmenter.load(context.artifacts["policy"])
+        class PolicyPyfunc(_pyfunc.PythonModel):
+            """MLflow pyfunc serving the exported policy: observations (N, 15) -> actions (N, 7)."""
 
-        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-            obs = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
-            return self.augmenter.act(obs).numpy()
+            def load_context(self, context) -> None:  # type: ignore[no-untyped-def]
+                self.augmenter = PolicyAugmenter.load(context.artifacts["policy"])
+
+            def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+                obs = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+                return self.augmenter.act(obs).numpy()
 except ImportError:  # pragma: no cover
     PolicyPyfunc = None  # type: ignore[assignment,misc]
 

@@ -3,12 +3,13 @@ from scratch on MTCNN-aligned faces, each batch augmented by an exported policy 
 and safetensors; no pickle, no SB3). See docs/deploy.md.
 
     python examples/deploy_facenet.py --policy checkpoints/<run>-policy.safetensors \
-        --root ../shared/datasets/cfp --identities 20 --epochs 10
+        --root ../shared/datasets/cfp --identities 20 --epochs 30
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -60,16 +61,23 @@ def split_per_identity(labels: torch.Tensor, test_share: float, seed: int) -> tu
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", type=Path, default=Path("../shared/datasets/cfp"), help="one folder per identity")
+    data_root = Path(os.environ.get("VEIL_DATA_ROOT", "../shared/datasets"))
+    ap.add_argument("--root", type=Path, default=data_root / "cfp", help="one folder per identity "
+                    "(default: $VEIL_DATA_ROOT/cfp, else ../shared/datasets/cfp)")
     ap.add_argument("--policy", type=Path, default=None, help="exported veil policy (.safetensors); none: no augmentation")
+    ap.add_argument("--warmup", type=int, default=None, help="clean batches before the policy acts "
+                    "(default: the warm-up of the game the policy learned in)")
     ap.add_argument("--identities", type=int, default=20)
     ap.add_argument("--image-size", type=int, default=96, help="InceptionResnetV1 needs >= 75 px")
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
     images, labels = load_aligned(args.root, args.identities, args.image_size)
@@ -80,13 +88,20 @@ def main() -> None:
 
     model = InceptionResnetV1(classify=True, num_classes=k)  # from scratch: no weights are downloaded
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    augmenter = PolicyAugmenter.load(args.policy, seed=args.seed) if args.policy else None
+    augmenter = PolicyAugmenter.load(args.policy, seed=args.seed, warmup_steps=args.warmup) if args.policy else None
 
     def normalize(x: torch.Tensor) -> torch.Tensor:  # facenet-pytorch's fixed_image_standardization
         return (x * 255.0 - 127.5) / 128.0
 
     steps_per_epoch = len(train_idx) // args.batch_size  # drop the last partial batch (BatchNorm)
     total, step, last_loss = steps_per_epoch * args.epochs, 0, None
+    if augmenter is not None:
+        game = augmenter.game_fr_steps()
+        print(f"policy: clean for the first {augmenter.warmup_steps} of {total} batches, then the policy acts"
+              + (f" (it learned against a model trained for about {game} steps)" if game else ""))
+        if augmenter.warmup_steps >= total:
+            print("warning: the warm-up covers the whole run, so the policy never acts; lower --warmup or "
+                  "raise --epochs")
     for epoch in range(args.epochs):
         model.train()
         order = train_idx[torch.randperm(len(train_idx))]
@@ -106,7 +121,9 @@ def main() -> None:
         params = augmenter.last_params if augmenter is not None else None
         print(f"epoch {epoch + 1}/{args.epochs}: loss {last_loss:.3f}, test top-1 {acc:.1%}"
               + (f", last policy action: {params}" if params is not None else ""))
-    print(f"done in {time.perf_counter() - t0:.0f}s")
+    counts = torch.bincount(labels[train_idx], minlength=k).float()
+    print(f"final test top-1 {acc:.1%} (chance {1 / k:.1%}; majority class {counts.max() / counts.sum():.1%}); "
+          f"done in {time.perf_counter() - t0:.0f}s")
 
 
 if __name__ == "__main__":
