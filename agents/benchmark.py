@@ -143,11 +143,14 @@ def summarize(records: list[dict[str, Any]], defenses: list[str], attacks: list[
         if not cells:
             continue
         for a in attacks:
-            row: dict[str, Any] = {"defense": d, "attack": a, "seeds": len(cells)}
-            row["natural_top1"] = mean_ci([c["natural_top1"] for c in cells])
+            done = [c for c in cells if a in c["attacks"]]  # the seeds this attack has run on
+            if not done:
+                continue
+            row: dict[str, Any] = {"defense": d, "attack": a, "seeds": len(done)}
+            row["natural_top1"] = mean_ci([c["natural_top1"] for c in done])
             for k in METRICS:
-                row[k] = mean_ci([c["attacks"].get(a, {}).get(k) for c in cells])
-            row["seconds"] = mean_ci([c["attacks"].get(a, {}).get("seconds") for c in cells])[0]
+                row[k] = mean_ci([c["attacks"][a].get(k) for c in done])
+            row["seconds"] = mean_ci([c["attacks"][a].get("seconds") for c in done])[0]
             rows.append(row)
     base = {r["attack"]: r for r in rows if r["defense"] == "none"}
     for r in rows:
@@ -294,6 +297,20 @@ def defense_grid(records: list[dict[str, Any]], defenses: list[str], attack: str
     return path
 
 
+def write_outputs(records: list[dict[str, Any]], defenses: list[str], attacks: list[str], out: Path) -> str:
+    """``results.md``, ``results.csv``, ``privacy_utility.png`` and ``grid-<attack>.png`` from the
+    cells' records; returns the Markdown table."""
+    rows = summarize(records, defenses, attacks)
+    md = markdown(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(md)
+    write_csv(rows, out / "results.csv")
+    plot(rows, attacks, out / "privacy_utility.png")
+    for a in attacks:
+        defense_grid(records, defenses, a, out / f"grid-{a}.png")
+    return md
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     import mlflow
     import torch
@@ -314,6 +331,17 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if bad:
         raise ValueError(f"unknown defense/attack {bad}; defenses: {', '.join(DEFENSE_CHOICES)}; "
                          f"attacks: {', '.join(sorted(ATTACKS))}")
+    out = Path(args.out_dir)
+    if args.summarize_only:
+        records = [json.loads(f.read_text()) for f in sorted((out / "cells").glob("*.json"))] \
+            if (out / "cells").is_dir() else []
+        records = [r for r in records if r["defense"] in defenses and r["seed"] in seeds]
+        if not records:
+            raise FileNotFoundError(f"--summarize-only: no finished cells of {', '.join(defenses)} in {out / 'cells'}")
+        md = write_outputs(records, defenses, attacks, out)
+        print(md)
+        print(f"results (from {len(records)} cells; nothing run): {out / 'results.md'}")
+        return 0
     if any("policy" in d for d in defenses):
         if not args.policy:
             raise ValueError("the policy defenses need --policy FILE (export one with veil train-agent)")
@@ -321,7 +349,6 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             path = Path(policy_for_seed(args.policy, args.seeds, s))
             if not path.is_file():
                 raise FileNotFoundError(f"--policy: no file {path}")
-    out = Path(args.out_dir)
     parser = build_parser()
     data_cfg, split_cfg = data_configs(args)
     split = split_identities(load_faces(data_cfg), split_cfg)
@@ -349,17 +376,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                 print(f"\n== cell {d} seed {s}" + ("" if done is None else f": target trained before; "
                                                       f"attacks {', '.join(missing)}"))
                 records.append(run_cell(parser, args, d, s, split, ev.model, out, done))
-        rows = summarize(records, defenses, attacks)
-        md = markdown(rows)
-        (out / "results.md").write_text(md)
-        write_csv(rows, out / "results.csv")
-        plot(rows, attacks, out / "privacy_utility.png")
-        for name in ("results.md", "results.csv", "privacy_utility.png"):
-            tracking.log_file(out / name, "benchmark")
-        for a in attacks:
-            g = defense_grid(records, defenses, a, out / f"grid-{a}.png")
-            if g is not None:
-                tracking.log_file(g, "benchmark")
+        md = write_outputs(records, defenses, attacks, out)
+        for f in ["results.md", "results.csv", "privacy_utility.png", *(f"grid-{a}.png" for a in attacks)]:
+            if (out / f).is_file():
+                tracking.log_file(out / f, "benchmark")
     print("\n" + md)
     print(f"results: {out / 'results.md'}, {out / 'results.csv'}, {out / 'privacy_utility.png'}; veil ui to compare")
     return 0
@@ -389,6 +409,8 @@ def add_parser(sub, add_data_args, add_tracking_args) -> None:
     b.add_argument("--gan-seconds", type=float, default=None, help="time cap per GAN (default: 180 s)")
     b.add_argument("--eval-epochs", type=int, default=40, help="evaluation model epochs (default: 40; cached)")
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    b.add_argument("--summarize-only", action="store_true", help="rebuild the tables, plot and grids from the "
+                   "finished cells in --out-dir without training or attacking anything")
     b.add_argument("--out-dir", default="benchmarks/results/run", help="cells, tables, plots (default: "
                                                                        "benchmarks/results/run)")
     add_data_args(b)

@@ -93,6 +93,30 @@ def test_a_rerun_with_more_attacks_attacks_the_saved_target(tmp_path: Path, monk
     assert [(r["defense"], r["attack"]) for r in rows] == [("none", "pca"), ("none", "whitebox")]
 
 
+def test_rows_count_only_the_seeds_an_attack_ran_on() -> None:
+    def cell(s, attacks):
+        return {"defense": "none", "seed": s, "natural_top1": 0.9 + 0.01 * s,
+                "attacks": {a: {"top1": 0.5, "seconds": 1.0} for a in attacks}}
+    rows = summarize([cell(0, ["pca", "gmi"]), cell(1, ["pca"]), cell(2, ["pca"])], ["none"], ["pca", "gmi", "kedmi"])
+    assert [(r["attack"], r["seeds"]) for r in rows] == [("pca", 3), ("gmi", 1)]
+    assert rows[1]["natural_top1"][0] == pytest.approx(0.9)  # the natural accuracy of the same cells
+
+
+def test_summarize_only_rebuilds_the_table_from_cells_without_running(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench"
+    (out / "cells").mkdir(parents=True)
+    for s, v in enumerate((0.6, 0.5)):
+        (out / "cells" / f"none-s{s}.json").write_text(json.dumps(
+            {"defense": "none", "seed": s, "natural_top1": 0.9, "attacks": {"pca": {"top1": v, "seconds": 1.0,
+                                                                                 "report": "missing/report.md"}}}))
+    assert main(["benchmark", "--defenses", "none,re", "--attacks", "pca", "--seeds", "0,1",
+                 "--summarize-only", "--out-dir", str(out)]) == 0
+    assert "| none | pca | 2 |" in (out / "results.md").read_text()
+    assert not (out / "checkpoints").exists()  # nothing was trained
+
+
 def test_policy_defense_without_a_policy_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
