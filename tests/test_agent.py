@@ -85,6 +85,23 @@ def test_policy_augmenter_replays_the_games_clean_warmup(tmp_path: Path) -> None
     assert aug.game_fr_steps() == 5 + cfg.horizon // 2
 
 
+def test_train_fr_warns_when_the_policy_never_acts_or_the_run_is_short(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    from stable_baselines3 import PPO
+
+    from agents.cli import _policy_augment
+
+    cfg = EnvConfig(data=TINY_DATA, width=8, batch_size=16, warmup_steps=50, horizon=400)
+    env = FaceAugmentEnv(cfg, split=split_identities(load_faces(cfg.data), cfg.split))
+    path = export_policy(PPO("MlpPolicy", env, seed=0, device="cpu"), tmp_path / "p.safetensors", env.config, {})
+    _policy_augment(str(path), trainer=None, seed=0, planned_steps=40)
+    assert "covers this whole run of 40; the policy never acts" in capsys.readouterr().out
+    _policy_augment(str(path), trainer=None, seed=0, planned_steps=80)  # the game: 50 + 200 FR steps
+    assert "trained for about 250 steps; this run has 80" in capsys.readouterr().out
+    _policy_augment(str(path), trainer=None, seed=0, planned_steps=240)
+    assert "warning" not in capsys.readouterr().out
+
+
 def test_loading_a_non_policy_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "x.safetensors").write_bytes(b"junk")
     with pytest.raises(ValueError, match="not a veil policy"):
