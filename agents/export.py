@@ -93,9 +93,10 @@ class PolicyAugmenter(nn.Module):
 
     Fallbacks for what a plain loop lacks: ``val_acc`` (the last value given, else the mean
     validation accuracy seen while the agent trained), ``train_acc`` (likewise), the privacy
-    probe (0: no probe), the gradient norm (the mean seen in training). ``loss`` feeds both the
-    clean and augmented loss statistics (a plain loop sees only one); before the first loss,
-    ln(K).
+    probe (0: no probe), the gradient norm (the mean seen in training). ``loss`` (on the augmented
+    batch) feeds the augmented-loss statistic, and the clean one too unless ``clean_loss`` (the
+    loss on clean images, as the game saw it; optional, e.g. every few steps) is given; before the
+    first loss, ln(K).
 
     Example:
         >>> aug = PolicyAugmenter.load("policy.safetensors")
@@ -117,6 +118,7 @@ class PolicyAugmenter(nn.Module):
         self.fallbacks = dict(meta.get("fallbacks", {}))
         self.generator = torch.Generator().manual_seed(seed)
         self.loss_avg: float | None = None
+        self.clean_loss_avg: float | None = None
         self.val_acc: float | None = None
         self.train_acc: float | None = None
         self.last_action = np.zeros(ACTION_DIM, dtype=np.float32)
@@ -173,18 +175,22 @@ class PolicyAugmenter(nn.Module):
     def observation(self, num_classes: int, step: int, total_steps: int) -> np.ndarray:
         log_k = math.log(max(2, num_classes))
         loss = self.loss_avg if self.loss_avg is not None else log_k
+        clean = self.clean_loss_avg if self.clean_loss_avg is not None else loss
         fb = self.fallbacks
         val = self.val_acc if self.val_acc is not None else fb.get("acc_val", 0.0)
         train = self.train_acc if self.train_acc is not None else fb.get("acc_train", val)
-        v = [min(1.0, step / max(1, total_steps)), 1.0, loss / log_k, loss / log_k, train, val, 0.0,
+        v = [min(1.0, step / max(1, total_steps)), 1.0, clean / log_k, loss / log_k, train, val, 0.0,
              math.log1p(fb.get("grad_norm", 0.0))]
         return np.clip(np.concatenate([np.asarray(v, dtype=np.float32), self.last_action]), -10, 10).astype(np.float32)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, loss: float | None = None, step: int = 0,
                 total_steps: int = 1, val_acc: float | None = None,
-                train_acc: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                train_acc: float | None = None, clean_loss: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if loss is not None and math.isfinite(loss):
             self.loss_avg = loss if self.loss_avg is None else self.ema * self.loss_avg + (1 - self.ema) * loss
+        if clean_loss is not None and math.isfinite(clean_loss):
+            self.clean_loss_avg = (clean_loss if self.clean_loss_avg is None
+                                   else self.ema * self.clean_loss_avg + (1 - self.ema) * clean_loss)
         if val_acc is not None:
             self.val_acc = float(val_acc)
         if train_acc is not None:

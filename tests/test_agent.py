@@ -65,6 +65,10 @@ def test_policy_augmenter_returns_augmented_batches_and_tracks_its_statistics(en
     assert obs[2] == pytest.approx(1.2 / np.log(4))
     aug(x, y, loss=0.2, step=4, total_steps=10, val_acc=0.9)
     assert aug.observation(4, 4, 10)[5] == pytest.approx(0.9)
+    assert aug.observation(4, 4, 10)[2] == aug.observation(4, 4, 10)[3]  # one loss fills both slots
+    aug(x, y, loss=0.2, step=5, total_steps=10, clean_loss=0.05)
+    obs = aug.observation(4, 5, 10)
+    assert obs[2] == pytest.approx(0.05 / np.log(4)) and obs[3] > obs[2]  # the clean loss, as the game saw it
 
 
 def test_policy_augmenter_replays_the_games_clean_warmup(tmp_path: Path) -> None:
