@@ -156,8 +156,11 @@ def summarize(records: list[dict[str, Any]], defenses: list[str], attacks: list[
     for r in rows:
         b = base.get(r["attack"])
         if b is None or r["defense"] == "none":
-            r["vs_none"] = ""
+            r["vs_none"], r["natural_vs_none"], r["relative_drop"] = "", math.nan, math.nan
             continue
+        # the issue's target reads these two: attack top-1 down by half or more, natural top-1 within 2 points
+        r["natural_vs_none"] = r["natural_top1"][0] - b["natural_top1"][0]
+        r["relative_drop"] = (b["top1"][0] - r["top1"][0]) / b["top1"][0] if b["top1"][0] > 0 else math.nan
         (m1, s1, _), (m2, s2, _) = r["top1"], b["top1"]
         n1, n2 = r["seeds"], b["seeds"]
         if n1 < 2 or n2 < 2 or math.isnan(s1) or math.isnan(s2):
@@ -181,18 +184,22 @@ def _pm(stat: tuple[float, float, float], pct: bool) -> str:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The benchmark table: mean ± std over target seeds."""
-    head = ["defense", "attack", "seeds", "natural top-1", "attack top-1", "Δ top-1 vs none (95% CI)", "top-5",
+    head = ["defense", "attack", "seeds", "natural top-1", "Δ natural", "attack top-1", "Δ top-1 vs none (95% CI)",
+            "relative drop", "top-5",
             "NN feature id", "NN pixel id", "KNN dist", "PSNR", "SSIM", "sink share", "Fréchet", "attack s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join([
-            r["defense"], r["attack"], str(r["seeds"]), _pm(r["natural_top1"], True), _pm(r["top1"], True),
-            r["vs_none"] or "-", _pm(r["top5"], True), _pm(r["nn_feature_acc"], True), _pm(r["nn_pixel_acc"], True),
+            r["defense"], r["attack"], str(r["seeds"]), _pm(r["natural_top1"], True),
+            "-" if math.isnan(r["natural_vs_none"]) else f"{100 * r['natural_vs_none']:+.1f}", _pm(r["top1"], True),
+            r["vs_none"] or "-", "-" if math.isnan(r["relative_drop"]) else f"{100 * r['relative_drop']:.0f}%",
+            _pm(r["top5"], True), _pm(r["nn_feature_acc"], True), _pm(r["nn_pixel_acc"], True),
             _pm(r["knn_dist"], False), _pm(r["psnr"], False),
             "-" if math.isnan(r["ssim"][0]) else f"{r['ssim'][0]:.3f}", _pm(r["sink_share"], True),
             _pm(r["frechet"], False), f"{r['seconds']:.0f}"]) + " |")
     lines += ["", "`*`: the 95% interval of the difference from `none` excludes 0 (Welch, t with min(n)-1 "
-              "degrees of freedom). With 3 seeds only large differences pass."]
+              "degrees of freedom). With 3 seeds only large differences pass. Δ natural: natural top-1 minus "
+              "`none`'s, in points; relative drop: 1 - attack top-1 / `none`'s attack top-1."]
     return "\n".join(lines) + "\n"
 
 
@@ -201,10 +208,10 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["defense", "attack", "seeds", *[f"{c}_{s}" for c in cols for s in ("mean", "std", "ci95")],
-                    "seconds", "vs_none"])
+                    "seconds", "vs_none", "natural_vs_none", "relative_drop"])
         for r in rows:
             w.writerow([r["defense"], r["attack"], r["seeds"], *[v for c in cols for v in r[c]], r["seconds"],
-                        r["vs_none"]])
+                        r["vs_none"], r["natural_vs_none"], r["relative_drop"]])
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

@@ -46,6 +46,8 @@ def test_difference_from_none_is_flagged_only_beyond_the_spread() -> None:
     rows = {r["defense"]: r for r in summarize(records, ["none", "re", "mid"], ["pca"])}
     assert rows["re"]["vs_none"].endswith("*") and rows["re"]["vs_none"].startswith("-31.0")
     assert not rows["mid"]["vs_none"].endswith("*")
+    assert rows["re"]["relative_drop"] == pytest.approx(1 - 0.30 / 0.61)  # means 0.30 against 0.61
+    assert rows["re"]["natural_vs_none"] == pytest.approx(0.0)
 
 
 def test_benchmark_writes_cells_tables_and_plot_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
