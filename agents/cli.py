@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-every", type=int, default=64, help="validation every N env steps (default: 64)")
     g.add_argument("--warmup-steps", type=int, default=0,
                    help="clean FR steps before the game, so the adversary's reward carries signal (default: 0)")
+    g.add_argument("--reset-mode", choices=("continue", "restart"), default="continue",
+                   help="continue: the FR model keeps learning across episodes (the game); restart: each episode "
+                        "starts again from the FR model as it was after the warm-up (default: continue)")
     g = a.add_argument_group("privacy probe (the PCA-prior attack, scored by the cached evaluation model)")
     g.add_argument("--probe-every", type=int, default=0,
                    help="run the probe on the FR model every N env steps; its top-1 enters the observation (default: 0 = off)")

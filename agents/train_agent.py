@@ -94,7 +94,7 @@ def train(args: Any) -> Path | None:
                         utility_weight=args.utility_weight, val_every=args.val_every,
                         reward_scale=args.reward_scale, preserve_budget=args.preserve_budget,
                         preserve_weight=args.preserve_weight,
-                        warmup_steps=args.warmup_steps, probe_every=args.probe_every,
+                        warmup_steps=args.warmup_steps, reset_mode=args.reset_mode, probe_every=args.probe_every,
                         privacy_weight=args.privacy_weight, seed=args.seed)
     print(f"data: {split.num_private} private identities, {len(split.train_labels)} training images; "
           f"{args.n_envs} env(s), {args.algo if not args.baseline else 'baseline ' + args.baseline}")

@@ -153,6 +153,15 @@ def test_baseline_policy_runs_through_the_same_env(tmp_path: Path, monkeypatch: 
     assert "baseline random: FR clean top-1" in capsys.readouterr().out
 
 
+def test_reset_mode_restart_reaches_the_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["train-agent", *AGENT_TINY, "--timesteps", "40", "--baseline", "random", "--log-every", "8",
+                 "--reset-mode", "restart"]) == 0
+    mlflow.set_tracking_uri(tracking.default_tracking_uri())
+    (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name("veil").experiment_id])
+    assert run.data.params["env.reset_mode"] == "restart"
+
+
 def test_probe_scores_the_fr_model_during_training_and_enters_the_reward(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
