@@ -103,8 +103,12 @@ def run_cell(parser, args, defense: str, seed: int, split, eval_model, out: Path
         target, _, _ = load_target(str(ckpt))
         natural = target_accuracy(target, split)
         record = {"defense": defense, "seed": seed, "fr_run": fr_run, "natural_top1": natural["top1"],
-                  "natural_top5": natural["top5"], "attacks": {}, "seconds": time.perf_counter() - t0}
+                  "natural_top5": natural["top5"], "collapsed": bool(natural["collapsed"]), "attacks": {},
+                  "seconds": time.perf_counter() - t0}
         _write_json(record, cell)
+        if record["collapsed"]:
+            print(f"warning: target {defense} seed {seed} collapsed (its output does not depend on the input); its "
+                  "attack scores are those of a model that learned nothing. The table counts it and says so.")
     else:
         if not ckpt.is_file():
             raise FileNotFoundError(f"cell {cell} lacks attacks but its target {ckpt} is gone; delete the cell "
@@ -146,7 +150,8 @@ def summarize(records: list[dict[str, Any]], defenses: list[str], attacks: list[
             done = [c for c in cells if a in c["attacks"]]  # the seeds this attack has run on
             if not done:
                 continue
-            row: dict[str, Any] = {"defense": d, "attack": a, "seeds": len(done)}
+            row: dict[str, Any] = {"defense": d, "attack": a, "seeds": len(done),
+                                   "collapsed": sum(bool(c.get("collapsed")) for c in done)}
             row["natural_top1"] = mean_ci([c["natural_top1"] for c in done])
             for k in METRICS:
                 row[k] = mean_ci([c["attacks"][a].get(k) for c in done])
@@ -190,7 +195,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join([
-            r["defense"], r["attack"], str(r["seeds"]), _pm(r["natural_top1"], True),
+            r["defense"], r["attack"],
+            str(r["seeds"]) + (f" ({r['collapsed']} collapsed)" if r.get("collapsed") else ""),
+            _pm(r["natural_top1"], True),
             "-" if math.isnan(r["natural_vs_none"]) else f"{100 * r['natural_vs_none']:+.1f}", _pm(r["top1"], True),
             r["vs_none"] or "-", "-" if math.isnan(r["relative_drop"]) else f"{100 * r['relative_drop']:.0f}%",
             _pm(r["top5"], True), _pm(r["nn_feature_acc"], True), _pm(r["nn_pixel_acc"], True),
@@ -199,7 +206,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             _pm(r["frechet"], False), f"{r['seconds']:.0f}"]) + " |")
     lines += ["", "`*`: the 95% interval of the difference from `none` excludes 0 (Welch, t with min(n)-1 "
               "degrees of freedom). With 3 seeds only large differences pass. Δ natural: natural top-1 minus "
-              "`none`'s, in points; relative drop: 1 - attack top-1 / `none`'s attack top-1."]
+              "`none`'s, in points; relative drop: 1 - attack top-1 / `none`'s attack top-1. \"collapsed\": targets whose "
+              "output does not depend on the input (they never learned); they are counted in the means, not dropped."]
     return "\n".join(lines) + "\n"
 
 
@@ -208,10 +216,10 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["defense", "attack", "seeds", *[f"{c}_{s}" for c in cols for s in ("mean", "std", "ci95")],
-                    "seconds", "vs_none", "natural_vs_none", "relative_drop"])
+                    "seconds", "vs_none", "natural_vs_none", "relative_drop", "collapsed"])
         for r in rows:
             w.writerow([r["defense"], r["attack"], r["seeds"], *[v for c in cols for v in r[c]], r["seconds"],
-                        r["vs_none"], r["natural_vs_none"], r["relative_drop"]])
+                        r["vs_none"], r["natural_vs_none"], r["relative_drop"], r.get("collapsed", 0)])
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -375,6 +383,14 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             for s in seeds:
                 cell = out / "cells" / f"{d}-s{s}.json"
                 done = json.loads(cell.read_text()) if cell.is_file() else None
+                ckpt = out / "checkpoints" / f"{d}-s{s}.pt"
+                if done is not None and "collapsed" not in done and ckpt.is_file():  # cells from before the check
+                    from attacks.harness import target_accuracy
+
+                    from .attack_cli import load_target
+
+                    done["collapsed"] = bool(target_accuracy(load_target(str(ckpt))[0], split)["collapsed"])
+                    _write_json(done, cell)
                 missing = [a for a in attacks if done is None or a not in done["attacks"]]
                 if not missing:
                     print(f"cell {d} seed {s}: done before, skipped")

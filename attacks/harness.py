@@ -152,11 +152,14 @@ def run_attack(name: str, target: nn.Module, split, eval_model: nn.Module, confi
 
 
 def target_accuracy(target: nn.Module, split) -> dict[str, float]:
-    """Clean top-1/top-5 of the target on the private test split."""
+    """Clean top-1/top-5 of the target on the private test split, and ``collapsed`` (1.0 when its
+    logits do not depend on the input: a model that never learned, whose 'privacy' is no defense)."""
     from .metrics import _forward
 
     logits, _ = _forward(target, split.test_images)
     k = min(5, logits.shape[1])
     topk = logits.topk(k, 1).indices
     y = split.test_labels
-    return {"top1": (topk[:, 0] == y).float().mean().item(), "top5": (topk == y[:, None]).any(1).float().mean().item()}
+    collapsed = float(len(logits) > 1 and logits.std(0).max().item() < 1e-5)
+    return {"top1": (topk[:, 0] == y).float().mean().item(), "top5": (topk == y[:, None]).any(1).float().mean().item(),
+            "collapsed": collapsed}

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from agents import tracking
-from agents.benchmark import mean_ci, pareto_front, policy_for_seed, summarize
+from agents.benchmark import markdown, mean_ci, pareto_front, policy_for_seed, summarize
 from agents.cli import main
 
 TINY = ["--data", "synthetic", "--synthetic-identities", "8", "--synthetic-images", "8", "--image-size", "32",
@@ -93,6 +94,34 @@ def test_a_rerun_with_more_attacks_attacks_the_saved_target(tmp_path: Path, monk
     assert 0.0 <= after["attacks"]["whitebox"]["top1"] <= 1.0
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [(r["defense"], r["attack"]) for r in rows] == [("none", "pca"), ("none", "whitebox")]
+
+
+def test_collapsed_targets_are_counted_and_named() -> None:
+    cells = [{"defense": "none", "seed": s, "natural_top1": 0.3, "collapsed": s == 0,
+              "attacks": {"pca": {"top1": 0.0 if s == 0 else 0.5, "seconds": 1.0}}} for s in range(3)]
+    (row,) = summarize(cells, ["none"], ["pca"])
+    assert row["seeds"] == 3 and row["collapsed"] == 1 and row["top1"][0] == pytest.approx(1 / 3)  # kept in the mean
+    assert "| none | pca | 3 (1 collapsed) |" in markdown([row])
+
+
+def test_target_accuracy_flags_a_model_whose_output_ignores_the_input() -> None:
+    from types import SimpleNamespace
+
+    from attacks.harness import target_accuracy
+
+    class Head(torch.nn.Module):
+        def __init__(self, scale: float) -> None:
+            super().__init__()
+            self.scale, self.linear = scale, torch.nn.Linear(192, 4)
+
+        def forward(self, x):
+            z = self.scale * self.linear(x.flatten(1))
+            return {"logits": z, "embedding": z}
+
+    split = SimpleNamespace(test_images=torch.randint(0, 255, (6, 3, 8, 8), dtype=torch.uint8),
+                            test_labels=torch.arange(6) % 4)
+    assert target_accuracy(Head(0.0), split)["collapsed"] == 1.0  # dead: the same logits for every image
+    assert target_accuracy(Head(1.0), split)["collapsed"] == 0.0
 
 
 def test_rows_count_only_the_seeds_an_attack_ran_on() -> None:
