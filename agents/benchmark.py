@@ -122,6 +122,8 @@ def run_cell(parser, args, defense: str, seed: int, split, eval_model, out: Path
             report = run_attack(attack, target, split, eval_model,
                                 HarnessConfig(identities=args.identities, attack_seeds=args.attack_seeds,
                                               settings=settings, seed=seed))
+            report.context.update({"target": str(ckpt), "defense": defense, "seed": seed,
+                                   "target_top1": record["natural_top1"]})
             with mlflow.start_run(run_name=f"attack-{attack}", nested=True) as child:
                 mlflow.set_tags({"veil.kind": "attack", "veil.attack": attack, "veil.defense": defense})
                 tracking.log_metrics({f"attack.{k}": float(v) for k, v in report.summary.items()

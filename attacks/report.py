@@ -97,7 +97,8 @@ class AttackReport:
         return cls(attack=attack, settings=settings, classes=classes.tolist(), summary=summary, per_seed=per_seed,
                    spread=_mean_std(per_seed), per_identity=rows, extra=extra, seconds=seconds,
                    resolution=1.0 / max(1, n_per_seed), images=recons, labels=labels, nearest=nearest,
-                   exposed=priv[[r["_row"] for r in extra["ddcs_top"]]] if extra["ddcs_top"] else None)
+                   exposed=priv[[r["_row"] for r in extra["ddcs_top"]]] if extra["ddcs_top"] else None,
+                   context={"num_private": int(split.num_private)})
 
     # ------------------------------------------------------------------ output
 

@@ -57,13 +57,14 @@ def test_ddcs_ranks_the_reconstructed_samples_first_with_score_one(report, split
     assert all(r["ddcs"] < 1.0 for r in top[3:])
 
 
-def test_report_outputs_json_markdown_and_grids(report, tmp_path) -> None:
+def test_report_outputs_json_markdown_and_grids(report, split, tmp_path) -> None:
     paths = report.save(tmp_path)
     data = json.loads(paths["json"].read_text())
     assert data["attack"] == "replay" and data["summary"]["top1"] == 1.0
     assert "_row" not in data["extra"]["ddcs_top"][0]
     md = paths["markdown"].read_text()
     assert "| replay | 100.0% ± 0.0%" in md and "public mean face PSNR" in md and "Fréchet" in md
+    assert f"chance top-1 = {100 / split.num_private:.1f}%" in md  # 1 / private identities, not 1 / attacked
     grid = report.grid()
     assert grid.shape[0] == 3 and paths["grid"].is_file() and paths["exposed"].is_file()
 
