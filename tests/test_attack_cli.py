@@ -44,7 +44,8 @@ def test_attack_on_a_run_id_nests_a_report_under_the_training_run(trained: str, 
     assert 0.0 <= child.data.metrics["attack.top1"] <= 1.0 and "attack.top1_std" in child.data.metrics
     assert runs["eval-model-cnn"].data.tags["veil.kind"] == "eval-model"
     arts = {a.path for a in MlflowClient().list_artifacts(child.info.run_id, "report")}
-    assert arts == {"report/report.json", "report/report.md", "report/reconstructions.png", "report/exposed.png"}
+    assert arts == {"report/report.json", "report/report.md", "report/reconstructions.png", "report/exposed.png",
+                    "report/reconstructions.safetensors"}
     report = json.loads((tmp_path / "reports" / child.info.run_id / "report.json").read_text())
     assert report["attack"] == "pca" and len(report["per_seed"]) == 2 and len(report["classes"]) == 4
 
