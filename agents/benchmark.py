@@ -3,9 +3,10 @@
 Each cell (defense x target seed) trains a target with ``veil train-fr``'s code, measures its
 natural accuracy, runs every attack through the harness and writes ``cells/<defense>-s<seed>.json``
 atomically after training and after each attack, so an interrupted benchmark resumes where it
-stopped and a rerun with more attacks attacks the saved targets instead of retraining them. The summary (Markdown, CSV, a
-privacy-utility plot with the Pareto front, reconstruction grids) is rebuilt from the cells. In
-MLflow: one parent run, one nested training run per cell, one nested attack run under it.
+stopped and a rerun with more attacks attacks the saved targets instead of retraining them. The
+summary (Markdown, CSV, a privacy-utility plot with the Pareto front, reconstruction grids) is
+rebuilt from the cells. In MLflow: one parent run, one nested training run per cell, one nested
+attack run under it.
 """
 
 from __future__ import annotations
@@ -80,6 +81,22 @@ def policy_for_seed(policy: str, seeds: str, seed: int) -> str:
     if len(files) != len(order):
         raise ValueError(f"--policy lists {len(files)} files for {len(order)} seeds; give one file, or one per seed")
     return files[order.index(seed)]
+
+
+def _read_cell(cell: Path, ckpt: Path, split) -> dict[str, Any] | None:
+    """A finished cell's record, or None. Cells written before the collapse check get it from
+    their saved target (and are rewritten), so every row can say whether a target learned."""
+    if not cell.is_file():
+        return None
+    record = json.loads(cell.read_text())
+    if "collapsed" not in record and ckpt.is_file():
+        from attacks.harness import target_accuracy
+
+        from .attack_cli import load_target
+
+        record["collapsed"] = bool(target_accuracy(load_target(str(ckpt))[0], split)["collapsed"])
+        _write_json(record, cell)
+    return record
 
 
 def run_cell(parser, args, defense: str, seed: int, split, eval_model, out: Path,
@@ -384,15 +401,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         for d in defenses:
             for s in seeds:
                 cell = out / "cells" / f"{d}-s{s}.json"
-                done = json.loads(cell.read_text()) if cell.is_file() else None
-                ckpt = out / "checkpoints" / f"{d}-s{s}.pt"
-                if done is not None and "collapsed" not in done and ckpt.is_file():  # cells from before the check
-                    from attacks.harness import target_accuracy
-
-                    from .attack_cli import load_target
-
-                    done["collapsed"] = bool(target_accuracy(load_target(str(ckpt))[0], split)["collapsed"])
-                    _write_json(done, cell)
+                done = _read_cell(cell, out / "checkpoints" / f"{d}-s{s}.pt", split)
                 missing = [a for a in attacks if done is None or a not in done["attacks"]]
                 if not missing:
                     print(f"cell {d} seed {s}: done before, skipped")
@@ -421,8 +430,8 @@ def add_parser(sub, add_data_args, add_tracking_args) -> None:
                                                                 f"(default: {DEFAULT_DEFENSES})")
     b.add_argument("--attacks", default="pca,whitebox,gmi", help="comma list of attacks (default: pca,whitebox,gmi)")
     b.add_argument("--seeds", default="0,1,2", help="target-training seeds (default: 0,1,2)")
-    b.add_argument("--policy", default=None, metavar="FILE", help="exported policy for the policy defenses; a comma list gives one per "
-                                                           "seed, in --seeds order")
+    b.add_argument("--policy", default=None, metavar="FILE",
+                   help="exported policy for the policy defenses; a comma list gives one per seed, in --seeds order")
     b.add_argument("--epochs", type=int, default=30, help="target training epochs (default: 30)")
     b.add_argument("--batch-size", type=int, default=None, help="target batch size (default: train-fr's)")
     b.add_argument("--lr", type=float, default=None, help="target learning rate (default: train-fr's)")

@@ -405,14 +405,9 @@ def _policy_augment(path: str, trainer, seed: int, warmup: int | None = None, pl
 
     augmenter = PolicyAugmenter.load(path, seed=seed, warmup_steps=warmup)
     print(f"policy: {path}; clean warm-up for the first {augmenter.warmup_steps} batches, as in the game")
-    game_steps = augmenter.game_fr_steps()
-    if planned_steps and augmenter.warmup_steps >= planned_steps:
-        print(f"warning: the clean warm-up ({augmenter.warmup_steps} batches) covers this whole run of {planned_steps}; "
-              "the policy never acts. Lower --policy-warmup or raise --epochs.")
-    elif planned_steps and game_steps and planned_steps < game_steps / 2:
-        print(f"warning: this policy was learned against an FR model trained for about {game_steps} steps; this run "
-              f"has {planned_steps}. On AT&T, 150-step runs with such a policy reached 77-90% top-1 against 95-98% "
-              f"without it (docs/RESULTS.md); train for about {game_steps} steps (--epochs) to match the game.")
+    warning = augmenter.budget_warning(planned_steps) if planned_steps else None
+    if warning:
+        print(f"warning: {warning} (--policy-warmup, --epochs)")
 
     def augment(images, targets):
         last = trainer.last_stats

@@ -31,6 +31,11 @@ def _fmt(value: float, kind: str) -> str:
     return f"{value:.2f}"
 
 
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images -> uint8, as stored on disk."""
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
+
+
 def _mean_std(rows: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
     out = {}
     for k in rows[0]:
@@ -199,18 +204,13 @@ class AttackReport:
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        paths = {"json": out / "report.json", "markdown": out / "report.md", "grid": out / "reconstructions.png",
-                 "tensors": out / "reconstructions.safetensors"}
+        paths = {"json": out / "report.json", "markdown": out / "report.md", "grid": out / "reconstructions.png"}
         paths["json"].write_text(self.to_json())
         paths["markdown"].write_text(self.to_markdown())
-        save_image(self.grid(), paths["grid"])
-        if self.images is not None and self.labels is not None and self.nearest is not None:
-            def u8(x: torch.Tensor) -> torch.Tensor:
-                return (x.clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
-            save_file({"images": u8(self.images), "labels": self.labels.long().contiguous(),
-                       "nearest": u8(self.nearest)}, str(paths["tensors"]))
-        else:
-            del paths["tensors"]
+        save_image(self.grid(), paths["grid"])  # grid() has already required images, labels and nearest
+        paths["tensors"] = out / "reconstructions.safetensors"
+        save_file({"images": _to_uint8(self.images), "labels": self.labels.long().contiguous(),
+                   "nearest": _to_uint8(self.nearest)}, str(paths["tensors"]))
         exposed = self.exposure_grid()
         if exposed is not None:
             paths["exposed"] = out / "exposed.png"

@@ -9,7 +9,6 @@ and safetensors; no pickle, no SB3). See docs/deploy.md.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from facenet_pytorch import MTCNN, InceptionResnetV1
 from PIL import Image
 
 from agents.export import PolicyAugmenter
+from recognition.data import default_data_root
 
 
 def load_aligned(root: Path, identities: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,8 +61,7 @@ def split_per_identity(labels: torch.Tensor, test_share: float, seed: int) -> tu
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    data_root = Path(os.environ.get("VEIL_DATA_ROOT", "../shared/datasets"))
-    ap.add_argument("--root", type=Path, default=data_root / "cfp", help="one folder per identity "
+    ap.add_argument("--root", type=Path, default=default_data_root() / "cfp", help="one folder per identity "
                     "(default: $VEIL_DATA_ROOT/cfp, else ../shared/datasets/cfp)")
     ap.add_argument("--policy", type=Path, default=None, help="exported veil policy (.safetensors); none: no augmentation")
     ap.add_argument("--warmup", type=int, default=None, help="clean batches before the policy acts "
@@ -96,12 +95,10 @@ def main() -> None:
     steps_per_epoch = len(train_idx) // args.batch_size  # drop the last partial batch (BatchNorm)
     total, step, last_loss = steps_per_epoch * args.epochs, 0, None
     if augmenter is not None:
-        game = augmenter.game_fr_steps()
-        print(f"policy: clean for the first {augmenter.warmup_steps} of {total} batches, then the policy acts"
-              + (f" (it learned against a model trained for about {game} steps)" if game else ""))
-        if augmenter.warmup_steps >= total:
-            print("warning: the warm-up covers the whole run, so the policy never acts; lower --warmup or "
-                  "raise --epochs")
+        print(f"policy: clean for the first {augmenter.warmup_steps} of {total} batches, then the policy acts")
+        warning = augmenter.budget_warning(total)
+        if warning:
+            print(f"warning: {warning} (--warmup, --epochs)")
     for epoch in range(args.epochs):
         model.train()
         order = train_idx[torch.randperm(len(train_idx))]
