@@ -78,7 +78,7 @@ def model_from_checkpoint(path: Path) -> tuple[nn.Module, str | None]:
     from dataclasses import fields as dc_fields
 
     from defenses.baselines import MIDConfig, MIDModel
-    from recognition import ModelConfig, build_model
+    from recognition import build_model, model_config_from_checkpoint
 
     from .fr_defenses import embedding_dim
 
@@ -90,7 +90,7 @@ def model_from_checkpoint(path: Path) -> tuple[nn.Module, str | None]:
     mc = extra.get("model_config")
     if mc is None or "model" not in state:
         raise ValueError(f"{path} has no model_config (not written by veil train-fr)")
-    cfg = ModelConfig(**{**mc, "weights": None})
+    cfg = model_config_from_checkpoint(mc)
     model = build_model(cfg)
     weights = {k.removeprefix("_module."): v for k, v in state["model"].items()}
     defense = extra.get("defense", {})

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 EPILOG_DATA = """data sources:
@@ -284,8 +284,8 @@ def train_fr(args: argparse.Namespace) -> str:
     import mlflow
     import torch
 
-    from recognition import (ModelConfig, Trainer, TrainerConfig, build_model, load_faces, one_hot,
-                             split_identities, to_float)
+    from recognition import (ModelConfig, Trainer, TrainerConfig, build_model, load_faces,
+                             model_config_from_checkpoint, one_hot, split_identities, to_float)
 
     from . import fr_defenses, tracking
 
@@ -336,7 +336,13 @@ def train_fr(args: argparse.Namespace) -> str:
               f"sample rate {ledger.sample_rate:.4f}, target epsilon {defense.dp.epsilon} at delta {defense.dp.delta}")
     run_id = None
     if args.resume:
-        extra = trainer.load_checkpoint(args.resume)
+        def same_model(extra: dict) -> None:
+            stored = extra.get("model_config")
+            if stored is not None and model_config_from_checkpoint(stored) != replace(model_cfg, weights=None):
+                raise ValueError(f"--resume {args.resume} was written for another model "
+                                 f"({model_config_from_checkpoint(stored)}), not {replace(model_cfg, weights=None)}")
+
+        extra = trainer.load_checkpoint(args.resume, check=same_model)
         run_id = extra.get("mlflow_run_id")
         print(f"resumed from {args.resume} at epoch {trainer.epoch}")
 
@@ -419,8 +425,6 @@ def _policy_augment(path: str, trainer, seed: int, warmup: int | None = None, pl
 
 def _tldmi_pretrain(model, model_cfg, train_cfg, defense, split):
     """TL-DMI: train a copy on the public identities, move its backbone into ``model``, freeze."""
-    from dataclasses import replace
-
     from defenses.tldmi import freeze_until
     from recognition import Trainer, build_model
 

@@ -30,6 +30,9 @@ class ModelConfig:
         embedding_dim: size of the embedding for ``cnn`` (the others have fixed sizes).
         width: channel multiplier of ``cnn``.
         dropout: dropout before the classifier head.
+        head_relu: ``cnn`` only: a ReLU between the embedding and the head. Checkpoints written
+            before veil 0.4 had it; it can die (every embedding unit negative leaves the head a
+            constant, seen on CFP with random erasing), so new models read the embedding directly.
         weights: optional path to a state dict to load (e.g. a user-given InceptionResnetV1
             file); nothing is ever downloaded.
     """
@@ -41,6 +44,7 @@ class ModelConfig:
     embedding_dim: int = 128
     width: int = 32
     dropout: float = 0.0
+    head_relu: bool = False
     weights: str | None = None
 
     def __post_init__(self) -> None:
@@ -77,9 +81,10 @@ class SmallCNN(nn.Module):
     layer and a linear head."""
 
     def __init__(self, num_classes: int, in_channels: int = 3, width: int = 32,
-                 embedding_dim: int = 128, dropout: float = 0.0) -> None:
+                 embedding_dim: int = 128, dropout: float = 0.0, head_relu: bool = False) -> None:
         super().__init__()
         self.in_channels = in_channels
+        self.head_relu = head_relu
         chans = [width, width * 2, width * 4, width * 8]
         stages = []
         prev = in_channels
@@ -110,7 +115,7 @@ class SmallCNN(nn.Module):
             hidden.append(h)
         emb = self.embed(self.pool(h).flatten(1))
         hidden.append(emb)
-        logits = self.head(self.dropout(F.relu(emb)))
+        logits = self.head(self.dropout(F.relu(emb) if self.head_relu else emb))
         return {"embedding": emb, "logits": logits, "hidden": hidden}
 
 
@@ -192,11 +197,17 @@ class LogitsOnly(nn.Module):
         return self.model(x)["logits"]
 
 
+def model_config_from_checkpoint(stored: dict) -> ModelConfig:
+    """Rebuild the ``ModelConfig`` a checkpoint was written with. Checkpoints from before
+    ``head_relu`` existed had the ReLU before the head, so a missing key means ``True``."""
+    return ModelConfig(**{"head_relu": True, **stored, "weights": None})
+
+
 def build_model(config: ModelConfig) -> nn.Module:
     """Build the backbone named by ``config`` (and load its local weights, if given)."""
     if config.name == "cnn":
         model: nn.Module = SmallCNN(config.num_classes, config.in_channels, config.width,
-                                    config.embedding_dim, config.dropout)
+                                    config.embedding_dim, config.dropout, config.head_relu)
     elif config.name == "resnet18":
         model = ResNet18(config.num_classes, config.in_channels, config.dropout)
     else:

@@ -302,8 +302,10 @@ class Trainer:
             state["extra"] = extra
         return atomic_torch_save(state, path)
 
-    def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
-        """Resume from ``path``; returns the checkpoint's ``extra`` dict."""
+    def load_checkpoint(self, path: str | Path,
+                        check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Resume from ``path``; returns the checkpoint's ``extra`` dict. ``check`` sees that dict
+        before any weight is loaded, so a caller can refuse a checkpoint of another model clearly."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -311,6 +313,8 @@ class Trainer:
             state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as err:
             raise ValueError(f"checkpoint {path} is damaged or not a veil checkpoint: {err}") from err
+        if check is not None:
+            check(state.get("extra", {}))
         self.load_state_dict(state)
         return state.get("extra", {})
 

@@ -63,6 +63,15 @@ def test_resume_continues_the_same_run(tmp_path: Path, monkeypatch: pytest.Monke
     assert steps == [1, 2]
 
 
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "ck.pt"
+    assert main(["train-fr", *TINY, "--epochs", "1", "--checkpoint", str(ckpt)]) == 0
+    assert main(["train-fr", *TINY, "--model", "resnet18", "--epochs", "2", "--resume", str(ckpt)]) == 2
+    assert "written for another model" in capsys.readouterr().err
+
+
 def test_failure_inside_training_marks_the_run_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)

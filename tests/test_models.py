@@ -68,3 +68,31 @@ def test_mismatched_weights_file_is_an_error(tmp_path: Path) -> None:
     torch.save({"foo.weight": torch.zeros(3)}, tmp_path / "w.pt")
     with pytest.raises(ValueError, match="does not match"):
         build_model(ModelConfig(num_classes=5, weights=str(tmp_path / "w.pt")))
+
+
+def test_cnn_head_reads_the_embedding_even_when_every_unit_is_negative() -> None:
+    # a ReLU before the head would make the logits constant here (the CFP collapse)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="cnn", num_classes=4, in_channels=1, width=8)).eval()
+    with torch.no_grad():
+        model.embed.bias.fill_(-1e3)
+        out = model(torch.rand(3, 1, 64, 64))
+    assert (out["embedding"] < 0).all()
+    assert out["logits"].std(0).max() > 1e-3
+
+
+def test_checkpoint_without_head_relu_key_rebuilds_the_legacy_head() -> None:
+    from dataclasses import asdict
+
+    from recognition import model_config_from_checkpoint
+
+    stored = asdict(ModelConfig(num_classes=4, in_channels=1))
+    assert model_config_from_checkpoint(stored).head_relu is False
+    del stored["head_relu"]
+    legacy = model_config_from_checkpoint(stored)
+    assert legacy.head_relu is True
+    model = build_model(legacy).eval()
+    with torch.no_grad():
+        model.embed.bias.fill_(-1e3)
+        logits = model(torch.rand(3, 1, 64, 64))["logits"]
+    assert torch.allclose(logits, model.head.bias.expand(3, -1))
