@@ -82,7 +82,10 @@ def _key(split, config: EvalModelConfig) -> str:
     for t in (split.train_images, split.train_labels, split.test_images, split.test_labels):
         h.update(str(tuple(t.shape)).encode())
         h.update(t.contiguous().numpy().tobytes())
-    h.update(json.dumps({"config": asdict(config), "v": EVAL_CACHE_VERSION}, sort_keys=True).encode())
+    key = {"config": asdict(config), "v": EVAL_CACHE_VERSION}
+    if config.model == "cnn":  # the small CNN lost its ReLU before the head in 0.4: older caches are another net
+        key["cnn_head"] = "linear"
+    h.update(json.dumps(key, sort_keys=True).encode())
     return h.hexdigest()[:20]
 
 
