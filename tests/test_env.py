@@ -142,3 +142,26 @@ def test_warmup_trains_the_fr_model_before_the_game(split) -> None:
     warm = FaceAugmentEnv(_config(warmup_steps=30), split=split)
     assert warm.evaluate_fr()["loss"] < cold.evaluate_fr()["loss"]
     assert warm.total_steps == 0
+
+
+def test_clean_loss_is_refreshed_every_clean_every_steps_on_clean_batch_images(split, monkeypatch) -> None:
+    env = FaceAugmentEnv(_config(clean_every=3, clean_batch=5), split=split)
+    env.reset(seed=0)
+    sizes: list[int] = []
+    evaluate = env.trainer.evaluate_batch
+
+    def spy(images: torch.Tensor, targets: torch.Tensor):
+        sizes.append(len(images))
+        return evaluate(images, targets)
+
+    monkeypatch.setattr(env.trainer, "evaluate_batch", spy)
+    for _ in range(7):
+        env.step(np.zeros(7, dtype=np.float32))
+    # steps 0, 3 and 6 refresh the clean loss on 5 images; the policy-phase steps score all 16
+    assert sizes.count(5) == 3
+    assert set(sizes) <= {5, 16}
+
+
+def test_clean_every_below_one_is_rejected() -> None:
+    with pytest.raises(ValueError, match="clean_every"):
+        _config(clean_every=0)
