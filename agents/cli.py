@@ -198,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n-epochs", type=int, default=4, help="ppo epochs per update (default: 4)")
     g.add_argument("--ent-coef", type=float, default=0.01, help="entropy bonus (default: 0.01; sac: 0 = auto)")
     g.add_argument("--policy-lr", type=float, default=3e-4, help="agent learning rate (default: 3e-4)")
+    g.add_argument("--normalize-reward", action="store_true",
+                   help="scale rewards by a running estimate of the return's std (SB3 VecNormalize, rewards only; "
+                        "the observation and so the exported policy are unchanged). Helps when a large, slowly "
+                        "changing term such as --privacy-weight dominates the return")
     g.add_argument("--baseline", choices=("none", "fixed", "random"), default=None,
                    help="run a baseline policy through the same env instead of learning one")
     g.add_argument("--fixed-action", type=float, nargs=7, default=None, metavar="A",

@@ -72,7 +72,7 @@ def run(args: Any) -> int:
 def train(args: Any) -> Path | None:
     """Train the agent as ``args`` say; return the exported policy's path (``None`` for a baseline)."""
     import mlflow
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
     from env import EnvConfig
     from recognition import load_faces, split_identities
@@ -108,7 +108,8 @@ def train(args: Any) -> Path | None:
         tracking.log_params({"env": asdict(env_cfg), "split": split.summary(),
                              "agent": {"algo": args.algo, "timesteps": args.timesteps, "n_envs": args.n_envs,
                                        "n_steps": args.n_steps, "ent_coef": args.ent_coef,
-                                       "policy_lr": args.policy_lr, "baseline": args.baseline}})
+                                       "policy_lr": args.policy_lr, "baseline": args.baseline,
+                                       "normalize_reward": bool(getattr(args, "normalize_reward", False))}})
         probe, ev = make_probe(args, split)
         if ev is not None:
             tracking.log_params({"probe": {"eval_model": ev.config.model, "eval_top1": round(ev.metrics["top1"], 4),
@@ -122,6 +123,9 @@ def train(args: Any) -> Path | None:
             tracking.log_file(fr_ckpt, "checkpoint")
             return None
         vec = SubprocVecEnv(fns) if args.n_envs > 1 else DummyVecEnv(fns)
+        eval_env = vec.envs[0] if isinstance(vec, DummyVecEnv) else None
+        if getattr(args, "normalize_reward", False):
+            vec = VecNormalize(vec, norm_obs=False, norm_reward=True)
         algo_cls = ALGOS[args.algo]
         kwargs: dict[str, Any] = {"seed": args.seed, "device": "cpu", "learning_rate": args.policy_lr, "verbose": 0}
         if args.algo in ("ppo", "a2c"):
@@ -135,7 +139,6 @@ def train(args: Any) -> Path | None:
         agent = algo_cls("MlpPolicy", vec, **kwargs)
         agent.set_logger(mlflow_logger())
         terms = EnvTermsCallback(every=args.log_every)
-        eval_env = vec.envs[0] if isinstance(vec, DummyVecEnv) else None
 
         def evaluate() -> dict[str, float]:
             if eval_env is None:

@@ -162,6 +162,30 @@ def test_reset_mode_restart_reaches_the_env(tmp_path: Path, monkeypatch: pytest.
     assert run.data.params["env.reset_mode"] == "restart"
 
 
+def test_normalize_reward_wraps_the_agents_env_in_vecnormalize_for_rewards_only(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import agents.export as ta
+
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+    export = ta.export_policy
+
+    def spy(agent, *args, **kwargs):
+        env = agent.get_env()
+        seen.update(kind=type(env).__name__, norm_obs=env.norm_obs, norm_reward=env.norm_reward,
+                    returns_seen=env.ret_rms.count)
+        return export(agent, *args, **kwargs)
+
+    monkeypatch.setattr(ta, "export_policy", spy)
+    assert main(["train-agent", *AGENT_TINY, "--timesteps", "64", "--n-steps", "32", "--log-every", "32",
+                 "--normalize-reward"]) == 0
+    assert seen["kind"] == "VecNormalize" and seen["norm_reward"] and not seen["norm_obs"]
+    assert seen["returns_seen"] > 60  # its running return statistics saw every step
+    mlflow.set_tracking_uri(tracking.default_tracking_uri())
+    (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name("veil").experiment_id])
+    assert run.data.params["agent.normalize_reward"] == "True"
+
+
 def test_probe_scores_the_fr_model_during_training_and_enters_the_reward(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
