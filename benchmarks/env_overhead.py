@@ -31,7 +31,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     for label, extra in (("bookkeeping only (no clean-loss or validation passes)", dict(val_every=0, clean_every=10**9)),
-                         ("default settings (clean loss on 16 images every 4 steps, validation every 32)", {})):
+                         ("default settings (clean loss on 16 images every 4 steps, validation every 64)", {})):
         cfg = EnvConfig(data=DataConfig(), batch_size=args.batch, episode_steps=10**9, schedule="interleaved",
                         **extra)
         measure(FaceAugmentEnv(cfg), cfg, args, label)

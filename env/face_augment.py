@@ -87,7 +87,7 @@ class EnvConfig:
     mix_mode: str = "complex"
     erase_fill: str | float = "mean"
     val_fraction: float = 0.15
-    val_every: int = 32
+    val_every: int = 64
     acc_budget: float = 0.0
     utility_weight: float = 1.0
     privacy_weight: float = 0.0
