@@ -341,10 +341,11 @@ def train_fr(args: argparse.Namespace) -> str:
     run_id = None
     if args.resume:
         def same_model(extra: dict) -> None:
-            stored = extra.get("model_config")
-            if stored is not None and model_config_from_checkpoint(stored) != replace(model_cfg, weights=None):
-                raise ValueError(f"--resume {args.resume} was written for another model "
-                                 f"({model_config_from_checkpoint(stored)}), not {replace(model_cfg, weights=None)}")
+            if "model_config" not in extra:
+                return
+            stored, wanted = model_config_from_checkpoint(extra["model_config"]), replace(model_cfg, weights=None)
+            if stored != wanted:
+                raise ValueError(f"--resume {args.resume} was written for another model ({stored}), not {wanted}")
 
         extra = trainer.load_checkpoint(args.resume, check=same_model)
         run_id = extra.get("mlflow_run_id")

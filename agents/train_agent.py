@@ -102,6 +102,7 @@ def train(args: Any) -> Path | None:
     tracking.setup(args.tracking_uri, args.experiment)
     name = args.run_name or (f"agent-{args.algo}" if not args.baseline else f"baseline-{args.baseline}")
     out_dir = Path(args.out_dir)
+    normalize_reward = bool(args.normalize_reward)
     with mlflow.start_run(run_name=name) as run:
         mlflow.set_tags({"veil.kind": "agent" if not args.baseline else "baseline-policy",
                          "veil.algo": args.algo if not args.baseline else args.baseline})
@@ -109,7 +110,7 @@ def train(args: Any) -> Path | None:
                              "agent": {"algo": args.algo, "timesteps": args.timesteps, "n_envs": args.n_envs,
                                        "n_steps": args.n_steps, "ent_coef": args.ent_coef,
                                        "policy_lr": args.policy_lr, "baseline": args.baseline,
-                                       "normalize_reward": bool(getattr(args, "normalize_reward", False))}})
+                                       "normalize_reward": normalize_reward}})
         probe, ev = make_probe(args, split)
         if ev is not None:
             tracking.log_params({"probe": {"eval_model": ev.config.model, "eval_top1": round(ev.metrics["top1"], 4),
@@ -124,7 +125,7 @@ def train(args: Any) -> Path | None:
             return None
         vec = SubprocVecEnv(fns) if args.n_envs > 1 else DummyVecEnv(fns)
         eval_env = vec.envs[0] if isinstance(vec, DummyVecEnv) else None
-        if getattr(args, "normalize_reward", False):
+        if normalize_reward:
             vec = VecNormalize(vec, norm_obs=False, norm_reward=True)
         algo_cls = ALGOS[args.algo]
         kwargs: dict[str, Any] = {"seed": args.seed, "device": "cpu", "learning_rate": args.policy_lr, "verbose": 0}

@@ -77,22 +77,27 @@ def random_crop_shift(images: torch.Tensor, targets: torch.Tensor, generator: to
     return F.grid_sample(images, grid, padding_mode="border", align_corners=False), targets
 
 
+def _arch(split, config: EvalModelConfig) -> ModelConfig:
+    """The backbone config of the evaluation model for ``split``."""
+    c, size = int(split.train_images.shape[1]), int(split.train_images.shape[-1])
+    return ModelConfig(name=config.model, num_classes=split.num_private, in_channels=c, image_size=size)
+
+
 def _key(split, config: EvalModelConfig) -> str:
+    """Cache key: the split's tensors, the training config and the backbone config (so a change of
+    architecture, such as the small CNN's head in 0.4, never reloads another net's weights)."""
     h = hashlib.sha256()
     for t in (split.train_images, split.train_labels, split.test_images, split.test_labels):
         h.update(str(tuple(t.shape)).encode())
         h.update(t.contiguous().numpy().tobytes())
-    key = {"config": asdict(config), "v": EVAL_CACHE_VERSION}
-    if config.model == "cnn":  # the small CNN lost its ReLU before the head in 0.4: older caches are another net
-        key["cnn_head"] = "linear"
+    key = {"config": asdict(config), "arch": asdict(_arch(split, config)), "v": EVAL_CACHE_VERSION}
     h.update(json.dumps(key, sort_keys=True).encode())
     return h.hexdigest()[:20]
 
 
 def build_eval_model(split, config: EvalModelConfig) -> nn.Module:
     """The evaluation model's architecture for ``split`` (untrained)."""
-    c, size = int(split.train_images.shape[1]), int(split.train_images.shape[-1])
-    return build_model(ModelConfig(name=config.model, num_classes=split.num_private, in_channels=c, image_size=size))
+    return build_model(_arch(split, config))
 
 
 def train_eval_model(split, config: EvalModelConfig = EvalModelConfig(), cache: bool = True,

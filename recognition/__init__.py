@@ -8,5 +8,5 @@ from .models import MODEL_NAMES, ModelConfig, build_model, model_config_from_che
 from .trainer import StepStats, Trainer, TrainerConfig, soft_cross_entropy
 
 __all__ = ["DataConfig", "DataError", "FaceData", "FaceSplit", "MODEL_NAMES", "ModelConfig", "SplitConfig",
-           "StepStats", "Trainer", "TrainerConfig", "build_model", "load_faces", "model_config_from_checkpoint", "one_hot", "random_hflip",
-           "soft_cross_entropy", "split_identities", "to_float"]
+           "StepStats", "Trainer", "TrainerConfig", "build_model", "load_faces", "model_config_from_checkpoint",
+           "one_hot", "random_hflip", "soft_cross_entropy", "split_identities", "to_float"]
