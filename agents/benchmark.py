@@ -99,6 +99,15 @@ def _read_cell(cell: Path, ckpt: Path, split) -> dict[str, Any] | None:
     return record
 
 
+def eta(finished: int, total: int, elapsed: float) -> str:
+    """``, 12 min in, about 40 min left`` from the cells finished so far (empty before the first),
+    so a user can tell a three-hour benchmark from a stuck one."""
+    if finished == 0:
+        return ""
+    left = elapsed / finished * (total - finished)
+    return f", {elapsed / 60:.0f} min in, about {left / 60:.0f} min left"
+
+
 def run_cell(parser, args, defense: str, seed: int, split, eval_model, out: Path,
              record: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one target (unless ``record`` says it was trained) and run the attacks it lacks;
@@ -398,18 +407,21 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                                            "identities": args.identities, "attack_seeds": args.attack_seeds,
                                            "eval_model": ev.config.model, "eval_top1": round(ev.metrics["top1"], 4)},
                              "split": split.summary()})
+        todo = []
         for d in defenses:
             for s in seeds:
-                cell = out / "cells" / f"{d}-s{s}.json"
-                done = _read_cell(cell, out / "checkpoints" / f"{d}-s{s}.pt", split)
+                done = _read_cell(out / "cells" / f"{d}-s{s}.json", out / "checkpoints" / f"{d}-s{s}.pt", split)
                 missing = [a for a in attacks if done is None or a not in done["attacks"]]
                 if not missing:
                     print(f"cell {d} seed {s}: done before, skipped")
                     records.append(done)
-                    continue
-                print(f"\n== cell {d} seed {s}" + ("" if done is None else f": target trained before; "
-                                                      f"attacks {', '.join(missing)}"))
-                records.append(run_cell(parser, args, d, s, split, ev.model, out, done))
+                else:
+                    todo.append((d, s, done, missing))
+        t0 = time.perf_counter()
+        for i, (d, s, done, missing) in enumerate(todo):
+            print(f"\n== cell {d} seed {s} [{i + 1}/{len(todo)}{eta(i, len(todo), time.perf_counter() - t0)}]"
+                  + ("" if done is None else f": target trained before; attacks {', '.join(missing)}"))
+            records.append(run_cell(parser, args, d, s, split, ev.model, out, done))
         md = write_outputs(records, defenses, attacks, out)
         for f in ["results.md", "results.csv", "privacy_utility.png", *(f"grid-{a}.png" for a in attacks)]:
             if (out / f).is_file():

@@ -12,7 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from agents import tracking
-from agents.benchmark import markdown, mean_ci, pareto_front, policy_for_seed, summarize
+from agents.benchmark import eta, markdown, mean_ci, pareto_front, policy_for_seed, summarize
 from agents.cli import main
 
 TINY = ["--data", "synthetic", "--synthetic-identities", "8", "--synthetic-images", "8", "--image-size", "32",
@@ -30,6 +30,11 @@ def test_policy_files_are_one_for_all_seeds_or_one_per_seed() -> None:
     assert policy_for_seed("a,b,c", "4,5,6", 5) == "b"
     with pytest.raises(ValueError, match="2 files for 3 seeds"):
         policy_for_seed("a,b", "0,1,2", 0)
+
+
+def test_eta_extrapolates_the_mean_cell_time() -> None:
+    assert eta(0, 30, 0.0) == ""  # nothing to extrapolate from yet
+    assert eta(3, 30, 360.0) == ", 6 min in, about 54 min left"  # 2 min per cell, 27 cells to go
 
 
 def test_mean_ci_uses_the_t_interval() -> None:
@@ -56,6 +61,8 @@ def test_benchmark_writes_cells_tables_and_plot_and_resumes(tmp_path: Path, monk
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "bench"
     assert main(["benchmark", *TINY, "--defenses", "none,re", "--seeds", "0", "--out-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "== cell none seed 0 [1/2]" in printed and "== cell re seed 0 [2/2, " in printed  # progress, ETA
     assert {p.name for p in (out / "cells").iterdir()} == {"none-s0.json", "re-s0.json"}
     cell = json.loads((out / "cells" / "re-s0.json").read_text())
     assert 0.0 <= cell["natural_top1"] <= 1.0 and 0.0 <= cell["attacks"]["pca"]["top1"] <= 1.0
@@ -72,7 +79,6 @@ def test_benchmark_writes_cells_tables_and_plot_and_resumes(tmp_path: Path, monk
     for a in attacks:  # attack run -> training run -> benchmark run
         fr = by_id[a.data.tags["mlflow.parentRunId"]]
         assert fr.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    capsys.readouterr()
     assert main(["benchmark", *TINY, "--defenses", "none,re", "--seeds", "0", "--out-dir", str(out)]) == 0
     assert capsys.readouterr().out.count("done before, skipped") == 2
 
