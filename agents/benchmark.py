@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFENSE_CHOICES = ("none", "re", "mixup", "hybrid", "tldmi", "negls", "mid", "bido", "dp", "policy", "policy+tldmi")
+DEFENSE_CHOICES = ("none", "re", "mixup", "hybrid", "tldmi", "negls", "mid", "bido", "dp", "policy", "policy+tldmi",
+                   "policy-sampled", "policy-sampled+tldmi")
 DEFAULT_DEFENSES = "none,re,mixup,hybrid,tldmi,negls,mid,bido,dp"
 METRICS = ("top1", "top5", "knn_dist", "nn_feature_acc", "nn_pixel_acc", "psnr", "ssim", "sink_share", "frechet")
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -53,11 +54,13 @@ def _fr_args(parser: argparse.ArgumentParser, args: argparse.Namespace, defense:
     argv = ["train-fr", "--epochs", str(args.epochs), "--seed", str(seed), "--run-name", f"{defense}-s{seed}",
             "--experiment", args.experiment, "--checkpoint", str(Path(args.out_dir) / "checkpoints" / f"{defense}-s{seed}.pt")]
     names = defense.split("+")
-    if "policy" in names:
-        if not args.policy:
-            raise ValueError(f"defense {defense!r} needs --policy FILE (an exported policy from veil train-agent)")
-        argv += ["--policy", policy_for_seed(args.policy, args.seeds, seed)]
-        names.remove("policy")
+    for pol in ("policy", "policy-sampled"):
+        if pol in names:
+            if not args.policy:
+                raise ValueError(f"defense {defense!r} needs --policy FILE (an exported policy from veil train-agent)")
+            argv += ["--policy", policy_for_seed(args.policy, args.seeds, seed)]
+            argv += ["--policy-sample"] if pol == "policy-sampled" else []
+            names.remove(pol)
     if names:
         argv += ["--defense", ",".join(names)]
     for opt, value in (("--batch-size", args.batch_size), ("--lr", args.lr), ("--model", args.model),

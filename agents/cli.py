@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="augment every batch with a learned policy exported by veil train-agent (.safetensors)")
     g.add_argument("--policy-warmup", type=int, default=None, metavar="N",
                    help="clean batches before the policy acts (default: the game's --warmup-steps, from the file)")
+    g.add_argument("--policy-sample", action="store_true",
+                   help="draw each batch's action from the agent's Gaussian, as in the game, instead of taking "
+                        "its mean (PPO/A2C policies)")
     g.add_argument("--checkpoint", default=None, metavar="FILE",
                    help="where to write the resumable checkpoint (default: checkpoints/<run id>.pt)")
     g.add_argument("--resume", default=None, metavar="FILE",
@@ -328,7 +331,8 @@ def train_fr(args: argparse.Namespace) -> str:
         if augment is not None:
             raise ValueError("--policy replaces the augmentation defenses; drop re/mixup/hybrid/negls from --defense")
         planned = -(-len(split.train_labels) // args.batch_size) * args.epochs
-        augment = _policy_augment(args.policy, trainer, args.seed, args.policy_warmup, planned)
+        augment = _policy_augment(args.policy, trainer, args.seed, args.policy_warmup, planned,
+                                  getattr(args, "policy_sample", False))
     ledger = None
     if "dp" in defense.names:
         from defenses.dp import make_private
@@ -410,12 +414,13 @@ def train_fr(args: argparse.Namespace) -> str:
     return run_id
 
 
-def _policy_augment(path: str, trainer, seed: int, warmup: int | None = None, planned_steps: int | None = None):
+def _policy_augment(path: str, trainer, seed: int, warmup: int | None = None, planned_steps: int | None = None,
+                    sample: bool = False):
     """A learned policy as the trainer's per-batch augmentation, fed the last step's loss."""
     from .export import PolicyAugmenter
 
-    augmenter = PolicyAugmenter.load(path, seed=seed, warmup_steps=warmup)
-    print(f"policy: {path}; clean warm-up for the first {augmenter.warmup_steps} batches, as in the game")
+    augmenter = PolicyAugmenter.load(path, seed=seed, warmup_steps=warmup, sample=sample)
+    print(f"policy: {path} ({'sampled' if sample else 'mean action'}); clean warm-up for the first {augmenter.warmup_steps} batches, as in the game")
     warning = augmenter.budget_warning(planned_steps) if planned_steps else None
     if warning:
         print(f"warning: {warning} (--policy-warmup, --epochs)")

@@ -2,8 +2,9 @@
 an SB3 ``.zip`` is not safe to share, ``PPO.load`` unpickles parts of it), and the
 ``PolicyAugmenter`` that drops the learned policy into any face-recognition training loop.
 
-The file is a safetensors archive: the deterministic actor's weights as tensors and, in its
-metadata, a JSON description of the layers, the action table, the augmentation settings and the
+The file is a safetensors archive: the deterministic actor's weights as tensors (and, for PPO/A2C,
+the Gaussian's state-independent ``log_std``, so the augmenter can also draw actions as the agent
+did in the game) and, in its metadata, a JSON description of the layers, the action table, the augmentation settings and the
 fallbacks used when a plain training loop cannot supply an observation entry.
 """
 
@@ -66,6 +67,9 @@ def export_policy(algo: Any, path: str | Path, env_config: Any, fallbacks: dict[
             continue
         else:
             raise ValueError(f"cannot export layer {layer!r}")
+    log_std = getattr(algo.policy, "log_std", None)
+    if squash == "clip" and isinstance(log_std, torch.Tensor):  # PPO/A2C: N(mean, exp(log_std)), then clipped
+        tensors["log_std"] = log_std.detach().cpu().reshape(-1).contiguous()
     meta = {"format": FORMAT, "algo": type(algo).__name__, "layers": spec, "squash": squash,
             "action_table": [list(row) for row in ACTION_TABLE], "k_max": env_config.k_max,
             "mix_mode": env_config.mix_mode, "erase_fill": env_config.erase_fill,
@@ -89,7 +93,9 @@ class PolicyAugmenter(nn.Module):
     total_steps=..., val_acc=None, train_acc=None)`` with float images in [0, 1] (B, C, H, W)
     and soft targets (B, K). It builds the environment's observation from what it is fed and
     its own moving statistics, picks the augmentation parameters with the policy network
-    (deterministically), and applies frequency MixUp then random erasing.
+    (the mean action by default; ``sample=True`` draws it from the agent's Gaussian and clips it,
+    as SB3 did in the game, so the FR model sees the spread of augmentations the game's model
+    saw), and applies frequency MixUp then random erasing.
 
     Fallbacks for what a plain loop lacks: ``val_acc`` (the last value given, else the mean
     validation accuracy seen while the agent trained), ``train_acc`` (likewise), the privacy
@@ -105,8 +111,14 @@ class PolicyAugmenter(nn.Module):
     """
 
     def __init__(self, actor: nn.Sequential, meta: dict[str, Any], seed: int = 0,
-                 warmup_steps: int | None = None) -> None:
+                 warmup_steps: int | None = None, log_std: torch.Tensor | None = None,
+                 sample: bool = False) -> None:
         super().__init__()
+        if sample and log_std is None:
+            raise ValueError(f"this policy ({meta.get('algo', '?')}) was exported without action noise; "
+                             "only PPO and A2C policies can be sampled")
+        self.sample = sample
+        self.log_std = None if log_std is None else log_std.float().reshape(1, -1)
         # the game trained its FR model on clean batches first; by default the augmenter does too
         self.warmup_steps = int(meta.get("env_config", {}).get("warmup_steps", 0) if warmup_steps is None
                                 else warmup_steps)
@@ -125,9 +137,11 @@ class PolicyAugmenter(nn.Module):
         self.last_params = None
 
     @classmethod
-    def load(cls, path: str | Path, seed: int = 0, warmup_steps: int | None = None) -> "PolicyAugmenter":
+    def load(cls, path: str | Path, seed: int = 0, warmup_steps: int | None = None,
+             sample: bool = False) -> "PolicyAugmenter":
         """Load an exported policy (safetensors; no pickle is involved). ``warmup_steps``: clean
-        batches before the policy acts (default: the game's own warm-up)."""
+        batches before the policy acts (default: the game's own warm-up); ``sample``: draw
+        actions from the agent's Gaussian instead of taking its mean."""
         from safetensors import safe_open
 
         path = Path(path)
@@ -151,7 +165,10 @@ class PolicyAugmenter(nn.Module):
                 layers.append(lin)
             else:
                 layers.append(nn.Tanh() if kind == "tanh" else nn.ReLU())
-        return cls(nn.Sequential(*layers).eval(), meta, seed, warmup_steps)
+        try:
+            return cls(nn.Sequential(*layers).eval(), meta, seed, warmup_steps, tensors.get("log_std"), sample)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
 
     def game_fr_steps(self) -> int | None:
         """About how many FR steps the game's model took while the policy learned (warm-up plus
@@ -183,9 +200,15 @@ class PolicyAugmenter(nn.Module):
         return float(value) if avg is None else self.ema * avg + (1 - self.ema) * float(value)
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """Deterministic actions for observations (N, 15) -> (N, 7) in [-1, 1]."""
+    def act(self, obs: torch.Tensor, sample: bool | None = None) -> torch.Tensor:
+        """Actions for observations (N, 15) -> (N, 7) in [-1, 1]: the mean action, or with
+        ``sample`` (default: as loaded) a draw from N(mean, exp(log_std)) clipped to the box."""
         out = self.actor(obs.float())
+        if self.sample if sample is None else sample:
+            if self.log_std is None:
+                raise ValueError("this policy was exported without action noise; it cannot be sampled")
+            noise = torch.randn(out.shape, generator=self.generator)
+            out = out + noise * self.log_std.exp()
         return torch.tanh(out) if self.squash == "tanh" else out.clamp(-1.0, 1.0)
 
     def observation(self, num_classes: int, step: int, total_steps: int) -> np.ndarray:

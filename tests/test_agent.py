@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import mlflow
@@ -38,13 +39,37 @@ def test_exported_policy_gives_the_same_deterministic_actions_as_sb3(algo: str, 
     assert np.allclose(aug.act(torch.from_numpy(obs)).numpy(), expected, atol=1e-5)
 
 
+def test_sampled_policy_draws_from_the_agents_gaussian(env: FaceAugmentEnv, tmp_path: Path) -> None:
+    from stable_baselines3 import PPO
+
+    agent = PPO("MlpPolicy", env, seed=0, device="cpu")
+    with torch.no_grad():
+        agent.policy.log_std.fill_(math.log(0.1))  # narrow, so clipping to [-1, 1] leaves the draws alone
+    path = export_policy(agent, tmp_path / "p.safetensors", env.config, {})
+    aug = PolicyAugmenter.load(path, seed=0, sample=True)
+    obs = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (1, env.observation_space.shape[0])).astype(np.float32))
+    draws = aug.act(obs.repeat(4000, 1))
+    dist = agent.policy.get_distribution(obs).distribution
+    assert torch.allclose(draws.mean(0), dist.mean[0], atol=0.01)
+    assert torch.allclose(draws.std(0), dist.stddev[0], atol=0.01)
+    assert torch.allclose(aug.act(obs, sample=False), dist.mean.clamp(-1, 1), atol=1e-5)  # the mean on request
+
+
+def test_policies_without_action_noise_refuse_to_be_sampled(env: FaceAugmentEnv, tmp_path: Path) -> None:
+    from stable_baselines3 import TD3
+
+    path = export_policy(TD3("MlpPolicy", env, seed=0, device="cpu"), tmp_path / "p.safetensors", env.config, {})
+    with pytest.raises(ValueError, match="only PPO and A2C policies can be sampled"):
+        PolicyAugmenter.load(path, sample=True)
+
+
 def test_policy_file_holds_no_pickle(env: FaceAugmentEnv, tmp_path: Path) -> None:
     from safetensors import safe_open
     from stable_baselines3 import PPO
 
     path = export_policy(PPO("MlpPolicy", env, seed=0, device="cpu"), tmp_path / "p.safetensors", env.config, {})
     with safe_open(str(path), framework="pt") as f:  # safetensors: raw tensors + JSON metadata only
-        assert all(k.endswith((".weight", ".bias")) for k in f.keys())
+        assert all(k.endswith((".weight", ".bias")) or k == "log_std" for k in f.keys())
     assert path.read_bytes()[:8] != b"PK\x03\x04"  # not a zip (an SB3 .zip unpickles on load)
 
 

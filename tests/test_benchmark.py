@@ -12,7 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from agents import tracking
-from agents.benchmark import eta, markdown, mean_ci, pareto_front, policy_for_seed, summarize
+from agents.benchmark import _fr_args, eta, markdown, mean_ci, pareto_front, policy_for_seed, summarize
 from agents.cli import main
 
 TINY = ["--data", "synthetic", "--synthetic-identities", "8", "--synthetic-images", "8", "--image-size", "32",
@@ -30,6 +30,16 @@ def test_policy_files_are_one_for_all_seeds_or_one_per_seed() -> None:
     assert policy_for_seed("a,b,c", "4,5,6", 5) == "b"
     with pytest.raises(ValueError, match="2 files for 3 seeds"):
         policy_for_seed("a,b", "0,1,2", 0)
+
+
+def test_sampled_policy_cell_trains_with_the_policy_drawn_not_its_mean() -> None:
+    from agents.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["benchmark", "--policy", "p.safetensors", "--defenses", "policy-sampled+tldmi"])
+    cell = _fr_args(parser, args, "policy-sampled+tldmi", 1)
+    assert (cell.policy, cell.policy_sample, cell.defense) == ("p.safetensors", True, "tldmi")
+    assert _fr_args(parser, args, "policy", 1).policy_sample is False
 
 
 def test_eta_extrapolates_the_mean_cell_time() -> None:
