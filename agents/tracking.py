@@ -7,9 +7,11 @@ by ``--tracking-uri`` / ``$VEIL_TRACKING_URI``). ``veil ui`` serves the same sto
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,19 +43,44 @@ def default_artifact_root() -> str:
 
 def setup(tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT) -> str:
     """Point MLflow at veil's store and return the experiment id (created if missing, with
-    its artifacts beside the database rather than in MLflow's ``./mlartifacts`` default)."""
+    its artifacts beside the database rather than in MLflow's ``./mlartifacts`` default).
+
+    On a SQLite store the first use is serialized by a file lock beside the database: MLflow
+    creates and migrates a fresh database on first contact, and two veil commands started at
+    once on a fresh clone would otherwise race in that migration (alembic ``CommandError``,
+    ``duplicate column``) or in creating the same experiment."""
     uri = tracking_uri or default_tracking_uri()
+    lock = contextlib.nullcontext()
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    exp = mlflow.get_experiment_by_name(experiment)
-    if exp is not None:
-        mlflow.set_experiment(experiment_id=exp.experiment_id)
-        return exp.experiment_id
-    location = default_artifact_root() if uri.startswith("sqlite:") else None
-    exp_id = mlflow.create_experiment(experiment, artifact_location=location)
-    mlflow.set_experiment(experiment_id=exp_id)
-    return exp_id
+        db = Path(uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        lock = _file_lock(db.with_name(db.name + ".lock"))
+    with lock:
+        mlflow.set_tracking_uri(uri)
+        exp = mlflow.get_experiment_by_name(experiment)
+        if exp is not None:
+            mlflow.set_experiment(experiment_id=exp.experiment_id)
+            return exp.experiment_id
+        location = default_artifact_root() if uri.startswith("sqlite:") else None
+        exp_id = mlflow.create_experiment(experiment, artifact_location=location)
+        mlflow.set_experiment(experiment_id=exp_id)
+        return exp_id
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` for the block (no-op where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:

@@ -131,3 +131,18 @@ def test_unknown_defense_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest
     monkeypatch.chdir(tmp_path)
     assert main(["train-fr", *TINY, "--defense", "re,blur"]) == 2
     assert "unknown defense 'blur'" in capsys.readouterr().err
+
+
+def test_commands_started_together_on_a_fresh_store_all_get_it(tmp_path: Path) -> None:
+    # without the lock, 4 of 6 such processes died in MLflow's first-use migration here
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = (f"import sys; sys.path.insert(0, {str(root)!r}); from agents import tracking; "
+            f"print(tracking.setup('sqlite:///{tmp_path}/fresh.db', 'race'))")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-400:] for _, err in outs]
+    assert len({out.strip() for out, _ in outs}) == 1  # one experiment, found by all three
