@@ -102,6 +102,18 @@ def _read_cell(cell: Path, ckpt: Path, split) -> dict[str, Any] | None:
     return record
 
 
+def evaluator_id(model, top1: float) -> str:
+    """A fingerprint of the evaluation model's weights and accuracy. Attack scores from two
+    evaluation models do not compare (two trainings of the same config differ), so each attack
+    result records the evaluator that scored it and a rerun rescores what another one scored."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().cpu().numpy().tobytes())
+    return f"{h.hexdigest()[:12]}@{top1:.4f}"
+
+
 def eta(finished: int, total: int, elapsed: float) -> str:
     """``, 12 min in, about 40 min left`` from the cells finished so far (empty before the first),
     so a user can tell a three-hour benchmark from a stuck one."""
@@ -111,8 +123,27 @@ def eta(finished: int, total: int, elapsed: float) -> str:
     return f", {elapsed / 60:.0f} min in, about {left / 60:.0f} min left"
 
 
+def _run_in_this_store(run_id: str, name: str) -> str:
+    """``run_id`` if the active experiment holds it, else a new nested run for the cell: a target
+    trained under another MLflow store or experiment (an out-dir moved, ``--tracking-uri``
+    changed) gets its new attacks logged here instead of failing."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if mlflow.get_run(run_id).info.experiment_id == mlflow.active_run().info.experiment_id:
+            return run_id
+    except MlflowException:
+        pass
+    print(f"note: target {name} was trained under another MLflow store or experiment (run {run_id}); "
+          "its new attacks are logged under a new run here")
+    with mlflow.start_run(run_name=name, nested=True) as run:
+        mlflow.set_tags({"veil.kind": "fr", "veil.trained_in_run": run_id})
+    return run.info.run_id
+
+
 def run_cell(parser, args, defense: str, seed: int, split, eval_model, out: Path,
-             record: dict[str, Any] | None = None) -> dict[str, Any]:
+             record: dict[str, Any] | None = None, evaluator: str = "") -> dict[str, Any]:
     """Train one target (unless ``record`` says it was trained) and run the attacks it lacks;
     the record is rewritten to ``cells/`` after each attack, so an interruption loses one attack
     at most and a rerun with more ``--attacks`` attacks the saved target instead of retraining."""
@@ -145,6 +176,7 @@ def run_cell(parser, args, defense: str, seed: int, split, eval_model, out: Path
         target, _, _ = load_target(str(ckpt))
     missing = [a for a in args.attacks.split(",") if a not in record["attacks"]]
     settings = attack_settings(args)
+    record["fr_run"] = _run_in_this_store(record["fr_run"], f"{defense}-s{seed}")
     with mlflow.start_run(run_id=record["fr_run"], nested=True):
         for attack in missing:
             t1 = time.perf_counter()
@@ -162,7 +194,8 @@ def run_cell(parser, args, defense: str, seed: int, split, eval_model, out: Path
                     tracking.log_file(p, "report")
             record["attacks"][attack] = {**{k: report.summary.get(k) for k in METRICS},
                                          "seconds": sum(report.seconds), "report": str(paths["markdown"]),
-                                         "grid": str(paths["grid"]), "attack_run": child.info.run_id}
+                                         "grid": str(paths["grid"]), "attack_run": child.info.run_id,
+                                         "evaluator": evaluator}
             record["seconds"] = record.get("seconds", 0.0) + time.perf_counter() - t1
             _write_json(record, cell)
     return record
@@ -410,10 +443,17 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                                            "identities": args.identities, "attack_seeds": args.attack_seeds,
                                            "eval_model": ev.config.model, "eval_top1": round(ev.metrics["top1"], 4)},
                              "split": split.summary()})
+        evaluator = evaluator_id(ev.model, ev.metrics["top1"])
         todo = []
         for d in defenses:
             for s in seeds:
                 done = _read_cell(out / "cells" / f"{d}-s{s}.json", out / "checkpoints" / f"{d}-s{s}.pt", split)
+                for a in [a for a in attacks if done is not None and a in done["attacks"]]:
+                    scored_by = done["attacks"][a].get("evaluator")  # None: a cell from before this record
+                    if scored_by is not None and scored_by != evaluator:
+                        print(f"cell {d} seed {s}: {a} was scored by another evaluation model ({scored_by}, now "
+                              f"{evaluator}); rerunning it so every row is judged by the same model")
+                        del done["attacks"][a]
                 missing = [a for a in attacks if done is None or a not in done["attacks"]]
                 if not missing:
                     print(f"cell {d} seed {s}: done before, skipped")
@@ -424,7 +464,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         for i, (d, s, done, missing) in enumerate(todo):
             print(f"\n== cell {d} seed {s} [{i + 1}/{len(todo)}{eta(i, len(todo), time.perf_counter() - t0)}]"
                   + ("" if done is None else f": target trained before; attacks {', '.join(missing)}"))
-            records.append(run_cell(parser, args, d, s, split, ev.model, out, done))
+            records.append(run_cell(parser, args, d, s, split, ev.model, out, done, evaluator))
         md = write_outputs(records, defenses, attacks, out)
         for f in ["results.md", "results.csv", "privacy_utility.png", *(f"grid-{a}.png" for a in attacks)]:
             if (out / f).is_file():

@@ -112,6 +112,37 @@ def test_a_rerun_with_more_attacks_attacks_the_saved_target(tmp_path: Path, monk
     assert [(r["defense"], r["attack"]) for r in rows] == [("none", "pca"), ("none", "whitebox")]
 
 
+def test_attacks_scored_by_another_evaluation_model_are_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench"
+    assert main(["benchmark", *TINY, "--defenses", "none", "--seeds", "0", "--out-dir", str(out)]) == 0
+    cell_file = out / "cells" / "none-s0.json"
+    cell = json.loads(cell_file.read_text())
+    ours = cell["attacks"]["pca"]["evaluator"]
+    cell["attacks"]["pca"]["evaluator"] = "000000000000@0.5000"  # as if a retrained evaluator had scored it
+    cell_file.write_text(json.dumps(cell))
+    capsys.readouterr()
+    assert main(["benchmark", *TINY, "--defenses", "none", "--seeds", "0", "--out-dir", str(out)]) == 0
+    assert "pca was scored by another evaluation model" in capsys.readouterr().out
+    assert json.loads(cell_file.read_text())["attacks"]["pca"]["evaluator"] == ours
+
+
+def test_a_target_from_another_mlflow_store_is_attacked_under_a_new_run(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench"
+    assert main(["benchmark", *TINY, "--defenses", "none", "--seeds", "0", "--out-dir", str(out)]) == 0
+    old_run = json.loads((out / "cells" / "none-s0.json").read_text())["fr_run"]
+    other = f"sqlite:///{tmp_path}/other.db"
+    assert main(["benchmark", *TINY, "--defenses", "none", "--seeds", "0", "--attacks", "pca,whitebox",
+                 "--tracking-uri", other, "--out-dir", str(out)]) == 0
+    cell = json.loads((out / "cells" / "none-s0.json").read_text())
+    assert "whitebox" in cell["attacks"] and cell["fr_run"] != old_run
+    mlflow.set_tracking_uri(other)
+    assert mlflow.get_run(cell["fr_run"]).data.tags["veil.trained_in_run"] == old_run
+
+
 def test_collapsed_targets_are_counted_and_named() -> None:
     cells = [{"defense": "none", "seed": s, "natural_top1": 0.3, "collapsed": s == 0,
               "attacks": {"pca": {"top1": 0.0 if s == 0 else 0.5, "seconds": 1.0}}} for s in range(3)]
