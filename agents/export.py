@@ -4,8 +4,9 @@ an SB3 ``.zip`` is not safe to share, ``PPO.load`` unpickles parts of it), and t
 
 The file is a safetensors archive: the deterministic actor's weights as tensors (and, for PPO/A2C,
 the Gaussian's state-independent ``log_std``, so the augmenter can also draw actions as the agent
-did in the game) and, in its metadata, a JSON description of the layers, the action table, the augmentation settings and the
-fallbacks used when a plain training loop cannot supply an observation entry.
+did in the game) and, in its metadata, a JSON description of the layers, the action table, the
+augmentation settings and the fallbacks used when a plain training loop cannot supply an
+observation entry.
 """
 
 from __future__ import annotations
