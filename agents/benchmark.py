@@ -102,18 +102,6 @@ def _read_cell(cell: Path, ckpt: Path, split) -> dict[str, Any] | None:
     return record
 
 
-def evaluator_id(model, top1: float) -> str:
-    """A fingerprint of the evaluation model's weights and accuracy. Attack scores from two
-    evaluation models do not compare (two trainings of the same config differ), so each attack
-    result records the evaluator that scored it and a rerun rescores what another one scored."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for p in model.parameters():
-        h.update(p.detach().cpu().numpy().tobytes())
-    return f"{h.hexdigest()[:12]}@{top1:.4f}"
-
-
 def eta(finished: int, total: int, elapsed: float) -> str:
     """``, 12 min in, about 40 min left`` from the cells finished so far (empty before the first),
     so a user can tell a three-hour benchmark from a stuck one."""
@@ -142,8 +130,8 @@ def _run_in_this_store(run_id: str, name: str) -> str:
     return run.info.run_id
 
 
-def run_cell(parser, args, defense: str, seed: int, split, eval_model, out: Path,
-             record: dict[str, Any] | None = None, evaluator: str = "") -> dict[str, Any]:
+def run_cell(parser, args, defense: str, seed: int, split, ev, out: Path,
+             record: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one target (unless ``record`` says it was trained) and run the attacks it lacks;
     the record is rewritten to ``cells/`` after each attack, so an interruption loses one attack
     at most and a rerun with more ``--attacks`` attacks the saved target instead of retraining."""
@@ -180,7 +168,7 @@ def run_cell(parser, args, defense: str, seed: int, split, eval_model, out: Path
     with mlflow.start_run(run_id=record["fr_run"], nested=True):
         for attack in missing:
             t1 = time.perf_counter()
-            report = run_attack(attack, target, split, eval_model,
+            report = run_attack(attack, target, split, ev.model,
                                 HarnessConfig(identities=args.identities, attack_seeds=args.attack_seeds,
                                               settings=settings, seed=seed))
             report.context.update({"target": str(ckpt), "defense": defense, "seed": seed,
@@ -195,7 +183,7 @@ def run_cell(parser, args, defense: str, seed: int, split, eval_model, out: Path
             record["attacks"][attack] = {**{k: report.summary.get(k) for k in METRICS},
                                          "seconds": sum(report.seconds), "report": str(paths["markdown"]),
                                          "grid": str(paths["grid"]), "attack_run": child.info.run_id,
-                                         "evaluator": evaluator}
+                                         "evaluator": ev.fingerprint}
             record["seconds"] = record.get("seconds", 0.0) + time.perf_counter() - t1
             _write_json(record, cell)
     return record
@@ -443,7 +431,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                                            "identities": args.identities, "attack_seeds": args.attack_seeds,
                                            "eval_model": ev.config.model, "eval_top1": round(ev.metrics["top1"], 4)},
                              "split": split.summary()})
-        evaluator = evaluator_id(ev.model, ev.metrics["top1"])
+        evaluator = ev.fingerprint
         todo = []
         for d in defenses:
             for s in seeds:
@@ -464,7 +452,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         for i, (d, s, done, missing) in enumerate(todo):
             print(f"\n== cell {d} seed {s} [{i + 1}/{len(todo)}{eta(i, len(todo), time.perf_counter() - t0)}]"
                   + ("" if done is None else f": target trained before; attacks {', '.join(missing)}"))
-            records.append(run_cell(parser, args, d, s, split, ev.model, out, done, evaluator))
+            records.append(run_cell(parser, args, d, s, split, ev, out, done))
         md = write_outputs(records, defenses, attacks, out)
         for f in ["results.md", "results.csv", "privacy_utility.png", *(f"grid-{a}.png" for a in attacks)]:
             if (out / f).is_file():

@@ -331,8 +331,7 @@ def train_fr(args: argparse.Namespace) -> str:
         if augment is not None:
             raise ValueError("--policy replaces the augmentation defenses; drop re/mixup/hybrid/negls from --defense")
         planned = -(-len(split.train_labels) // args.batch_size) * args.epochs
-        augment = _policy_augment(args.policy, trainer, args.seed, args.policy_warmup, planned,
-                                  getattr(args, "policy_sample", False))
+        augment = _policy_augment(args.policy, trainer, args.seed, args.policy_warmup, planned, args.policy_sample)
     ledger = None
     if "dp" in defense.names:
         from defenses.dp import make_private
@@ -420,7 +419,8 @@ def _policy_augment(path: str, trainer, seed: int, warmup: int | None = None, pl
     from .export import PolicyAugmenter
 
     augmenter = PolicyAugmenter.load(path, seed=seed, warmup_steps=warmup, sample=sample)
-    print(f"policy: {path} ({'sampled' if sample else 'mean action'}); clean warm-up for the first {augmenter.warmup_steps} batches, as in the game")
+    print(f"policy: {path} ({'sampled' if sample else 'mean action'}); clean warm-up for the first "
+          f"{augmenter.warmup_steps} batches, as in the game")
     warning = augmenter.budget_warning(planned_steps) if planned_steps else None
     if warning:
         print(f"warning: {warning} (--policy-warmup, --epochs)")

@@ -13,6 +13,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -61,6 +62,15 @@ class EvalModel:
     metrics: dict[str, float]
     path: Path | None
     cached: bool
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A digest of the weights and the accuracy. Attack scores from two evaluation models do not
+        compare (two trainings of one config differ), so results record the model that scored them."""
+        h = hashlib.sha256()
+        for p in self.model.parameters():
+            h.update(p.detach().cpu().numpy().tobytes())
+        return f"{h.hexdigest()[:12]}@{self.metrics['top1']:.4f}"
 
 
 def random_crop_shift(images: torch.Tensor, targets: torch.Tensor, generator: torch.Generator,
