@@ -181,6 +181,8 @@ def attack_settings(args: argparse.Namespace) -> dict[str, Any]:
                         ("gan_steps", "gan_steps")):
         if getattr(args, option, None):
             settings[key] = getattr(args, option)
+    if getattr(args, "gan_seconds", None) == 0:  # 0: no time cap, the GAN trains all its steps
+        settings["max_seconds"] = None
     return settings
 
 
@@ -267,7 +269,8 @@ def add_parser(sub, add_data_args, add_tracking_args) -> None:
     a.add_argument("--steps", type=int, default=None, help="optimization steps (default: each attack's own)")
     a.add_argument("--lomma", action="store_true", help="GAN attacks: LOMMA's logit loss and model augmentation")
     a.add_argument("--gan-seconds", type=float, default=None,
-                   help="GAN attacks: time cap of GAN training (default: 180 s per GAN)")
+                   help="GAN attacks: time cap of GAN training; 0 = none, train all --gan-steps "
+                        "(default: 180 s per GAN)")
     a.add_argument("--gan-steps", type=int, default=None, help="GAN attacks: generator updates (default: 2000)")
     a.add_argument("--eval-model", default=None, metavar="RUN_ID_OR_PATH",
                    help="evaluation model (default: train one, or reuse the cached one for this data and split)")

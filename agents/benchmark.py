@@ -183,7 +183,7 @@ def run_cell(parser, args, defense: str, seed: int, split, ev, out: Path,
             record["attacks"][attack] = {**{k: report.summary.get(k) for k in METRICS},
                                          "seconds": sum(report.seconds), "report": str(paths["markdown"]),
                                          "grid": str(paths["grid"]), "attack_run": child.info.run_id,
-                                         "evaluator": ev.fingerprint}
+                                         "evaluator": ev.fingerprint, **report.extra.get("budget", {})}
             record["seconds"] = record.get("seconds", 0.0) + time.perf_counter() - t1
             _write_json(record, cell)
     return record
@@ -208,6 +208,8 @@ def summarize(records: list[dict[str, Any]], defenses: list[str], attacks: list[
             for k in METRICS:
                 row[k] = mean_ci([c["attacks"][a].get(k) for c in done])
             row["seconds"] = mean_ci([c["attacks"][a].get("seconds") for c in done])[0]
+            steps = [(c["attacks"][a].get("gan_steps_done"), c["attacks"][a].get("gan_time_capped")) for c in done]
+            row["gan_steps"] = steps if any(n is not None for n, _ in steps) else []
             rows.append(row)
     base = {r["attack"]: r for r in rows if r["defense"] == "none"}
     for r in rows:
@@ -260,6 +262,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
               "degrees of freedom). With 3 seeds only large differences pass. Δ natural: natural top-1 minus "
               "`none`'s, in points; relative drop: 1 - attack top-1 / `none`'s attack top-1. \"collapsed\": targets whose "
               "output does not depend on the input (they never learned); they are counted in the means, not dropped."]
+    gan = [f"{r['defense']}/{r['attack']} " + ", ".join("?" if n is None else f"{n}{' (time cap)' if cap else ''}"
+                                                      for n, cap in r["gan_steps"])
+           for r in rows if r.get("gan_steps")]
+    if gan:
+        lines += ["", "GAN generator steps per target seed (compare rows only at like budgets; a time-capped GAN "
+                      "trains fewer steps on a busier machine; ? = not recorded): " + "; ".join(gan) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -483,7 +491,10 @@ def add_parser(sub, add_data_args, add_tracking_args) -> None:
     b.add_argument("--attack-seeds", type=int, default=2, help="attack runs per target (default: 2)")
     b.add_argument("--restarts", type=int, default=2, help="reconstructions per identity per run (default: 2)")
     b.add_argument("--steps", type=int, default=None, help="attack optimization steps (default: each attack's)")
-    b.add_argument("--gan-seconds", type=float, default=None, help="time cap per GAN (default: 180 s)")
+    b.add_argument("--gan-seconds", type=float, default=None,
+                   help="time cap per GAN; 0 = none (default: 180 s). A capped GAN trains fewer steps on a "
+                        "busier machine: for results that compare across runs, fix --gan-steps and pass 0")
+    b.add_argument("--gan-steps", type=int, default=None, help="generator updates per GAN (default: 2000)")
     b.add_argument("--eval-epochs", type=int, default=40, help="evaluation model epochs (default: 40; cached)")
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     b.add_argument("--summarize-only", action="store_true", help="rebuild the tables, plot and grids from the "

@@ -2,8 +2,9 @@
 and score it with the evaluation model into an ``AttackReport``.
 
 Attacks are looked up by name in ``ATTACKS``; each is a function
-``(target, split, classes, settings, generator) -> (images in [0, 1], labels)`` so a new attack
-is one entry. Settings not given take each attack's own defaults.
+``(target, split, classes, settings, generator) -> (images in [0, 1], labels[, budget])`` so a
+new attack is one entry; the optional ``budget`` dict (e.g. GAN steps done under a time cap) goes
+to the report's ``extra["budget"]``. Settings not given take each attack's own defaults.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 from .metrics import evaluate_reconstructions
 from .report import AttackReport
 
-AttackFn = Callable[[nn.Module, Any, torch.Tensor, dict[str, Any], torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+AttackFn = Callable[[nn.Module, Any, torch.Tensor, dict[str, Any], torch.Generator], tuple]
 
 
 def _settings(cls, settings: dict[str, Any]):
@@ -51,6 +52,15 @@ def _gan_config(settings: dict[str, Any], **defaults: Any):
     return GANConfig(**cfg)
 
 
+def gan_budget(gan) -> dict[str, Any]:
+    """What a GAN prior cost: steps done of steps asked, seconds, and whether the time cap cut it
+    short. A time-capped GAN trains fewer steps on a busier or slower machine, so two results are
+    comparable only when their steps are."""
+    return {"gan_steps_done": int(gan.steps_done), "gan_steps": int(gan.config.steps),
+            "gan_max_seconds": gan.config.max_seconds, "gan_seconds": round(float(gan.seconds), 1),
+            "gan_time_capped": bool(gan.steps_done < gan.config.steps), "gan_from_cache": bool(gan.from_cache)}
+
+
 def _lomma(settings: dict[str, Any]):
     from .lomma import LOMMAConfig
 
@@ -64,7 +74,7 @@ def _gmi(target, split, classes, settings, generator):
 
     gan = train_gan(split.public_images, _gan_config(settings), source=split.source)
     cfg = _settings(GMIConfig, {**settings, "lomma": _lomma(settings)})
-    return gmi_attack(target, gan, classes, cfg, generator, public_images=split.public_images)
+    return (*gmi_attack(target, gan, classes, cfg, generator, public_images=split.public_images), gan_budget(gan))
 
 
 def _kedmi(target, split, classes, settings, generator):
@@ -73,7 +83,7 @@ def _kedmi(target, split, classes, settings, generator):
 
     gan = train_kedmi_gan(target, split.public_images, _gan_config(settings, n_critic=1), source=split.source)
     cfg = _settings(KEDMIConfig, {**settings, "lomma": _lomma(settings)})
-    return kedmi_attack(target, gan, classes, cfg, generator, public_images=split.public_images)
+    return (*kedmi_attack(target, gan, classes, cfg, generator, public_images=split.public_images), gan_budget(gan))
 
 
 def _plgmi(target, split, classes, settings, generator):
@@ -82,7 +92,7 @@ def _plgmi(target, split, classes, settings, generator):
 
     gan = train_plgmi_gan(target, split.public_images, _gan_config(settings), source=split.source)
     cfg = _settings(PLGMIConfig, {**settings, "lomma": _lomma(settings)})
-    return plgmi_attack(target, gan, classes, cfg, generator, public_images=split.public_images)
+    return (*plgmi_attack(target, gan, classes, cfg, generator, public_images=split.public_images), gan_budget(gan))
 
 
 ATTACKS: dict[str, AttackFn] = {"pca": _pca, "whitebox": _whitebox, "gmi": _gmi, "kedmi": _kedmi, "plgmi": _plgmi}
@@ -132,13 +142,17 @@ def run_attack(name: str, target: nn.Module, split, eval_model: nn.Module, confi
     keep = torch.isin(split.train_labels, classes)
     priv_x, priv_y = split.train_images[keep], split.train_labels[keep]
     images, labels, per_seed, seconds = [], [], [], []
+    budget: dict[str, Any] = {}
     from tqdm.auto import tqdm
 
     for s in tqdm(range(config.attack_seeds), desc=f"attack {name}", unit="seed", disable=None if progress else True):
         g = torch.Generator().manual_seed(config.seed * 1000 + s)
         torch.manual_seed(config.seed * 1000 + s)
         t0 = time.perf_counter()
-        x, y = ATTACKS[name](target, split, classes, dict(config.settings), g)
+        out = ATTACKS[name](target, split, classes, dict(config.settings), g)
+        x, y = out[0], out[1]
+        if len(out) > 2 and not budget:  # the first seed trains what later seeds reuse
+            budget = dict(out[2])
         seconds.append(time.perf_counter() - t0)
         if x.shape[1:] != split.train_images.shape[1:] or not torch.isfinite(x).all():
             raise ValueError(f"attack {name} returned images of shape {tuple(x.shape)} (finite: "
@@ -147,8 +161,11 @@ def run_attack(name: str, target: nn.Module, split, eval_model: nn.Module, confi
         labels.append(y)
         per_seed.append(evaluate_reconstructions(x, y, eval_model, priv_x, priv_y))
     recons, rec_labels = torch.cat(images), torch.cat(labels)
-    return AttackReport.build(name, recons, rec_labels, eval_model, split, priv_x, priv_y, per_seed,
-                              settings=dict(config.settings), seconds=seconds, classes=classes)
+    report = AttackReport.build(name, recons, rec_labels, eval_model, split, priv_x, priv_y, per_seed,
+                                settings=dict(config.settings), seconds=seconds, classes=classes)
+    if budget:
+        report.extra["budget"] = budget
+    return report
 
 
 def target_accuracy(target: nn.Module, split) -> dict[str, float]:

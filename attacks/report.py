@@ -150,6 +150,13 @@ class AttackReport:
                   self.markdown_header(), self.markdown_row(), ""]
         for note in self.extra.get("notes", []):
             lines.append(f"> {note}")
+        b = self.extra.get("budget", {})
+        if "gan_steps_done" in b:
+            lines.append(f"> GAN prior: {b['gan_steps_done']} of {b['gan_steps']} generator steps in "
+                         f"{b['gan_seconds']:.0f} s" + (f" (stopped by the {b['gan_max_seconds']:.0f} s time cap: on a "
+                                                        "busier or slower machine it trains fewer steps)"
+                                                        if b["gan_time_capped"] else "")
+                         + (", read from the cache" if b.get("gan_from_cache") else "") + ".")
         if self.per_identity:
             sp = self.extra.get("identity_spread", {})
             lines += ["", f"Per identity (mean ± std over identities: top-1 {_fmt(sp.get('top1_mean'), 'pct')} ± "

@@ -180,6 +180,17 @@ def test_rows_count_only_the_seeds_an_attack_ran_on() -> None:
     assert rows[1]["natural_top1"][0] == pytest.approx(0.9)  # the natural accuracy of the same cells
 
 
+def test_table_names_each_gan_budget_and_flags_time_capped_ones() -> None:
+    def cell(s, steps, capped):
+        return {"defense": "none", "seed": s, "natural_top1": 0.9,
+                "attacks": {"kedmi": {"top1": 0.4, "seconds": 1.0, "gan_steps_done": steps, "gan_time_capped": capped},
+                            "pca": {"top1": 0.5, "seconds": 1.0}}}
+    rows = summarize([cell(0, 2000, False), cell(1, 868, True)], ["none"], ["pca", "kedmi"])
+    assert [r["gan_steps"] for r in rows] == [[], [(2000, False), (868, True)]]
+    assert "none/kedmi 2000, 868 (time cap)." in markdown(rows)
+    assert "GAN generator steps" not in markdown(rows[:1])  # PCA trains no GAN: no note
+
+
 def test_summarize_only_rebuilds_the_table_from_cells_without_running(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)

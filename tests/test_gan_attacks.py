@@ -136,6 +136,32 @@ def test_training_stops_at_the_time_cap(split) -> None:
     assert bundle.seconds < 0.5 + 2.0  # the cap is checked before each step: at most one step over
 
 
+@pytest.mark.parametrize("max_seconds,capped", [(None, False), (0.2, True)])
+def test_a_gan_attack_report_says_how_many_gan_steps_it_trained(split, target, max_seconds, capped: bool) -> None:
+    from attacks.harness import HarnessConfig, run_attack
+
+    settings = {"seeds": 1, "steps": 3, "gan_latent_dim": 16, "gan_width": 8, "gan_batch_size": 16,
+                "gan_steps": 10**6 if capped else 4, "max_seconds": max_seconds}
+    report = run_attack("kedmi", target, split, target, HarnessConfig(identities=2, attack_seeds=2, settings=settings),
+                        progress=False)
+    b = report.extra["budget"]
+    assert b["gan_time_capped"] is capped and b["gan_steps"] == settings["gan_steps"]
+    assert (1 <= b["gan_steps_done"] < 10**6) if capped else b["gan_steps_done"] == 4
+    assert not b["gan_from_cache"]  # the first attack seed trained it (the second reused it)
+    assert f"{b['gan_steps_done']} of {b['gan_steps']} generator steps" in report.to_markdown()
+    assert ("time cap" in report.to_markdown()) is capped
+
+
+def test_gan_seconds_zero_lifts_the_time_cap() -> None:
+    from types import SimpleNamespace
+
+    from agents.attack_cli import attack_settings
+
+    args = SimpleNamespace(restarts=2, steps=None, lomma=False, gan_seconds=0, gan_steps=500)
+    assert attack_settings(args) == {"seeds": 2, "max_seconds": None, "gan_steps": 500}
+    assert attack_settings(SimpleNamespace(**{**vars(args), "gan_seconds": 60.0}))["max_seconds"] == 60.0
+
+
 # ----------------------------------------------------------------------------------- GMI
 
 def test_gmi_returns_class_major_unit_images_and_leaves_the_target_as_it_was(split, target, gmi_gan) -> None:
