@@ -117,6 +117,15 @@ def train_eval_model(split, config: EvalModelConfig = EvalModelConfig(), cache: 
     The cache file is keyed by the split's images and labels and the config, written atomically
     under ``$VEIL_CACHE_DIR/eval-models``; a damaged file is retrained, not trusted.
     """
+    # seeded here, not by the caller: before 0.6 the network was built before the seed, so its
+    # initial weights (and the judge) hung on whatever the process had drawn before; fork_rng
+    # keeps the caller's random stream as it was
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return _train_or_load(split, config, cache, progress)
+
+
+def _train_or_load(split, config: EvalModelConfig, cache: bool, progress: bool) -> EvalModel:
     path = cache_dir() / "eval-models" / f"{config.model}-{_key(split, config)}.pt"
     model = build_eval_model(split, config)
     if cache and path.is_file():
@@ -127,7 +136,8 @@ def train_eval_model(split, config: EvalModelConfig = EvalModelConfig(), cache: 
             return EvalModel(model, config, dict(state["metrics"]), path, cached=True)
         except Exception as err:  # a damaged cache entry: say so and retrain
             print(f"evaluation-model cache {path} is unreadable ({err}); retraining")
-    torch.manual_seed(config.seed)
+            torch.manual_seed(config.seed)
+            model = build_eval_model(split, config)
     trainer = Trainer(model, TrainerConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                                            schedule="cosine", seed=config.seed), num_classes=split.num_private)
     g = torch.Generator().manual_seed(config.seed + 17)

@@ -43,6 +43,25 @@ def test_eval_model_trains_learns_and_is_reused_from_the_cache(split) -> None:
         assert torch.equal(a, b)
 
 
+def test_two_fresh_trainings_give_the_same_judge_whatever_the_caller_drew_before(split) -> None:
+    cfg = EvalModelConfig(model="cnn", epochs=1, batch_size=8)
+    torch.manual_seed(1)
+    first = train_eval_model(split, cfg, cache=False, progress=False)
+    torch.manual_seed(2)
+    torch.rand(1000)  # another history of draws before the call
+    second = train_eval_model(split, cfg, cache=False, progress=False)
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_training_the_judge_leaves_the_callers_random_stream_alone(split) -> None:
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    train_eval_model(split, EvalModelConfig(model="cnn", epochs=1, batch_size=8), cache=False, progress=False)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_a_damaged_cache_entry_is_retrained(split, capsys) -> None:
     cfg = EvalModelConfig(model="cnn", epochs=1, batch_size=8)
     first = train_eval_model(split, cfg, progress=False)
