@@ -314,6 +314,7 @@ def train_fr(args: argparse.Namespace) -> str:
                               weight_decay=args.weight_decay, schedule=args.schedule, hflip=not args.no_hflip,
                               warmup_steps=args.warmup_steps,
                               seed=args.seed)
+    torch.manual_seed(args.seed)  # the initial weights follow --seed, not what the process drew before
     model = build_model(model_cfg)
     pretrain_history: list[dict[str, float]] = []
     if "tldmi" in defense.names and not args.resume:

@@ -53,6 +53,18 @@ def test_train_fr_logs_params_metrics_artifacts_and_model(tmp_path: Path, monkey
     assert (tmp_path / "mlruns" / "mlflow.db").is_file()
 
 
+def test_train_fr_weights_follow_the_seed_not_what_the_process_drew_before(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    weights = []
+    for i, draws in enumerate((0, 1000)):
+        torch.rand(draws)  # the benchmark trains cells one after another in one process
+        assert main(["train-fr", *TINY, "--epochs", "1", "--seed", "3", "--checkpoint", str(tmp_path / f"{i}.pt")]) == 0
+        weights.append(torch.load(tmp_path / f"{i}.pt", weights_only=True)["model"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_resume_continues_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     ckpt = tmp_path / "ck.pt"
