@@ -200,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n-steps", type=int, default=128, help="ppo/a2c rollout length per env (default: 128)")
     g.add_argument("--n-epochs", type=int, default=4, help="ppo epochs per update (default: 4)")
     g.add_argument("--ent-coef", type=float, default=0.01, help="entropy bonus (default: 0.01; sac: 0 = auto)")
+    g.add_argument("--log-std-init", type=float, default=0.0,
+                   help="ppo/a2c: initial log std of the Gaussian policy (default: 0, std 1: on the [-1, 1] action "
+                        "box the game then trains under near-random augmentation; -1 gives std 0.37)")
     g.add_argument("--policy-lr", type=float, default=3e-4, help="agent learning rate (default: 3e-4)")
     g.add_argument("--normalize-reward", action="store_true",
                    help="scale rewards by a running estimate of the return's std (SB3 VecNormalize, rewards only; "

@@ -110,7 +110,7 @@ def train(args: Any) -> Path | None:
                              "agent": {"algo": args.algo, "timesteps": args.timesteps, "n_envs": args.n_envs,
                                        "n_steps": args.n_steps, "ent_coef": args.ent_coef,
                                        "policy_lr": args.policy_lr, "baseline": args.baseline,
-                                       "normalize_reward": normalize_reward}})
+                                       "normalize_reward": normalize_reward, "log_std_init": args.log_std_init}})
         probe, ev = make_probe(args, split)
         if ev is not None:
             tracking.log_params({"probe": {"eval_model": ev.config.model, "eval_top1": round(ev.metrics["top1"], 4),
@@ -130,7 +130,8 @@ def train(args: Any) -> Path | None:
         algo_cls = ALGOS[args.algo]
         kwargs: dict[str, Any] = {"seed": args.seed, "device": "cpu", "learning_rate": args.policy_lr, "verbose": 0}
         if args.algo in ("ppo", "a2c"):
-            kwargs.update(n_steps=args.n_steps, ent_coef=args.ent_coef)
+            kwargs.update(n_steps=args.n_steps, ent_coef=args.ent_coef,
+                          policy_kwargs={"log_std_init": args.log_std_init})
         if args.algo == "ppo":
             kwargs.update(batch_size=min(64, args.n_steps * args.n_envs), n_epochs=args.n_epochs)
         if args.algo in ("sac", "td3"):

@@ -187,6 +187,25 @@ def test_reset_mode_restart_reaches_the_env(tmp_path: Path, monkeypatch: pytest.
     assert run.data.params["env.reset_mode"] == "restart"
 
 
+def test_log_std_init_sets_the_starting_spread_of_the_agents_actions(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import agents.export as ta
+
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+    export = ta.export_policy
+
+    def spy(agent, *args, **kwargs):
+        seen["log_std"] = agent.policy.log_std.detach().clone()
+        return export(agent, *args, **kwargs)
+
+    monkeypatch.setattr(ta, "export_policy", spy)
+    assert main(["train-agent", *AGENT_TINY, "--timesteps", "32", "--n-steps", "32", "--log-every", "32",
+                 "--log-std-init", "-1.5"]) == 0
+    assert seen["log_std"].shape == (7,)
+    assert torch.allclose(seen["log_std"], torch.full((7,), -1.5), atol=0.05)  # one small update from -1.5
+
+
 def test_normalize_reward_wraps_the_agents_env_in_vecnormalize_for_rewards_only(tmp_path: Path,
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import agents.export as ta
