@@ -75,10 +75,19 @@ def _fr_args(parser: argparse.ArgumentParser, args: argparse.Namespace, defense:
 
 
 def policy_for_seed(policy: str, seeds: str, seed: int) -> str:
-    """``--policy`` is one file for every seed, or a comma list with one file per seed (an agent
-    trained with each target seed), matched to ``--seeds`` in order."""
+    """``--policy`` is one file for every seed, a comma list with one file per seed (an agent
+    trained with each target seed) matched to ``--seeds`` in order, or ``SEED=FILE`` pairs, which
+    stay valid when a rerun covers only some of the seeds."""
     files = [f.strip() for f in policy.split(",") if f.strip()]
     order = [int(x) for x in str(seeds).split(",") if x.strip()]
+    pairs = [f.partition("=") for f in files]
+    if any(sep for _, sep, _ in pairs):
+        if not all(sep and k.strip().lstrip("-").isdigit() for k, sep, _ in pairs):
+            raise ValueError(f"--policy mixes SEED=FILE pairs with plain files: {policy!r}")
+        by_seed = {int(k): v.strip() for k, _, v in pairs}
+        if seed not in by_seed:
+            raise ValueError(f"--policy names no file for seed {seed} (it has seeds {sorted(by_seed)})")
+        return by_seed[seed]
     if len(files) == 1:
         return files[0]
     if len(files) != len(order):
@@ -482,7 +491,8 @@ def add_parser(sub, add_data_args, add_tracking_args) -> None:
     b.add_argument("--attacks", default="pca,whitebox,gmi", help="comma list of attacks (default: pca,whitebox,gmi)")
     b.add_argument("--seeds", default="0,1,2", help="target-training seeds (default: 0,1,2)")
     b.add_argument("--policy", default=None, metavar="FILE",
-                   help="exported policy for the policy defenses; a comma list gives one per seed, in --seeds order")
+                   help="exported policy for the policy defenses; a comma list gives one per seed, in --seeds order; "
+                        "SEED=FILE pairs (0=a.safetensors,1=b.safetensors) name each seed's file")
     b.add_argument("--epochs", type=int, default=30, help="target training epochs (default: 30)")
     b.add_argument("--batch-size", type=int, default=None, help="target batch size (default: train-fr's)")
     b.add_argument("--lr", type=float, default=None, help="target learning rate (default: train-fr's)")

@@ -32,6 +32,16 @@ def test_policy_files_are_one_for_all_seeds_or_one_per_seed() -> None:
         policy_for_seed("a,b", "0,1,2", 0)
 
 
+def test_seed_file_pairs_pick_each_seeds_policy_whatever_seeds_the_run_covers() -> None:
+    pol = "0=a.safetensors,1=b.safetensors,2=c.safetensors"
+    assert policy_for_seed(pol, "1,2", 2) == "c.safetensors"  # a rerun of two of the three seeds
+    assert policy_for_seed(pol, "0", 0) == "a.safetensors"
+    with pytest.raises(ValueError, match="no file for seed 3"):
+        policy_for_seed(pol, "3", 3)
+    with pytest.raises(ValueError, match="mixes"):
+        policy_for_seed("0=a.safetensors,b.safetensors", "0,1", 1)
+
+
 def test_sampled_policy_cell_trains_with_the_policy_drawn_not_its_mean() -> None:
     from agents.cli import build_parser
 
