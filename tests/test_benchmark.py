@@ -76,6 +76,27 @@ def test_difference_from_none_is_flagged_only_beyond_the_spread() -> None:
     assert rows["re"]["natural_vs_none"] == pytest.approx(0.0)
 
 
+def test_a_difference_every_seed_shares_is_flagged_by_the_paired_interval_only() -> None:
+    def cell(d, s, top1):
+        return {"defense": d, "seed": s, "natural_top1": 0.4, "attacks": {"pca": {"top1": top1, "seconds": 1.0}}}
+    # seed 1 is easy to attack under both defenses; negls is 12 points lower on every seed
+    records = [cell("none", s, v) for s, v in enumerate((0.712, 0.900, 0.688))]
+    records += [cell("negls", s, v) for s, v in enumerate((0.587, 0.775, 0.575))]
+    rows = {r["defense"]: r for r in summarize(records, ["none", "negls"], ["pca"])}
+    assert not rows["negls"]["vs_none"].endswith("*")  # Welch counts the seed effect as noise
+    assert rows["negls"]["vs_none_paired"] == "-12.1 ± 1.7 *"  # diffs -12.5, -12.5, -11.3: t(2) 4.303 x 0.69 / sqrt 3
+    assert rows["none"]["vs_none_paired"] == ""
+    assert "| -12.1 ± 1.7 * |" in markdown(list(rows.values()))
+
+
+def test_the_paired_interval_uses_only_the_seeds_both_defenses_ran() -> None:
+    def cell(d, s, top1):
+        return {"defense": d, "seed": s, "natural_top1": 0.9, "attacks": {"pca": {"top1": top1, "seconds": 1.0}}}
+    records = [cell("none", 0, 0.5), cell("none", 1, 0.6), cell("re", 1, 0.4), cell("re", 2, 0.1)]
+    rows = {r["defense"]: r for r in summarize(records, ["none", "re"], ["pca"])}
+    assert rows["re"]["vs_none_paired"] == "-20.0 (one pair: no interval)"
+
+
 def test_benchmark_writes_cells_tables_and_plot_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
