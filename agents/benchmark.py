@@ -247,8 +247,8 @@ def summarize(records: list[dict[str, Any]], defenses: list[str], attacks: list[
 
 def _paired(top1: dict[int, float | None], base: dict[int, float | None]) -> str:
     """The attack top-1 difference from ``none`` over the seeds both ran, with the 95% t interval
-    of the per-seed differences. Cells of one seed share the batch order and the attack's random
-    draws, so a seed that is easy to attack is easy under every defense; pairing removes that
+    of the per-seed differences. Cells of one seed share the attacked identities, the batch order
+    and the attack's random draws, so a seed that is easy to attack is easy under every defense; pairing removes that
     shared part, which the unpaired (Welch) interval counts as noise."""
     d = [100 * (top1[k] - base[k]) for k in sorted(top1) if k in base and top1[k] is not None and base[k] is not None]
     if len(d) < 2:
@@ -288,8 +288,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             _pm(r["frechet"], False), f"{r['seconds']:.0f}"]) + " |")
     lines += ["", "`*`: the 95% interval of the difference from `none` excludes 0 (Welch, t with min(n)-1 "
               "degrees of freedom). With 3 seeds only large differences pass. Paired by seed: the mean of the per-seed "
-              "differences from `none` with its 95% t interval (cells of one seed share batch order and attack draws, "
-              "so pairing removes what a seed does to every defense alike). Δ natural: natural top-1 minus "
+              "differences from `none` with its 95% t interval (cells of one seed share the attacked identities, batch "
+              "order and attack draws, so pairing removes what a seed does to every defense alike). Δ natural: natural top-1 minus "
               "`none`'s, in points; relative drop: 1 - attack top-1 / `none`'s attack top-1. \"collapsed\": targets whose "
               "output does not depend on the input (they never learned); they are counted in the means, not dropped."]
     gan = [f"{r['defense']}/{r['attack']} " + ", ".join("?" if n is None else f"{n}{' (time cap)' if cap else ''}"
