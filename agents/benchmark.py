@@ -203,6 +203,7 @@ def summarize(records: list[dict[str, Any]], defenses: list[str], attacks: list[
     accuracy and every metric, and whether the attack top-1 differs from ``none`` beyond the
     spread (the 95% interval of the difference of means excludes 0)."""
     rows = []
+    top1_by_seed: dict[tuple[str, str], dict[int, float | None]] = {}
     for d in defenses:
         cells = [r for r in records if r["defense"] == d]
         if not cells:
@@ -219,7 +220,7 @@ def summarize(records: list[dict[str, Any]], defenses: list[str], attacks: list[
             row["seconds"] = mean_ci([c["attacks"][a].get("seconds") for c in done])[0]
             steps = [(c["attacks"][a].get("gan_steps_done"), c["attacks"][a].get("gan_time_capped")) for c in done]
             row["gan_steps"] = steps if any(n is not None for n, _ in steps) else []
-            row["_top1_by_seed"] = {c["seed"]: c["attacks"][a].get("top1") for c in done}
+            top1_by_seed[d, a] = {c["seed"]: c["attacks"][a].get("top1") for c in done}
             rows.append(row)
     base = {r["attack"]: r for r in rows if r["defense"] == "none"}
     for r in rows:
@@ -227,7 +228,7 @@ def summarize(records: list[dict[str, Any]], defenses: list[str], attacks: list[
         if b is None or r["defense"] == "none":
             r["vs_none"], r["natural_vs_none"], r["relative_drop"], r["vs_none_paired"] = "", math.nan, math.nan, ""
             continue
-        r["vs_none_paired"] = _paired(r["_top1_by_seed"], b["_top1_by_seed"])
+        r["vs_none_paired"] = _paired(top1_by_seed[r["defense"], r["attack"]], top1_by_seed["none", r["attack"]])
         # the issue's target reads these two: attack top-1 down by half or more, natural top-1 within 2 points
         r["natural_vs_none"] = r["natural_top1"][0] - b["natural_top1"][0]
         r["relative_drop"] = (b["top1"][0] - r["top1"][0]) / b["top1"][0] if b["top1"][0] > 0 else math.nan
@@ -240,8 +241,6 @@ def summarize(records: list[dict[str, Any]], defenses: list[str], attacks: list[
         half = T95.get(min(n1, n2) - 1, 1.96) * se
         sig = abs(m1 - m2) > half
         r["vs_none"] = f"{100 * (m1 - m2):+.1f} ± {100 * half:.1f}{' *' if sig else ''}"
-    for r in rows:
-        r.pop("_top1_by_seed", None)
     return rows
 
 
@@ -253,9 +252,7 @@ def _paired(top1: dict[int, float | None], base: dict[int, float | None]) -> str
     d = [100 * (top1[k] - base[k]) for k in sorted(top1) if k in base and top1[k] is not None and base[k] is not None]
     if len(d) < 2:
         return f"{d[0]:+.1f} (one pair: no interval)" if d else ""
-    m = sum(d) / len(d)
-    sd = math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1))
-    half = T95.get(len(d) - 1, 1.96) * sd / math.sqrt(len(d))
+    m, _, half = mean_ci(d)
     return f"{m:+.1f} ± {half:.1f}{' *' if abs(m) > half else ''}"
 
 

@@ -187,19 +187,24 @@ def test_reset_mode_restart_reaches_the_env(tmp_path: Path, monkeypatch: pytest.
     assert run.data.params["env.reset_mode"] == "restart"
 
 
-def test_log_std_init_sets_the_starting_spread_of_the_agents_actions(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def _spy_on_export(monkeypatch: pytest.MonkeyPatch, look) -> None:
+    """Call ``look(agent)`` on the trained SB3 agent when train-agent exports its policy."""
     import agents.export as ta
 
-    monkeypatch.chdir(tmp_path)
-    seen = {}
     export = ta.export_policy
 
     def spy(agent, *args, **kwargs):
-        seen["log_std"] = agent.policy.log_std.detach().clone()
+        look(agent)
         return export(agent, *args, **kwargs)
 
     monkeypatch.setattr(ta, "export_policy", spy)
+
+
+def test_log_std_init_sets_the_starting_spread_of_the_agents_actions(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+    _spy_on_export(monkeypatch, lambda agent: seen.update(log_std=agent.policy.log_std.detach().clone()))
     assert main(["train-agent", *AGENT_TINY, "--timesteps", "32", "--n-steps", "32", "--log-every", "32",
                  "--log-std-init", "-1.5"]) == 0
     assert seen["log_std"].shape == (7,)
@@ -208,19 +213,15 @@ def test_log_std_init_sets_the_starting_spread_of_the_agents_actions(tmp_path: P
 
 def test_normalize_reward_wraps_the_agents_env_in_vecnormalize_for_rewards_only(tmp_path: Path,
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    import agents.export as ta
-
     monkeypatch.chdir(tmp_path)
     seen = {}
-    export = ta.export_policy
 
-    def spy(agent, *args, **kwargs):
+    def look(agent) -> None:
         env = agent.get_env()
         seen.update(kind=type(env).__name__, norm_obs=env.norm_obs, norm_reward=env.norm_reward,
                     returns_seen=env.ret_rms.count)
-        return export(agent, *args, **kwargs)
 
-    monkeypatch.setattr(ta, "export_policy", spy)
+    _spy_on_export(monkeypatch, look)
     assert main(["train-agent", *AGENT_TINY, "--timesteps", "64", "--n-steps", "32", "--log-every", "32",
                  "--normalize-reward"]) == 0
     assert seen["kind"] == "VecNormalize" and seen["norm_reward"] and not seen["norm_obs"]
