@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 DEFENSE_CHOICES = ("none", "re", "mixup", "hybrid", "tldmi", "negls", "mid", "bido", "dp", "policy", "policy+tldmi",
-                   "policy-sampled", "policy-sampled+tldmi")
+                   "policy+negls", "policy-sampled", "policy-sampled+tldmi", "policy-sampled+negls")
 DEFAULT_DEFENSES = "none,re,mixup,hybrid,tldmi,negls,mid,bido,dp"
 METRICS = ("top1", "top5", "knn_dist", "nn_feature_acc", "nn_pixel_acc", "psnr", "ssim", "sink_share", "frechet")
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}

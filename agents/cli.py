@@ -332,10 +332,12 @@ def train_fr(args: argparse.Namespace) -> str:
     trainer.regularizers = fr_defenses.regularizers(defense)
     augment = fr_defenses.make_augment(defense)
     if args.policy:
-        if augment is not None:
-            raise ValueError("--policy replaces the augmentation defenses; drop re/mixup/hybrid/negls from --defense")
+        if {"re", "mixup"} & set(defense.names):
+            raise ValueError("--policy picks the erasing and MixUp parameters itself; drop re/mixup/hybrid from "
+                             "--defense (negls, tldmi, mid, bido and dp combine with it)")
         planned = -(-len(split.train_labels) // args.batch_size) * args.epochs
-        augment = _policy_augment(args.policy, trainer, args.seed, args.policy_warmup, planned, args.policy_sample)
+        augment = fr_defenses.with_label_defenses(
+            _policy_augment(args.policy, trainer, args.seed, args.policy_warmup, planned, args.policy_sample), defense)
     ledger = None
     if "dp" in defense.names:
         from defenses.dp import make_private

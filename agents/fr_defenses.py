@@ -63,20 +63,34 @@ class DefenseOptions:
         return out
 
 
-def make_augment(opts: DefenseOptions) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+Augment = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def make_augment(opts: DefenseOptions) -> Augment | None:
     """The per-batch transform of images and soft targets, or ``None`` when nothing transforms them."""
     hybrid = HybridConfig(mix=opts.mix if "mixup" in opts.names else None,
                           erase=opts.erase if "re" in opts.names else None)
-    negls = opts.negls.factor if "negls" in opts.names else None
-    if hybrid.mix is None and hybrid.erase is None and negls is None:
-        return None
+    if hybrid.mix is None and hybrid.erase is None:
+        return with_label_defenses(None, opts)
     generator = torch.Generator().manual_seed(opts.seed + 7919)
 
     def transform(images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images, targets = augment(images, targets, hybrid, generator)
-        if negls is not None:
-            targets = smooth_targets(targets, negls)
-        return images, targets
+        return augment(images, targets, hybrid, generator)
+
+    return with_label_defenses(transform, opts)
+
+
+def with_label_defenses(image_augment: Augment | None, opts: DefenseOptions) -> Augment | None:
+    """Chain the label-side defenses (negative label smoothing) after an image augmentation: fixed
+    erasing/MixUp or a learned policy. The smoothing acts on the targets the augmentation mixed."""
+    if "negls" not in opts.names:
+        return image_augment
+    factor = opts.negls.factor
+
+    def transform(images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if image_augment is not None:
+            images, targets = image_augment(images, targets)
+        return images, smooth_targets(targets, factor)
 
     return transform
 

@@ -131,6 +131,25 @@ def test_train_fr_warns_when_the_policy_never_acts_or_the_run_is_short(tmp_path:
     assert "warning" not in capsys.readouterr().out
 
 
+
+def test_train_fr_chains_a_policy_with_label_smoothing_and_refuses_fixed_augmentation(
+        env: FaceAugmentEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from stable_baselines3 import PPO
+
+    monkeypatch.chdir(tmp_path)
+    path = export_policy(PPO("MlpPolicy", env, seed=0, device="cpu"), tmp_path / "p.safetensors", env.config, {})
+    tiny = ["train-fr", "--data", "synthetic", *AGENT_TINY[:6], "--batch-size", "16", "--epochs", "1",
+            "--policy", str(path)]
+    assert main([*tiny, "--defense", "hybrid"]) != 0
+    assert "--policy picks the erasing and MixUp parameters itself" in capsys.readouterr().err
+    assert main([*tiny, "--defense", "negls", "--negls-factor", "-0.1"]) == 0
+    mlflow.set_tracking_uri(tracking.default_tracking_uri())
+    (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name("veil").experiment_id],
+                                        "attributes.status = 'FINISHED'")
+    assert run.data.tags["veil.defense"] == "negls" and run.data.tags["veil.policy"] == str(path)
+    assert run.data.params["defense.negls.factor"] == "-0.1"
+
+
 def test_loading_a_non_policy_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "x.safetensors").write_bytes(b"junk")
     with pytest.raises(ValueError, match="not a veil policy"):

@@ -96,6 +96,22 @@ def test_make_augment_applies_erasing_and_smoothing_and_none_is_none() -> None:
     assert not torch.equal(out, x) and (t < 0).any() and torch.allclose(t.sum(1), torch.ones(8))
 
 
+
+def test_label_smoothing_chains_after_any_image_augmentation_such_as_a_policy() -> None:
+    from agents.fr_defenses import with_label_defenses
+
+    def policy_like(images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return images.flip(0), 0.5 * targets + 0.5 * targets.flip(0)  # a MixUp-like pairing
+
+    x, y = torch.rand(4, 3, 8, 8), one_hot(torch.tensor([0, 1, 2, 3]), 4)
+    assert with_label_defenses(policy_like, DefenseOptions(names=("tldmi",))) is policy_like
+    out, t = with_label_defenses(policy_like, DefenseOptions(names=("negls",)))(x, y)
+    mixed = 0.5 * y + 0.5 * y.flip(0)
+    assert torch.equal(out, x.flip(0))
+    assert torch.allclose(t, smooth_targets(mixed, -0.05))  # smoothed after the mix, not before
+    assert torch.allclose(t.sum(1), torch.ones(4)) and (t < 0).any()
+
+
 def test_dp_sgd_trains_and_spends_privacy() -> None:
     from defenses.dp import DPConfig, make_private, unwrap
 

@@ -50,6 +50,8 @@ def test_sampled_policy_cell_trains_with_the_policy_drawn_not_its_mean() -> None
     cell = _fr_args(parser, args, "policy-sampled+tldmi", 1)
     assert (cell.policy, cell.policy_sample, cell.defense) == ("p.safetensors", True, "tldmi")
     assert _fr_args(parser, args, "policy", 1).policy_sample is False
+    chained = _fr_args(parser, args, "policy+negls", 1)
+    assert (chained.policy, chained.policy_sample, chained.defense) == ("p.safetensors", False, "negls")
 
 
 def test_eta_extrapolates_the_mean_cell_time() -> None:
