@@ -16,6 +16,8 @@ import csv
 import json
 import math
 import os
+import re
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -53,7 +55,8 @@ def _fr_args(parser: argparse.ArgumentParser, args: argparse.Namespace, defense:
     """The ``veil train-fr`` arguments of one cell: the benchmark's data and budget, this defense."""
     argv = ["train-fr", "--epochs", str(args.epochs), "--seed", str(seed), "--run-name", f"{defense}-s{seed}",
             "--experiment", args.experiment, "--checkpoint", str(Path(args.out_dir) / "checkpoints" / f"{defense}-s{seed}.pt")]
-    names = defense.split("+")
+    base, extra = getattr(args, "variants", {}).get(defense, (defense, []))
+    names = base.split("+")
     for pol in ("policy", "policy-sampled"):
         if pol in names:
             if not args.policy:
@@ -67,7 +70,7 @@ def _fr_args(parser: argparse.ArgumentParser, args: argparse.Namespace, defense:
                        ("--threads", args.threads), ("--tracking-uri", args.tracking_uri)):
         if value is not None:
             argv += [opt, str(value)]
-    ns = parser.parse_args(argv)
+    ns = parser.parse_args(argv + extra)
     for key in ("data", "data_root", "image_size", "channels", "align", "pose", "strict", "max_identities", "n_private",
                 "test_fraction", "split_seed", "no_cache", "synthetic_identities", "synthetic_images"):
         setattr(ns, key, getattr(args, key))
@@ -94,6 +97,45 @@ def policy_for_seed(policy: str, seeds: str, seed: int) -> str:
         raise ValueError(f"--policy lists {len(files)} files for {len(order)} seeds; give one file, or one per seed")
     return files[order.index(seed)]
 
+
+
+VARIANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+def parse_variants(specs: list[str] | None) -> dict[str, tuple[str, list[str]]]:
+    """``--variant "mixup-high=mixup --mix-band high"`` -> ``{"mixup-high": ("mixup", [...])}``: a
+    named defense with its own ``veil train-fr`` options, benchmarked as a row of its own."""
+    from .cli import build_parser
+
+    out: dict[str, tuple[str, list[str]]] = {}
+    for spec in specs or []:
+        name, sep, rest = spec.partition("=")
+        name, words = name.strip(), shlex.split(rest)
+        if not sep or not words:
+            raise ValueError(f"--variant {spec!r}: write NAME=DEFENSE [train-fr options], e.g. "
+                             "'mixup-high=mixup --mix-band high'")
+        if not VARIANT_NAME.match(name) or name in DEFENSE_CHOICES or "+" in name:
+            raise ValueError(f"--variant {spec!r}: the name {name!r} must be new (not a built-in defense) and made of "
+                             "lower-case letters, digits, '-', '_' or '.'")
+        base, extra = words[0], words[1:]
+        if base not in DEFENSE_CHOICES:
+            raise ValueError(f"--variant {spec!r}: unknown defense {base!r}; choose from {', '.join(DEFENSE_CHOICES)}")
+        if any(w in ("--defense", "--policy", "--seed", "--epochs", "--checkpoint") for w in extra):
+            raise ValueError(f"--variant {spec!r}: give defense options only; the benchmark sets --defense, --policy, "
+                             "--seed, --epochs and --checkpoint itself")
+        try:
+            build_parser().parse_args(["train-fr", *extra])
+        except SystemExit as err:
+            raise ValueError(f"--variant {spec!r}: veil train-fr does not take {' '.join(extra)!r}") from err
+        out[name] = (base, extra)
+    return out
+
+
+def check_variant_cell(record: dict[str, Any] | None, extra: list[str], cell: Path) -> None:
+    """A resumed cell must have been trained with the options its variant has now."""
+    if record is not None and record.get("train_args", []) != extra:
+        raise ValueError(f"cell {cell} was trained with {record.get('train_args', [])} but its defense now means "
+                         f"{extra}; give the variant a new name or delete the cell to retrain it")
 
 def _read_cell(cell: Path, ckpt: Path, split) -> dict[str, Any] | None:
     """A finished cell's record, or None. Cells written before the collapse check get it from
@@ -161,6 +203,7 @@ def run_cell(parser, args, defense: str, seed: int, split, ev, out: Path,
         natural = target_accuracy(target, split)
         record = {"defense": defense, "seed": seed, "fr_run": fr_run, "natural_top1": natural["top1"],
                   "natural_top5": natural["top5"], "collapsed": bool(natural["collapsed"]), "attacks": {},
+                  "train_args": getattr(args, "variants", {}).get(defense, (defense, []))[1],
                   "seconds": time.perf_counter() - t0}
         _write_json(record, cell)
         if record["collapsed"]:
@@ -430,10 +473,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
-    bad = [d for d in defenses if d not in DEFENSE_CHOICES] + [a for a in attacks if a not in ATTACKS]
+    args.variants = parse_variants(args.variant)
+    bad = [d for d in defenses if d not in DEFENSE_CHOICES and d not in args.variants and not args.summarize_only] \
+        + [a for a in attacks if a not in ATTACKS]  # --summarize-only reads what the cells say they are
     if bad:
-        raise ValueError(f"unknown defense/attack {bad}; defenses: {', '.join(DEFENSE_CHOICES)}; "
-                         f"attacks: {', '.join(sorted(ATTACKS))}")
+        raise ValueError(f"unknown defense/attack {bad}; defenses: {', '.join(DEFENSE_CHOICES)} and the --variant "
+                         f"names; attacks: {', '.join(sorted(ATTACKS))}")
     out = Path(args.out_dir)
     if args.summarize_only:
         records = [json.loads(f.read_text()) for f in sorted((out / "cells").glob("*.json"))] \
@@ -445,7 +490,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         print(md)
         print(f"results (from {len(records)} cells; nothing run): {out / 'results.md'}")
         return 0
-    if any("policy" in d for d in defenses):
+    if any("policy" in args.variants.get(d, (d,))[0] for d in defenses):
         if not args.policy:
             raise ValueError("the policy defenses need --policy FILE (export one with veil train-agent)")
         for s in seeds:
@@ -464,6 +509,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         mlflow.set_tags({"veil.kind": "benchmark"})
         tracking.log_params({"benchmark": {"defenses": ",".join(defenses), "attacks": ",".join(attacks),
                                            "seeds": ",".join(map(str, seeds)), "epochs": args.epochs,
+                                           "variants": "; ".join(f"{k}={v[0]} {shlex.join(v[1])}"
+                                                                 for k, v in args.variants.items()),
                                            "identities": args.identities, "attack_seeds": args.attack_seeds,
                                            "eval_model": ev.config.model, "eval_top1": round(ev.metrics["top1"], 4)},
                              "split": split.summary()})
@@ -472,6 +519,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         for d in defenses:
             for s in seeds:
                 done = _read_cell(out / "cells" / f"{d}-s{s}.json", out / "checkpoints" / f"{d}-s{s}.pt", split)
+                if d in args.variants:
+                    check_variant_cell(done, args.variants[d][1], out / "cells" / f"{d}-s{s}.json")
                 for a in [a for a in attacks if done is not None and a in done["attacks"]]:
                     scored_by = done["attacks"][a].get("evaluator")  # None: a cell from before this record
                     if scored_by is not None and scored_by != evaluator:
@@ -512,6 +561,9 @@ def add_parser(sub, add_data_args, add_tracking_args) -> None:
     b.add_argument("--policy", default=None, metavar="FILE",
                    help="exported policy for the policy defenses; a comma list gives one per seed, in --seeds order; "
                         "SEED=FILE pairs (0=a.safetensors,1=b.safetensors) name each seed's file")
+    b.add_argument("--variant", action="append", default=None, metavar="NAME=DEFENSE [OPTIONS]",
+                   help="a named defense with its own veil train-fr options, usable in --defenses; repeatable, e.g. "
+                        "--variant 'mixup-high=mixup --mix-band high' --variant 're-half=re --re-p 0.5'")
     b.add_argument("--epochs", type=int, default=30, help="target training epochs (default: 30)")
     b.add_argument("--batch-size", type=int, default=None, help="target batch size (default: train-fr's)")
     b.add_argument("--lr", type=float, default=None, help="target learning rate (default: train-fr's)")

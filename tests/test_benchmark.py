@@ -12,7 +12,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from agents import tracking
-from agents.benchmark import _fr_args, eta, markdown, mean_ci, pareto_front, policy_for_seed, summarize
+from agents.benchmark import (_fr_args, eta, markdown, mean_ci, parse_variants, pareto_front, policy_for_seed,
+                              summarize)
 from agents.cli import main
 
 TINY = ["--data", "synthetic", "--synthetic-identities", "8", "--synthetic-images", "8", "--image-size", "32",
@@ -52,6 +53,47 @@ def test_sampled_policy_cell_trains_with_the_policy_drawn_not_its_mean() -> None
     assert _fr_args(parser, args, "policy", 1).policy_sample is False
     chained = _fr_args(parser, args, "policy+negls", 1)
     assert (chained.policy, chained.policy_sample, chained.defense) == ("p.safetensors", False, "negls")
+
+
+
+def test_a_variant_is_a_named_defense_with_its_own_train_fr_options() -> None:
+    from agents.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["benchmark", "--policy", "p.safetensors"])
+    args.variants = parse_variants(["mixup-high=mixup --mix-band high --mix-k 4", "pn=policy+negls --negls-factor -0.1"])
+    cell = _fr_args(parser, args, "mixup-high", 2)
+    assert (cell.defense, cell.mix_band, cell.mix_k, cell.run_name) == ("mixup", "high", 4, "mixup-high-s2")
+    assert cell.checkpoint.endswith("mixup-high-s2.pt")  # its own cell, beside the default mixup's
+    chained = _fr_args(parser, args, "pn", 0)
+    assert (chained.defense, chained.policy, chained.negls_factor) == ("negls", "p.safetensors", -0.1)
+    assert _fr_args(parser, args, "mixup", 2).mix_band == "low"  # the built-in name keeps train-fr's defaults
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("mixup --mix-band high", "NAME=DEFENSE"),
+    ("mixup=re --re-p 0.5", "must be new"),
+    ("x=jpeg --q 5", "unknown defense 'jpeg'"),
+    ("x=re --re-probability 0.5", "does not take"),
+    ("x=re --epochs 3", "defense options only"),
+])
+def test_a_malformed_variant_is_a_clear_error(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_variants([spec])
+
+
+def test_a_variant_cell_is_not_resumed_under_other_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench"
+    run = ["benchmark", *TINY, "--defenses", "re-half", "--seeds", "0", "--out-dir", str(out)]
+    assert main([*run, "--variant", "re-half=re --re-p 0.5"]) == 0
+    cell = json.loads((out / "cells" / "re-half-s0.json").read_text())
+    assert cell["train_args"] == ["--re-p", "0.5"] and cell["defense"] == "re-half"
+    assert "| re-half | pca | 1 |" in (out / "results.md").read_text()
+    capsys.readouterr()
+    assert main([*run, "--variant", "re-half=re --re-p 0.9"]) == 2
+    assert "give the variant a new name" in capsys.readouterr().err
 
 
 def test_eta_extrapolates_the_mean_cell_time() -> None:
