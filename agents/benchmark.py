@@ -55,7 +55,7 @@ def _fr_args(parser: argparse.ArgumentParser, args: argparse.Namespace, defense:
     """The ``veil train-fr`` arguments of one cell: the benchmark's data and budget, this defense."""
     argv = ["train-fr", "--epochs", str(args.epochs), "--seed", str(seed), "--run-name", f"{defense}-s{seed}",
             "--experiment", args.experiment, "--checkpoint", str(Path(args.out_dir) / "checkpoints" / f"{defense}-s{seed}.pt")]
-    base, extra = getattr(args, "variants", {}).get(defense, (defense, []))
+    base, extra = variant_of(args, defense)
     names = base.split("+")
     for pol in ("policy", "policy-sampled"):
         if pol in names:
@@ -98,7 +98,6 @@ def policy_for_seed(policy: str, seeds: str, seed: int) -> str:
     return files[order.index(seed)]
 
 
-
 VARIANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
@@ -107,6 +106,7 @@ def parse_variants(specs: list[str] | None) -> dict[str, tuple[str, list[str]]]:
     named defense with its own ``veil train-fr`` options, benchmarked as a row of its own."""
     from .cli import build_parser
 
+    parser = build_parser()
     out: dict[str, tuple[str, list[str]]] = {}
     for spec in specs or []:
         name, sep, rest = spec.partition("=")
@@ -114,7 +114,7 @@ def parse_variants(specs: list[str] | None) -> dict[str, tuple[str, list[str]]]:
         if not sep or not words:
             raise ValueError(f"--variant {spec!r}: write NAME=DEFENSE [train-fr options], e.g. "
                              "'mixup-high=mixup --mix-band high'")
-        if not VARIANT_NAME.match(name) or name in DEFENSE_CHOICES or "+" in name:
+        if not VARIANT_NAME.match(name) or name in DEFENSE_CHOICES:
             raise ValueError(f"--variant {spec!r}: the name {name!r} must be new (not a built-in defense) and made of "
                              "lower-case letters, digits, '-', '_' or '.'")
         base, extra = words[0], words[1:]
@@ -124,18 +124,24 @@ def parse_variants(specs: list[str] | None) -> dict[str, tuple[str, list[str]]]:
             raise ValueError(f"--variant {spec!r}: give defense options only; the benchmark sets --defense, --policy, "
                              "--seed, --epochs and --checkpoint itself")
         try:
-            build_parser().parse_args(["train-fr", *extra])
+            parser.parse_args(["train-fr", *extra])
         except SystemExit as err:
             raise ValueError(f"--variant {spec!r}: veil train-fr does not take {' '.join(extra)!r}") from err
         out[name] = (base, extra)
     return out
 
 
+def variant_of(args: argparse.Namespace, defense: str) -> tuple[str, list[str]]:
+    """The built-in defense a cell trains and its extra ``train-fr`` options (none for a built-in)."""
+    return getattr(args, "variants", {}).get(defense, (defense, []))
+
+
 def check_variant_cell(record: dict[str, Any] | None, extra: list[str], cell: Path) -> None:
-    """A resumed cell must have been trained with the options its variant has now."""
+    """A resumed cell must have been trained with the options its defense has now (none for a built-in)."""
     if record is not None and record.get("train_args", []) != extra:
         raise ValueError(f"cell {cell} was trained with {record.get('train_args', [])} but its defense now means "
                          f"{extra}; give the variant a new name or delete the cell to retrain it")
+
 
 def _read_cell(cell: Path, ckpt: Path, split) -> dict[str, Any] | None:
     """A finished cell's record, or None. Cells written before the collapse check get it from
@@ -203,7 +209,7 @@ def run_cell(parser, args, defense: str, seed: int, split, ev, out: Path,
         natural = target_accuracy(target, split)
         record = {"defense": defense, "seed": seed, "fr_run": fr_run, "natural_top1": natural["top1"],
                   "natural_top5": natural["top5"], "collapsed": bool(natural["collapsed"]), "attacks": {},
-                  "train_args": getattr(args, "variants", {}).get(defense, (defense, []))[1],
+                  "train_args": variant_of(args, defense)[1],
                   "seconds": time.perf_counter() - t0}
         _write_json(record, cell)
         if record["collapsed"]:
@@ -490,7 +496,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         print(md)
         print(f"results (from {len(records)} cells; nothing run): {out / 'results.md'}")
         return 0
-    if any("policy" in args.variants.get(d, (d,))[0] for d in defenses):
+    if any("policy" in variant_of(args, d)[0] for d in defenses):
         if not args.policy:
             raise ValueError("the policy defenses need --policy FILE (export one with veil train-agent)")
         for s in seeds:
@@ -518,9 +524,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         todo = []
         for d in defenses:
             for s in seeds:
-                done = _read_cell(out / "cells" / f"{d}-s{s}.json", out / "checkpoints" / f"{d}-s{s}.pt", split)
-                if d in args.variants:
-                    check_variant_cell(done, args.variants[d][1], out / "cells" / f"{d}-s{s}.json")
+                cell = out / "cells" / f"{d}-s{s}.json"
+                done = _read_cell(cell, out / "checkpoints" / f"{d}-s{s}.pt", split)
+                check_variant_cell(done, variant_of(args, d)[1], cell)  # built-ins: no options, always []
                 for a in [a for a in attacks if done is not None and a in done["attacks"]]:
                     scored_by = done["attacks"][a].get("evaluator")  # None: a cell from before this record
                     if scored_by is not None and scored_by != evaluator:

@@ -131,7 +131,6 @@ def test_train_fr_warns_when_the_policy_never_acts_or_the_run_is_short(tmp_path:
     assert "warning" not in capsys.readouterr().out
 
 
-
 def test_train_fr_chains_a_policy_with_label_smoothing_and_refuses_fixed_augmentation(
         env: FaceAugmentEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     from stable_baselines3 import PPO

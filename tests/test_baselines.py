@@ -96,7 +96,6 @@ def test_make_augment_applies_erasing_and_smoothing_and_none_is_none() -> None:
     assert not torch.equal(out, x) and (t < 0).any() and torch.allclose(t.sum(1), torch.ones(8))
 
 
-
 def test_label_smoothing_chains_after_any_image_augmentation_such_as_a_policy() -> None:
     from agents.fr_defenses import with_label_defenses
 

@@ -55,7 +55,6 @@ def test_sampled_policy_cell_trains_with_the_policy_drawn_not_its_mean() -> None
     assert (chained.policy, chained.policy_sample, chained.defense) == ("p.safetensors", False, "negls")
 
 
-
 def test_a_variant_is_a_named_defense_with_its_own_train_fr_options() -> None:
     from agents.cli import build_parser
 
