@@ -99,6 +99,7 @@ def policy_for_seed(policy: str, seeds: str, seed: int) -> str:
 
 
 VARIANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+CURVE_NAME = re.compile(r"^none-e(\d+)$")
 
 
 def parse_variants(specs: list[str] | None) -> dict[str, tuple[str, list[str]]]:
@@ -114,9 +115,10 @@ def parse_variants(specs: list[str] | None) -> dict[str, tuple[str, list[str]]]:
         if not sep or not words:
             raise ValueError(f"--variant {spec!r}: write NAME=DEFENSE [train-fr options], e.g. "
                              "'mixup-high=mixup --mix-band high'")
-        if not VARIANT_NAME.match(name) or name in DEFENSE_CHOICES:
-            raise ValueError(f"--variant {spec!r}: the name {name!r} must be new (not a built-in defense) and made of "
-                             "lower-case letters, digits, '-', '_' or '.'")
+        if not VARIANT_NAME.match(name) or name in DEFENSE_CHOICES or CURVE_NAME.match(name):
+            raise ValueError(f"--variant {spec!r}: the name {name!r} must be new (not a built-in defense, not "
+                             "none-e<E>, which names --undefended-curve rows) and made of lower-case letters, digits, "
+                             "'-', '_' or '.'")
         base, extra = words[0], words[1:]
         if base not in DEFENSE_CHOICES:
             raise ValueError(f"--variant {spec!r}: unknown defense {base!r}; choose from {', '.join(DEFENSE_CHOICES)}")
@@ -134,6 +136,21 @@ def parse_variants(specs: list[str] | None) -> dict[str, tuple[str, list[str]]]:
 def variant_of(args: argparse.Namespace, defense: str) -> tuple[str, list[str]]:
     """The built-in defense a cell trains and its extra ``train-fr`` options (none for a built-in)."""
     return getattr(args, "variants", {}).get(defense, (defense, []))
+
+
+def curve_variants(spec: str | None, epochs: int) -> dict[str, tuple[str, list[str]]]:
+    """``--undefended-curve 3,6,12`` -> rows ``none-e3``, ``none-e6``, ``none-e12``: undefended
+    targets trained for fewer epochs. With ``none`` they trace what accuracy alone buys in privacy,
+    so a defense can be judged against an undefended model *of its own accuracy*."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    for word in (spec or "").split(","):
+        if not word.strip():
+            continue
+        if not word.strip().isdigit() or not 0 < int(word) < epochs:
+            raise ValueError(f"--undefended-curve {spec!r}: give epoch counts between 1 and --epochs - 1 ({epochs - 1}), "
+                             f"e.g. 3,6,12; got {word.strip()!r}")
+        out[f"none-e{int(word)}"] = ("none", ["--epochs", str(int(word))])
+    return out
 
 
 def check_variant_cell(record: dict[str, Any] | None, extra: list[str], cell: Path) -> None:
@@ -271,6 +288,9 @@ def summarize(records: list[dict[str, Any]], defenses: list[str], attacks: list[
             row["gan_steps"] = steps if any(n is not None for n, _ in steps) else []
             top1_by_seed[d, a] = {c["seed"]: c["attacks"][a].get("top1") for c in done}
             rows.append(row)
+    for r in rows:
+        r["vs_curve"] = "" if r["defense"] == "none" or CURVE_NAME.match(r["defense"]) else \
+            _vs_curve(records, r["defense"], r["attack"])
     base = {r["attack"]: r for r in rows if r["defense"] == "none"}
     for r in rows:
         b = base.get(r["attack"])
@@ -305,6 +325,30 @@ def _paired(top1: dict[int, float | None], base: dict[int, float | None]) -> str
     return f"{m:+.1f} ± {half:.1f}{' *' if abs(m) > half else ''}"
 
 
+def _vs_curve(records: list[dict[str, Any]], defense: str, attack: str) -> str:
+    """The attack top-1 of ``defense`` minus that of an undefended target *of the same natural
+    accuracy*, read off the seed's undefended curve (``none`` and the ``none-e<E>`` rows, linearly
+    interpolated in natural accuracy), with the 95% t interval over seeds. A seed whose target lies
+    outside its curve's accuracy range is left out rather than extrapolated. Empty without a curve."""
+    import numpy as np
+
+    diffs = []
+    for c in records:
+        if c["defense"] != defense or attack not in c["attacks"] or c["attacks"][attack].get("top1") is None:
+            continue
+        curve = sorted((r["natural_top1"], r["attacks"][attack]["top1"]) for r in records
+                       if r["seed"] == c["seed"] and (r["defense"] == "none" or CURVE_NAME.match(r["defense"]))
+                       and r["attacks"].get(attack, {}).get("top1") is not None)
+        if len(curve) < 2 or not curve[0][0] <= c["natural_top1"] <= curve[-1][0]:
+            continue
+        nat, atk = zip(*curve)
+        diffs.append(100 * (c["attacks"][attack]["top1"] - float(np.interp(c["natural_top1"], nat, atk))))
+    if len(diffs) < 2:
+        return f"{diffs[0]:+.1f} (one seed: no interval)" if diffs else ""
+    m, _, half = mean_ci(diffs)
+    return f"{m:+.1f} ± {half:.1f}{' *' if abs(m) > half else ''} ({len(diffs)} seeds)"
+
+
 def _pm(stat: tuple[float, float, float], pct: bool) -> str:
     m, s, _ = stat
     if math.isnan(m):
@@ -316,8 +360,9 @@ def _pm(stat: tuple[float, float, float], pct: bool) -> str:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The benchmark table: mean ± std over target seeds."""
+    curve = any(r.get("vs_curve") for r in rows)  # the column only where an undefended curve was run
     head = ["defense", "attack", "seeds", "natural top-1", "Δ natural", "attack top-1", "Δ top-1 vs none (95% CI)",
-            "paired by seed", "relative drop", "top-5",
+            "paired by seed", *(["vs undefended at equal accuracy"] if curve else []), "relative drop", "top-5",
             "NN feature id", "NN pixel id", "KNN dist", "PSNR", "SSIM", "sink share", "Fréchet", "attack s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -326,7 +371,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             str(r["seeds"]) + (f" ({r['collapsed']} collapsed)" if r.get("collapsed") else ""),
             _pm(r["natural_top1"], True),
             "-" if math.isnan(r["natural_vs_none"]) else f"{100 * r['natural_vs_none']:+.1f}", _pm(r["top1"], True),
-            r["vs_none"] or "-", r.get("vs_none_paired") or "-",
+            r["vs_none"] or "-", r.get("vs_none_paired") or "-", *([r.get("vs_curve") or "-"] if curve else []),
             "-" if math.isnan(r["relative_drop"]) else f"{100 * r['relative_drop']:.0f}%",
             _pm(r["top5"], True), _pm(r["nn_feature_acc"], True), _pm(r["nn_pixel_acc"], True),
             _pm(r["knn_dist"], False), _pm(r["psnr"], False),
@@ -338,6 +383,13 @@ def markdown(rows: list[dict[str, Any]]) -> str:
               "order and attack draws, so pairing removes what a seed does to every defense alike). Δ natural: natural top-1 minus "
               "`none`'s, in points; relative drop: 1 - attack top-1 / `none`'s attack top-1. \"collapsed\": targets whose "
               "output does not depend on the input (they never learned); they are counted in the means, not dropped."]
+    if curve:
+        lines += ["", "`none-e<E>`: the undefended target trained for E epochs instead of the full budget. Vs undefended at "
+                      "equal accuracy: the attack top-1 minus that of an undefended target of the same natural accuracy, "
+                      "interpolated on each seed's curve of `none` and the `none-e<E>` rows, mean over seeds with its 95% "
+                      "t interval; seeds whose target lies outside their curve's accuracy range are left out. Below 0, "
+                      "the defense buys privacy that training less would not; at or above 0, it only buys what its "
+                      "accuracy loss buys."]
     gan = [f"{r['defense']}/{r['attack']} " + ", ".join("?" if n is None else f"{n}{' (time cap)' if cap else ''}"
                                                       for n, cap in r["gan_steps"])
            for r in rows if r.get("gan_steps")]
@@ -352,10 +404,10 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["defense", "attack", "seeds", *[f"{c}_{s}" for c in cols for s in ("mean", "std", "ci95")],
-                    "seconds", "vs_none", "vs_none_paired", "natural_vs_none", "relative_drop", "collapsed"])
+                    "seconds", "vs_none", "vs_none_paired", "vs_curve", "natural_vs_none", "relative_drop", "collapsed"])
         for r in rows:
             w.writerow([r["defense"], r["attack"], r["seeds"], *[v for c in cols for v in r[c]], r["seconds"],
-                        r["vs_none"], r.get("vs_none_paired", ""), r["natural_vs_none"], r["relative_drop"],
+                        r["vs_none"], r.get("vs_none_paired", ""), r.get("vs_curve", ""), r["natural_vs_none"], r["relative_drop"],
                         r.get("collapsed", 0)])
 
 
@@ -368,7 +420,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def plot(rows: list[dict[str, Any]], attacks: list[str], path: Path) -> Path:
-    """Attack top-1 against natural top-1, one point per defense, std error bars, Pareto front."""
+    """Attack top-1 against natural top-1, one point per defense, std error bars, Pareto front;
+    ``none`` and the ``none-e<E>`` rows, if any, drawn as the undefended curve (not on the front)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -376,7 +429,12 @@ def plot(rows: list[dict[str, Any]], attacks: list[str], path: Path) -> Path:
 
     fig, axes = plt.subplots(1, len(attacks), figsize=(5.2 * len(attacks), 4.4), squeeze=False)
     for ax, a in zip(axes[0], attacks):
-        rs = [r for r in rows if r["attack"] == a and not math.isnan(r["top1"][0])]
+        a_rows = [r for r in rows if r["attack"] == a and not math.isnan(r["top1"][0])]
+        undefended = sorted((100 * r["natural_top1"][0], 100 * r["top1"][0]) for r in a_rows
+                            if r["defense"] == "none" or CURVE_NAME.match(r["defense"]))
+        if len(undefended) > 1:
+            ax.plot(*zip(*undefended), ":", color="0.5", marker=".", lw=1.2, label="undefended, fewer epochs")
+        rs = [r for r in a_rows if not CURVE_NAME.match(r["defense"])]
         pts = [(100 * r["natural_top1"][0], 100 * r["top1"][0]) for r in rs]
         for r, (u, p) in zip(rs, pts):
             xe = 0 if math.isnan(r["natural_top1"][1]) else 100 * r["natural_top1"][1]
@@ -386,6 +444,7 @@ def plot(rows: list[dict[str, Any]], attacks: list[str], path: Path) -> Path:
         front = pareto_front(pts)
         if len(front) > 1:
             ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=1, label="Pareto front")
+        if len(front) > 1 or len(undefended) > 1:
             ax.legend(fontsize=8)
         ax.set_xlabel("natural top-1 (%)  →  better")
         ax.set_ylabel("attack top-1 (%)  ↓  better")
@@ -480,6 +539,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     args.variants = parse_variants(args.variant)
+    curve = curve_variants(args.undefended_curve, args.epochs)
+    clash = sorted(set(curve) & set(args.variants))
+    if clash:
+        raise ValueError(f"--variant names {clash} are the --undefended-curve's rows; rename the variants")
+    args.variants.update(curve)
+    defenses += [d for d in curve if d not in defenses]
     bad = [d for d in defenses if d not in DEFENSE_CHOICES and d not in args.variants and not args.summarize_only] \
         + [a for a in attacks if a not in ATTACKS]  # --summarize-only reads what the cells say they are
     if bad:
@@ -571,6 +636,10 @@ def add_parser(sub, add_data_args, add_tracking_args) -> None:
                    help="a named defense with its own veil train-fr options, usable in --defenses; repeatable, e.g. "
                         "--variant 'mixup-high=mixup --mix-band high' --variant 're-half=re --re-p 0.5'")
     b.add_argument("--epochs", type=int, default=30, help="target training epochs (default: 30)")
+    b.add_argument("--undefended-curve", default=None, metavar="E1,E2,...",
+                   help="also train undefended targets for these fewer epochs (rows none-eE): the curve of what lower "
+                        "accuracy alone buys, drawn on the plot; the table then compares each defense with an "
+                        "undefended target of its own accuracy (e.g. 3,6,12)")
     b.add_argument("--batch-size", type=int, default=None, help="target batch size (default: train-fr's)")
     b.add_argument("--lr", type=float, default=None, help="target learning rate (default: train-fr's)")
     b.add_argument("--model", default=None, help="target backbone (default: train-fr's)")

@@ -12,8 +12,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from agents import tracking
-from agents.benchmark import (_fr_args, eta, markdown, mean_ci, parse_variants, pareto_front, policy_for_seed,
-                              summarize)
+from agents.benchmark import (_fr_args, curve_variants, eta, markdown, mean_ci, parse_variants, pareto_front,
+                              policy_for_seed, summarize)
 from agents.cli import main
 
 TINY = ["--data", "synthetic", "--synthetic-identities", "8", "--synthetic-images", "8", "--image-size", "32",
@@ -93,6 +93,53 @@ def test_a_variant_cell_is_not_resumed_under_other_options(tmp_path: Path, monke
     capsys.readouterr()
     assert main([*run, "--variant", "re-half=re --re-p 0.9"]) == 2
     assert "give the variant a new name" in capsys.readouterr().err
+
+
+def test_the_undefended_curve_is_none_trained_for_fewer_epochs() -> None:
+    from agents.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["benchmark", "--epochs", "30"])
+    args.variants = curve_variants("3, 12", 30)
+    assert list(args.variants) == ["none-e3", "none-e12"]
+    cell = _fr_args(parser, args, "none-e12", 1)
+    assert (cell.epochs, cell.defense, cell.seed, cell.run_name) == (12, "none", 1, "none-e12-s1")
+    assert _fr_args(parser, args, "none", 1).epochs == 30
+
+
+@pytest.mark.parametrize("spec", ["0", "30", "45", "3,x"])
+def test_an_undefended_curve_outside_the_budget_is_a_clear_error(spec: str) -> None:
+    with pytest.raises(ValueError, match="between 1 and --epochs - 1 \\(29\\)"):
+        curve_variants(spec, 30)
+
+
+def test_a_defense_is_compared_with_an_undefended_target_of_its_own_accuracy() -> None:
+    def cell(d, s, nat, top1):
+        return {"defense": d, "seed": s, "natural_top1": nat, "attacks": {"pca": {"top1": top1, "seconds": 1.0}}}
+    records = []
+    for s, shift in enumerate((0.0, 0.02, 0.04)):  # each seed's curve: (50%, 20%) -> (90%, 60%), shifted up
+        records += [cell("none", s, 0.9, 0.6 + shift), cell("none-e3", s, 0.5, 0.2 + shift)]
+        records += [cell("mixup", s, 0.7, 0.3 + shift + 0.01 * s)]  # the curve gives 40% + shift at 70%
+        records += [cell("dp", s, 0.3, 0.05)]  # below every seed's curve: not extrapolated
+    rows = {r["defense"]: r for r in summarize(records, ["none", "mixup", "dp", "none-e3"], ["pca"])}
+    assert rows["mixup"]["vs_curve"] == "-9.0 ± 2.5 * (3 seeds)"  # -10, -9, -8: t(2) 4.303 x 1 / sqrt 3
+    assert rows["mixup"]["vs_none_paired"].startswith("-29.0")  # against none itself it looks far better
+    assert rows["dp"]["vs_curve"] == "" and rows["none"]["vs_curve"] == "" and rows["none-e3"]["vs_curve"] == ""
+    table = markdown(list(rows.values()))
+    assert "vs undefended at equal accuracy" in table and "| -9.0 ± 2.5 * (3 seeds) |" in table
+    assert "vs undefended at equal accuracy" not in markdown([rows["none"]])  # no curve, no column
+
+
+def test_benchmark_runs_the_undefended_curve_as_rows_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench"
+    assert main(["benchmark", *TINY, "--defenses", "none,re", "--undefended-curve", "1", "--seeds", "0",
+                 "--out-dir", str(out)]) == 0
+    cell = json.loads((out / "cells" / "none-e1-s0.json").read_text())
+    assert cell["train_args"] == ["--epochs", "1"] and cell["defense"] == "none-e1"
+    table = (out / "results.md").read_text()
+    assert "| none-e1 | pca | 1 |" in table and "| re | pca | 1 |" in table
+    assert [r["defense"] for r in csv.DictReader((out / "results.csv").open())] == ["none", "re", "none-e1"]
 
 
 def test_eta_extrapolates_the_mean_cell_time() -> None:
