@@ -102,6 +102,11 @@ VARIANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 CURVE_NAME = re.compile(r"^none-e(\d+)$")
 
 
+def is_undefended(defense: str) -> bool:
+    """``none`` or a ``none-e<E>`` row of the undefended curve."""
+    return defense == "none" or CURVE_NAME.match(defense) is not None
+
+
 def parse_variants(specs: list[str] | None) -> dict[str, tuple[str, list[str]]]:
     """``--variant "mixup-high=mixup --mix-band high"`` -> ``{"mixup-high": ("mixup", [...])}``: a
     named defense with its own ``veil train-fr`` options, benchmarked as a row of its own."""
@@ -143,12 +148,10 @@ def curve_variants(spec: str | None, epochs: int) -> dict[str, tuple[str, list[s
     targets trained for fewer epochs. With ``none`` they trace what accuracy alone buys in privacy,
     so a defense can be judged against an undefended model *of its own accuracy*."""
     out: dict[str, tuple[str, list[str]]] = {}
-    for word in (spec or "").split(","):
-        if not word.strip():
-            continue
-        if not word.strip().isdigit() or not 0 < int(word) < epochs:
+    for word in filter(None, (w.strip() for w in (spec or "").split(","))):
+        if not word.isdigit() or not 0 < int(word) < epochs:
             raise ValueError(f"--undefended-curve {spec!r}: give epoch counts between 1 and --epochs - 1 ({epochs - 1}), "
-                             f"e.g. 3,6,12; got {word.strip()!r}")
+                             f"e.g. 3,6,12; got {word!r}")
         out[f"none-e{int(word)}"] = ("none", ["--epochs", str(int(word))])
     return out
 
@@ -289,8 +292,7 @@ def summarize(records: list[dict[str, Any]], defenses: list[str], attacks: list[
             top1_by_seed[d, a] = {c["seed"]: c["attacks"][a].get("top1") for c in done}
             rows.append(row)
     for r in rows:
-        r["vs_curve"] = "" if r["defense"] == "none" or CURVE_NAME.match(r["defense"]) else \
-            _vs_curve(records, r["defense"], r["attack"])
+        r["vs_curve"] = "" if is_undefended(r["defense"]) else _vs_curve(records, r["defense"], r["attack"])
     base = {r["attack"]: r for r in rows if r["defense"] == "none"}
     for r in rows:
         b = base.get(r["attack"])
@@ -337,7 +339,7 @@ def _vs_curve(records: list[dict[str, Any]], defense: str, attack: str) -> str:
         if c["defense"] != defense or attack not in c["attacks"] or c["attacks"][attack].get("top1") is None:
             continue
         curve = sorted((r["natural_top1"], r["attacks"][attack]["top1"]) for r in records
-                       if r["seed"] == c["seed"] and (r["defense"] == "none" or CURVE_NAME.match(r["defense"]))
+                       if r["seed"] == c["seed"] and is_undefended(r["defense"])
                        and r["attacks"].get(attack, {}).get("top1") is not None)
         if len(curve) < 2 or not curve[0][0] <= c["natural_top1"] <= curve[-1][0]:
             continue
@@ -431,7 +433,7 @@ def plot(rows: list[dict[str, Any]], attacks: list[str], path: Path) -> Path:
     for ax, a in zip(axes[0], attacks):
         a_rows = [r for r in rows if r["attack"] == a and not math.isnan(r["top1"][0])]
         undefended = sorted((100 * r["natural_top1"][0], 100 * r["top1"][0]) for r in a_rows
-                            if r["defense"] == "none" or CURVE_NAME.match(r["defense"]))
+                            if is_undefended(r["defense"]))
         if len(undefended) > 1:
             ax.plot(*zip(*undefended), ":", color="0.5", marker=".", lw=1.2, label="undefended, fewer epochs")
         rs = [r for r in a_rows if not CURVE_NAME.match(r["defense"])]
@@ -539,10 +541,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     args.variants = parse_variants(args.variant)
-    curve = curve_variants(args.undefended_curve, args.epochs)
-    clash = sorted(set(curve) & set(args.variants))
-    if clash:
-        raise ValueError(f"--variant names {clash} are the --undefended-curve's rows; rename the variants")
+    curve = curve_variants(args.undefended_curve, args.epochs)  # parse_variants refuses none-e<E> names
     args.variants.update(curve)
     defenses += [d for d in curve if d not in defenses]
     bad = [d for d in defenses if d not in DEFENSE_CHOICES and d not in args.variants and not args.summarize_only] \
