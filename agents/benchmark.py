@@ -299,6 +299,7 @@ def summarize(records: list[dict[str, Any]], defenses: list[str], attacks: list[
         if b is None or r["defense"] == "none":
             r["vs_none"], r["natural_vs_none"], r["relative_drop"], r["vs_none_paired"] = "", math.nan, math.nan, ""
             continue
+        r["paired"] = _paired_stats(top1_by_seed[r["defense"], r["attack"]], top1_by_seed["none", r["attack"]])
         r["vs_none_paired"] = _paired(top1_by_seed[r["defense"], r["attack"]], top1_by_seed["none", r["attack"]])
         # the issue's target reads these two: attack top-1 down by half or more, natural top-1 within 2 points
         r["natural_vs_none"] = r["natural_top1"][0] - b["natural_top1"][0]
@@ -315,16 +316,50 @@ def summarize(records: list[dict[str, Any]], defenses: list[str], attacks: list[
     return rows
 
 
-def _paired(top1: dict[int, float | None], base: dict[int, float | None]) -> str:
-    """The attack top-1 difference from ``none`` over the seeds both ran, with the 95% t interval
-    of the per-seed differences. Cells of one seed share the attacked identities, the batch order
-    and the attack's random draws, so a seed that is easy to attack is easy under every defense; pairing removes that
-    shared part, which the unpaired (Welch) interval counts as noise."""
+def _paired_stats(top1: dict[int, float | None], base: dict[int, float | None]) -> tuple[float, float, int]:
+    """Mean and 95% t half-width (in points) of the per-seed attack top-1 differences from
+    ``none`` over the seeds both ran, and how many seeds that is. Cells of one seed share the
+    attacked identities, the batch order and the attack's random draws, so a seed that is easy to
+    attack is easy under every defense; pairing removes that shared part, which the unpaired
+    (Welch) interval counts as noise."""
     d = [100 * (top1[k] - base[k]) for k in sorted(top1) if k in base and top1[k] is not None and base[k] is not None]
-    if len(d) < 2:
-        return f"{d[0]:+.1f} (one pair: no interval)" if d else ""
     m, _, half = mean_ci(d)
+    return m, half, len(d)
+
+
+def _paired(top1: dict[int, float | None], base: dict[int, float | None]) -> str:
+    """``_paired_stats`` as table text: ``-12.1 ± 1.7 *`` (``*``: the interval excludes 0)."""
+    m, half, n = _paired_stats(top1, base)
+    if n < 2:
+        return f"{m:+.1f} (one pair: no interval)" if n else ""
     return f"{m:+.1f} ± {half:.1f}{' *' if abs(m) > half else ''}"
+
+
+TARGET_DROP, TARGET_COST, TARGET_SEEDS = 0.5, 2.0, 3
+
+
+def target_verdict(row: dict[str, Any]) -> tuple[bool, str]:
+    """The issue's target for one (defense, attack) row: attack top-1 down by at least 50%
+    relative to ``none`` with the paired 95% interval of the difference below 0, at a cost of at
+    most 2 points of natural top-1, over at least 3 seeds. Returns (met, the first reason it is
+    not, or the figures that meet it)."""
+    if is_undefended(row["defense"]):
+        return False, "baseline"
+    m, half, n = row.get("paired", (math.nan, math.nan, 0))
+    if math.isnan(row.get("relative_drop", math.nan)):
+        return False, "no `none` row to compare with"
+    drop, cost = 100 * row["relative_drop"], -100 * row["natural_vs_none"]
+    if drop < 0:
+        return False, f"attack up {-drop:.0f}%"
+    if n < TARGET_SEEDS:
+        return False, f"{n} paired seed{'s' if n != 1 else ''} (needs {TARGET_SEEDS})"
+    if drop < 100 * TARGET_DROP:
+        return False, f"drop {drop:.0f}%"
+    if not m + half < 0:
+        return False, f"drop {drop:.0f}%, interval reaches 0"
+    if cost > TARGET_COST:
+        return False, f"drop {drop:.0f}% at {cost:.1f} points"
+    return True, f"drop {drop:.0f}% at {max(cost, 0.0):.1f} points"
 
 
 def _vs_curve(records: list[dict[str, Any]], defense: str, attack: str) -> str:
@@ -398,6 +433,52 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     if gan:
         lines += ["", "GAN generator steps per target seed (compare rows only at like budgets; a time-capped GAN "
                       "trains fewer steps on a busier machine; ? = not recorded): " + "; ".join(gan) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def headline(rows: list[dict[str, Any]], attacks: list[str]) -> str:
+    """The table to read first: one row per defense, natural top-1 and each attack's top-1 (mean ±
+    std over seeds) with its paired difference from ``none``, the Pareto front of each attack
+    marked, and the issue's target judged per defense and attack (``target_verdict``)."""
+    defenses = list(dict.fromkeys(r["defense"] for r in rows))
+    by = {(r["defense"], r["attack"]): r for r in rows}
+    fronts: dict[str, set[str]] = {}
+    for a in attacks:
+        rs = [r for r in rows if r["attack"] == a and not CURVE_NAME.match(r["defense"]) and not math.isnan(r["top1"][0])]
+        fronts[a] = {rs[i]["defense"] for i in pareto_front([(r["natural_top1"][0], r["top1"][0]) for r in rs])}
+    head = ["defense", "natural top-1", "Δ natural", *[f"{a} top-1 (paired Δ vs none)" for a in attacks], "target"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    met_by = []
+    for d in defenses:
+        d_rows = [by[d, a] for a in attacks if (d, a) in by]
+        widest = max(d_rows, key=lambda r: r["seeds"])  # natural accuracy over the most seeds any attack ran on
+        cells, verdicts = [], []
+        for a in attacks:
+            r = by.get((d, a))
+            if r is None:
+                cells.append("not run")
+                continue
+            n = f" (n={r['seeds']})" if r["seeds"] != widest["seeds"] else ""
+            m, half, k = r.get("paired", (math.nan, math.nan, 0))
+            paired = "" if not k else f" ({m:+.1f}, one seed)" if k < 2 else \
+                f" ({m:+.1f} ± {half:.1f}{' *' if abs(m) > half else ''})"
+            cells.append(f"{_pm(r['top1'], True)}{paired}{n}{' ◆' if d in fronts[a] else ''}")
+            met, why = target_verdict(r)
+            if why != "baseline":
+                verdicts.append(f"{a}: {'**met**, ' if met else ''}{why}")
+            if met:
+                met_by.append(f"{d} ({a})")
+        nat = "-" if math.isnan(widest["natural_vs_none"]) else f"{100 * widest['natural_vs_none']:+.1f}"
+        lines.append("| " + " | ".join([d, _pm(widest["natural_top1"], True), nat, *cells,
+                                         "; ".join(verdicts) or "-"]) + " |")
+    lines += ["", "Attack top-1 by the evaluation model, mean ± std over target seeds; in brackets the mean of the "
+                  "per-seed differences from `none` in points with its 95% t interval (`*`: the interval excludes 0); "
+                  "(n=…): seeds this attack ran on, where fewer than the row's; ◆: on that attack's privacy-utility "
+                  "Pareto front (higher natural, lower attack top-1; the `none-e<E>` curve rows left out). "
+                  f"Target: attack top-1 down by at least {100 * TARGET_DROP:.0f}% of `none`'s with the paired interval "
+                  f"below 0, at a cost of at most {TARGET_COST:.0f} points of natural top-1, over at least "
+                  f"{TARGET_SEEDS} seeds.",
+              "", f"**Target met by:** {', '.join(met_by) if met_by else 'no defense here'}."]
     return "\n".join(lines) + "\n"
 
 
@@ -514,7 +595,7 @@ def write_outputs(records: list[dict[str, Any]], defenses: list[str], attacks: l
     """``results.md``, ``results.csv``, ``privacy_utility.png`` and ``grid-<attack>.png`` from the
     cells' records; returns the Markdown table."""
     rows = summarize(records, defenses, attacks)
-    md = markdown(rows)
+    md = "## Summary\n\n" + headline(rows, attacks) + "\n## Every metric\n\n" + markdown(rows)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(md)
     write_csv(rows, out / "results.csv")

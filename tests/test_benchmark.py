@@ -12,8 +12,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from agents import tracking
-from agents.benchmark import (_fr_args, curve_variants, eta, markdown, mean_ci, parse_variants, pareto_front,
-                              policy_for_seed, summarize)
+from agents.benchmark import (_fr_args, curve_variants, eta, headline, markdown, mean_ci, parse_variants,
+                              pareto_front, policy_for_seed, summarize, target_verdict)
 from agents.cli import main
 
 TINY = ["--data", "synthetic", "--synthetic-identities", "8", "--synthetic-images", "8", "--image-size", "32",
@@ -185,6 +185,48 @@ def test_the_paired_interval_uses_only_the_seeds_both_defenses_ran() -> None:
     records = [cell("none", 0, 0.5), cell("none", 1, 0.6), cell("re", 1, 0.4), cell("re", 2, 0.1)]
     rows = {r["defense"]: r for r in summarize(records, ["none", "re"], ["pca"])}
     assert rows["re"]["vs_none_paired"] == "-20.0 (one pair: no interval)"
+
+
+def _target_rows(natural: dict[str, float], top1: dict[str, tuple[float, ...]]) -> dict[str, dict]:
+    records = [{"defense": d, "seed": s, "natural_top1": natural[d], "attacks": {"pca": {"top1": v, "seconds": 1.0}}}
+               for d, vs in top1.items() for s, v in enumerate(vs)]
+    return {r["defense"]: r for r in summarize(records, list(top1), ["pca"])}
+
+
+def test_the_target_needs_half_the_attack_gone_beyond_the_spread_at_two_points_or_less() -> None:
+    rows = _target_rows({"none": 0.90, "good": 0.89, "costly": 0.87, "noisy": 0.90, "weak": 0.90},
+                        {"none": (0.60, 0.50, 0.70), "good": (0.25, 0.20, 0.30), "costly": (0.25, 0.20, 0.30),
+                         "noisy": (0.05, 0.45, 0.10), "weak": (0.40, 0.30, 0.50)})
+    assert target_verdict(rows["good"]) == (True, "drop 58% at 1.0 points")  # 0.25 against 0.60
+    assert target_verdict(rows["costly"]) == (False, "drop 58% at 3.0 points")
+    assert target_verdict(rows["noisy"]) == (False, "drop 67%, interval reaches 0")  # diffs -55, -5, -60
+    assert target_verdict(rows["weak"]) == (False, "drop 33%")
+    assert target_verdict(rows["none"]) == (False, "baseline")
+
+
+def test_the_target_is_not_judged_on_fewer_than_three_seeds_or_on_a_rise() -> None:
+    rows = _target_rows({"none": 0.9, "two": 0.9, "up": 0.9},
+                        {"none": (0.6, 0.5, 0.7), "two": (0.1, 0.1), "up": (0.8, 0.7, 0.9)})
+    assert target_verdict(rows["two"]) == (False, "2 paired seeds (needs 3)")
+    assert target_verdict(rows["up"]) == (False, "attack up 33%")
+
+
+def test_the_summary_table_reads_each_defense_across_attacks_and_names_who_meets_the_target() -> None:
+    def cell(d, s, nat, **top1):
+        return {"defense": d, "seed": s, "natural_top1": nat,
+                "attacks": {a: {"top1": v, "seconds": 1.0} for a, v in top1.items()}}
+    records = [cell("none", s, 0.9, pca=v, gmi=0.4) for s, v in enumerate((0.6, 0.5, 0.7))]
+    records += [cell("re", s, 0.895, pca=v) for s, v in enumerate((0.25, 0.2, 0.3))]
+    records += [cell("mixup", s, 0.7, pca=0.65) for s in range(3)]
+    records[-1]["attacks"]["gmi"] = {"top1": 0.5, "seconds": 1.0}  # mixup's GMI on one seed only
+    rows = summarize(records, ["none", "re", "mixup"], ["pca", "gmi"])
+    table = headline(rows, ["pca", "gmi"])
+    lines = {ln.split(" | ")[0].strip("| "): ln for ln in table.splitlines() if ln.startswith("| ")}
+    assert lines["re"].startswith("| re | 89.5 ± 0.0% | -0.5 | 25.0 ± 5.0% (-35.0 ± 12.4 *) ◆ | not run |")
+    assert "pca: **met**, drop 58% at 0.5 points" in lines["re"]
+    assert "| 50.0% (+10.0, one seed) (n=1) |" in lines["mixup"]  # mixup's GMI ran on one seed of three
+    assert "◆" not in lines["mixup"].split(" | ")[3]  # 65% at 70% natural: dominated under PCA
+    assert "**Target met by:** re (pca)." in table
 
 
 def test_benchmark_writes_cells_tables_and_plot_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
