@@ -347,7 +347,7 @@ def target_verdict(row: dict[str, Any]) -> tuple[bool, str]:
         return False, "baseline"
     m, half, n = row.get("paired", (math.nan, math.nan, 0))
     if math.isnan(row.get("relative_drop", math.nan)):
-        return False, "no `none` row to compare with"
+        return False, "`none` not run"
     drop, cost = 100 * row["relative_drop"], -100 * row["natural_vs_none"]
     if drop < 0:
         return False, f"attack up {-drop:.0f}%"
@@ -479,7 +479,26 @@ def headline(rows: list[dict[str, Any]], attacks: list[str]) -> str:
                   f"below 0, at a cost of at most {TARGET_COST:.0f} points of natural top-1, over at least "
                   f"{TARGET_SEEDS} seeds.",
               "", f"**Target met by:** {', '.join(met_by) if met_by else 'no defense here'}."]
+    for d in [d for d in defenses if d.startswith("policy")]:  # the target's first half: the policy on the front
+        where = []
+        for a in attacks:
+            if (d, a) not in by:
+                continue
+            beat = dominated_by(rows, d, a)
+            where.append(f"{a}: " + (f"dominated by {', '.join(beat)}" if beat else "on the front"))
+        lines += ["", f"**`{d}` on the Pareto front:** " + "; ".join(where) + "."]
     return "\n".join(lines) + "\n"
+
+
+def dominated_by(rows: list[dict[str, Any]], defense: str, attack: str) -> list[str]:
+    """The defenses (``none-e<E>`` curve rows left out) whose mean point beats ``defense``'s under
+    ``attack``: natural top-1 at least as high and attack top-1 at least as low, one of them strictly."""
+    pts = {r["defense"]: (r["natural_top1"][0], r["top1"][0]) for r in rows
+           if r["attack"] == attack and not CURVE_NAME.match(r["defense"]) and not math.isnan(r["top1"][0])}
+    if defense not in pts:
+        return []
+    u, p = pts[defense]
+    return [d for d, (u2, p2) in pts.items() if u2 >= u and p2 <= p and (u2 > u or p2 < p)]
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:

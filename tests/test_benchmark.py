@@ -12,8 +12,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from agents import tracking
-from agents.benchmark import (_fr_args, curve_variants, eta, headline, markdown, mean_ci, parse_variants,
-                              pareto_front, policy_for_seed, summarize, target_verdict)
+from agents.benchmark import (_fr_args, curve_variants, dominated_by, eta, headline, markdown, mean_ci,
+                              parse_variants, pareto_front, policy_for_seed, summarize, target_verdict)
 from agents.cli import main
 
 TINY = ["--data", "synthetic", "--synthetic-identities", "8", "--synthetic-images", "8", "--image-size", "32",
@@ -227,6 +227,17 @@ def test_the_summary_table_reads_each_defense_across_attacks_and_names_who_meets
     assert "| 50.0% (+10.0, one seed) (n=1) |" in lines["mixup"]  # mixup's GMI ran on one seed of three
     assert "◆" not in lines["mixup"].split(" | ")[3]  # 65% at 70% natural: dominated under PCA
     assert "**Target met by:** re (pca)." in table
+
+
+def test_the_summary_says_which_defenses_dominate_the_learned_policy() -> None:
+    def cell(d, s, nat, top1):
+        return {"defense": d, "seed": s, "natural_top1": nat, "attacks": {"pca": {"top1": top1, "seconds": 1.0}}}
+    records = [cell("none", 0, 0.90, 0.5), cell("re", 0, 0.92, 0.45), cell("mixup", 0, 0.70, 0.30),
+               cell("policy", 0, 0.80, 0.55), cell("none-e2", 0, 0.95, 0.10)]  # a curve row never dominates
+    rows = summarize(records, ["none", "re", "mixup", "policy", "none-e2"], ["pca"])
+    assert dominated_by(rows, "policy", "pca") == ["none", "re"]
+    assert dominated_by(rows, "mixup", "pca") == []
+    assert "**`policy` on the Pareto front:** pca: dominated by none, re." in headline(rows, ["pca"])
 
 
 def test_benchmark_writes_cells_tables_and_plot_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
