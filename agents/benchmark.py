@@ -304,6 +304,10 @@ def summarize(records: list[dict[str, Any]], defenses: list[str], attacks: list[
         # the issue's target reads these two: attack top-1 down by half or more, natural top-1 within 2 points
         r["natural_vs_none"] = r["natural_top1"][0] - b["natural_top1"][0]
         r["relative_drop"] = (b["top1"][0] - r["top1"][0]) / b["top1"][0] if b["top1"][0] > 0 else math.nan
+        # what a sink class cannot fake: the pixel-space neighbour's drop, and the sink shares themselves
+        r["pixel_drop"] = (b["nn_pixel_acc"][0] - r["nn_pixel_acc"][0]) / b["nn_pixel_acc"][0] \
+            if b["nn_pixel_acc"][0] > 0 else math.nan
+        r["sink_pair"] = (r["sink_share"][0], b["sink_share"][0])
         (m1, s1, _), (m2, s2, _) = r["top1"], b["top1"]
         n1, n2 = r["seeds"], b["seeds"]
         if n1 < 2 or n2 < 2 or math.isnan(s1) or math.isnan(s2):
@@ -348,7 +352,7 @@ def target_verdict(row: dict[str, Any]) -> tuple[bool, str]:
     m, half, n = row.get("paired", (math.nan, math.nan, 0))
     if math.isnan(row.get("relative_drop", math.nan)):
         return False, "`none` not run"
-    drop, cost = 100 * row["relative_drop"], -100 * row["natural_vs_none"]
+    drop, cost = 100 * row["relative_drop"], 0.0 - 100 * row["natural_vs_none"]  # 0.0 - : no "-0.0"
     if drop < 0:
         return False, f"attack up {-drop:.0f}%"
     if n < TARGET_SEEDS:
@@ -359,7 +363,10 @@ def target_verdict(row: dict[str, Any]) -> tuple[bool, str]:
         return False, f"drop {drop:.0f}%, interval reaches 0"
     if cost > TARGET_COST:
         return False, f"drop {drop:.0f}% at {cost:.1f} points"
-    return True, f"drop {drop:.0f}% at {max(cost, 0.0):.1f} points"
+    pix, (sink, sink0) = row.get("pixel_drop", math.nan), row.get("sink_pair", (math.nan, math.nan))
+    check = "" if math.isnan(pix) else f" (pixel-space neighbour {100 * pix:.0f}% down, sink share " \
+        f"{100 * sink:.0f}% against {100 * sink0:.0f}%)"
+    return True, f"drop {drop:.0f}% at {max(cost, 0.0):.1f} points{check}"
 
 
 def _vs_curve(records: list[dict[str, Any]], defense: str, attack: str) -> str:
@@ -477,7 +484,9 @@ def headline(rows: list[dict[str, Any]], attacks: list[str]) -> str:
                   "Pareto front (higher natural, lower attack top-1; the `none-e<E>` curve rows left out). "
                   f"Target: attack top-1 down by at least {100 * TARGET_DROP:.0f}% of `none`'s with the paired interval "
                   f"below 0, at a cost of at most {TARGET_COST:.0f} points of natural top-1, over at least "
-                  f"{TARGET_SEEDS} seeds.",
+                  f"{TARGET_SEEDS} seeds. Top-1 alone can be faked by a sink class of the evaluation model, so a "
+                  "met target also shows how far the pixel-space nearest neighbour's identity fell and the sink share "
+                  "against `none`'s.",
               "", f"**Target met by:** {', '.join(met_by) if met_by else 'no defense here'}."]
     for d in [d for d in defenses if d.startswith("policy")]:  # the target's first half: the policy on the front
         where = []

@@ -211,6 +211,17 @@ def test_the_target_is_not_judged_on_fewer_than_three_seeds_or_on_a_rise() -> No
     assert target_verdict(rows["up"]) == (False, "attack up 33%")
 
 
+def test_a_met_target_shows_what_a_sink_class_cannot_fake() -> None:
+    def cell(d, s, top1, pixel, sink):
+        return {"defense": d, "seed": s, "natural_top1": 0.9,
+                "attacks": {"pca": {"top1": top1, "nn_pixel_acc": pixel, "sink_share": sink, "seconds": 1.0}}}
+    records = [cell("none", s, v, 0.6, 0.2) for s, v in enumerate((0.6, 0.5, 0.7))]
+    records += [cell("sinky", s, v, 0.54, 0.5) for s, v in enumerate((0.25, 0.2, 0.3))]  # top-1 down, pixels not
+    rows = {r["defense"]: r for r in summarize(records, ["none", "sinky"], ["pca"])}
+    assert target_verdict(rows["sinky"]) == (
+        True, "drop 58% at 0.0 points (pixel-space neighbour 10% down, sink share 50% against 20%)")
+
+
 def test_the_summary_table_reads_each_defense_across_attacks_and_names_who_meets_the_target() -> None:
     def cell(d, s, nat, **top1):
         return {"defense": d, "seed": s, "natural_top1": nat,
