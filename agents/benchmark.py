@@ -163,6 +163,26 @@ def check_variant_cell(record: dict[str, Any] | None, extra: list[str], cell: Pa
                          f"{extra}; give the variant a new name or delete the cell to retrain it")
 
 
+def _save_cell(record: dict[str, Any], cell: Path) -> dict[str, Any]:
+    """Write a cell's record atomically, first taking in the attacks another benchmark process
+    has saved to the same cell since this one read it (two processes adding different attacks to
+    one target would otherwise each overwrite the other's). A file lock makes the read-merge-write
+    one step; a cell file of another target (retrained in between) is overwritten, as before."""
+    import fcntl
+
+    cell.parent.mkdir(parents=True, exist_ok=True)
+    with open(cell.with_name(f".{cell.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if cell.is_file():
+            on_disk = json.loads(cell.read_text())
+            same = all(on_disk.get(k) == record.get(k) for k in ("defense", "seed", "natural_top1", "train_args"))
+            if same:
+                for attack, result in on_disk.get("attacks", {}).items():
+                    record["attacks"].setdefault(attack, result)
+        _write_json(record, cell)
+    return record
+
+
 def _read_cell(cell: Path, ckpt: Path, split) -> dict[str, Any] | None:
     """A finished cell's record, or None. Cells written before the collapse check get it from
     their saved target (and are rewritten), so every row can say whether a target learned."""
@@ -175,7 +195,7 @@ def _read_cell(cell: Path, ckpt: Path, split) -> dict[str, Any] | None:
         from .attack_cli import load_target
 
         record["collapsed"] = bool(target_accuracy(load_target(str(ckpt))[0], split)["collapsed"])
-        _write_json(record, cell)
+        _save_cell(record, cell)
     return record
 
 
@@ -263,7 +283,7 @@ def run_cell(parser, args, defense: str, seed: int, split, ev, out: Path,
                                          "grid": str(paths["grid"]), "attack_run": child.info.run_id,
                                          "evaluator": ev.fingerprint, **report.extra.get("budget", {})}
             record["seconds"] = record.get("seconds", 0.0) + time.perf_counter() - t1
-            _write_json(record, cell)
+            _save_cell(record, cell)
     return record
 
 

@@ -12,7 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from agents import tracking
-from agents.benchmark import (_fr_args, curve_variants, dominated_by, eta, headline, markdown, mean_ci,
+from agents.benchmark import (_fr_args, _save_cell, curve_variants, dominated_by, eta, headline, markdown, mean_ci,
                               parse_variants, pareto_front, policy_for_seed, summarize, target_verdict)
 from agents.cli import main
 
@@ -249,6 +249,26 @@ def test_the_summary_says_which_defenses_dominate_the_learned_policy() -> None:
     assert dominated_by(rows, "policy", "pca") == ["none", "re"]
     assert dominated_by(rows, "mixup", "pca") == []
     assert "**`policy` on the Pareto front:** pca: dominated by none, re." in headline(rows, ["pca"])
+
+
+def test_two_processes_adding_attacks_to_one_cell_keep_both(tmp_path: Path) -> None:
+    cell = tmp_path / "cells" / "none-s0.json"
+    base = {"defense": "none", "seed": 0, "natural_top1": 0.9, "train_args": []}
+    mine = {**base, "attacks": {"pca": {"top1": 0.5}, "plgmi": {"top1": 0.6}}}
+    cell.parent.mkdir()
+    cell.write_text(json.dumps({**base, "attacks": {"pca": {"top1": 0.5}, "kedmi": {"top1": 0.4}}}))  # the other's
+    saved = _save_cell(mine, cell)
+    assert set(saved["attacks"]) == {"pca", "kedmi", "plgmi"}
+    assert json.loads(cell.read_text())["attacks"]["kedmi"] == {"top1": 0.4}
+
+
+def test_a_retrained_target_does_not_inherit_the_old_cells_attacks(tmp_path: Path) -> None:
+    cell = tmp_path / "none-s0.json"
+    cell.write_text(json.dumps({"defense": "none", "seed": 0, "natural_top1": 0.7, "train_args": [],
+                                "attacks": {"kedmi": {"top1": 0.4}}}))
+    new = {"defense": "none", "seed": 0, "natural_top1": 0.9, "train_args": [], "attacks": {"pca": {"top1": 0.5}}}
+    assert set(_save_cell(new, cell)["attacks"]) == {"pca"}
+    assert set(json.loads(cell.read_text())["attacks"]) == {"pca"}
 
 
 def test_benchmark_writes_cells_tables_and_plot_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
