@@ -167,12 +167,14 @@ def _save_cell(record: dict[str, Any], cell: Path) -> dict[str, Any]:
     """Write a cell's record atomically, first taking in the attacks another benchmark process
     has saved to the same cell since this one read it (two processes adding different attacks to
     one target would otherwise each overwrite the other's). A file lock makes the read-merge-write
-    one step; a cell file of another target (retrained in between) is overwritten, as before."""
+    one step (the lock is on the cells folder itself, so it leaves no files); a cell file of another
+    target (retrained in between) is overwritten, as before."""
     import fcntl
 
     cell.parent.mkdir(parents=True, exist_ok=True)
-    with open(cell.with_name(f".{cell.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    folder = os.open(cell.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
         if cell.is_file():
             on_disk = json.loads(cell.read_text())
             same = all(on_disk.get(k) == record.get(k) for k in ("defense", "seed", "natural_top1", "train_args"))
@@ -180,6 +182,8 @@ def _save_cell(record: dict[str, Any], cell: Path) -> dict[str, Any]:
                 for attack, result in on_disk.get("attacks", {}).items():
                     record["attacks"].setdefault(attack, result)
         _write_json(record, cell)
+    finally:
+        os.close(folder)  # closing the descriptor releases the lock
     return record
 
 
@@ -373,10 +377,10 @@ def target_verdict(row: dict[str, Any]) -> tuple[bool, str]:
     if math.isnan(row.get("relative_drop", math.nan)):
         return False, "`none` not run"
     drop, cost = 100 * row["relative_drop"], 0.0 - 100 * row["natural_vs_none"]  # 0.0 - : no "-0.0"
-    if drop < 0:
-        return False, f"attack up {-drop:.0f}%"
     if n < TARGET_SEEDS:
         return False, f"{n} paired seed{'s' if n != 1 else ''} (needs {TARGET_SEEDS})"
+    if drop < 0:
+        return False, f"attack up {-drop:.0f}%"
     if drop < 100 * TARGET_DROP:
         return False, f"drop {drop:.0f}%"
     if not m + half < 0:
@@ -535,11 +539,13 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["defense", "attack", "seeds", *[f"{c}_{s}" for c in cols for s in ("mean", "std", "ci95")],
-                    "seconds", "vs_none", "vs_none_paired", "vs_curve", "natural_vs_none", "relative_drop", "collapsed"])
+                    "seconds", "vs_none", "vs_none_paired", "vs_curve", "natural_vs_none", "relative_drop", "collapsed",
+                    "target_met", "target_note"])
         for r in rows:
+            met, note = target_verdict(r)
             w.writerow([r["defense"], r["attack"], r["seeds"], *[v for c in cols for v in r[c]], r["seconds"],
                         r["vs_none"], r.get("vs_none_paired", ""), r.get("vs_curve", ""), r["natural_vs_none"], r["relative_drop"],
-                        r.get("collapsed", 0)])
+                        r.get("collapsed", 0), int(met), note])
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

@@ -283,7 +283,10 @@ def test_benchmark_writes_cells_tables_and_plot_and_resumes(tmp_path: Path, monk
     assert 0.0 <= cell["natural_top1"] <= 1.0 and 0.0 <= cell["attacks"]["pca"]["top1"] <= 1.0
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [(r["defense"], r["attack"]) for r in rows] == [("none", "pca"), ("re", "pca")]
-    assert "| re | pca | 1 |" in (out / "results.md").read_text() and (out / "privacy_utility.png").is_file()
+    assert (rows[1]["target_met"], rows[1]["target_note"]) == ("0", "1 paired seed (needs 3)")
+    table = (out / "results.md").read_text()
+    assert table.startswith("## Summary") and "**Target met by:** no defense here." in table
+    assert "| re | pca | 1 |" in table and (out / "privacy_utility.png").is_file()
     assert (out / "grid-pca.png").is_file()  # one row per defense under the private images
     mlflow.set_tracking_uri(tracking.default_tracking_uri())
     runs = MlflowClient().search_runs([mlflow.get_experiment_by_name("veil").experiment_id])
