@@ -473,10 +473,8 @@ def headline(rows: list[dict[str, Any]], attacks: list[str]) -> str:
     marked, and the issue's target judged per defense and attack (``target_verdict``)."""
     defenses = list(dict.fromkeys(r["defense"] for r in rows))
     by = {(r["defense"], r["attack"]): r for r in rows}
-    fronts: dict[str, set[str]] = {}
-    for a in attacks:
-        rs = [r for r in rows if r["attack"] == a and not CURVE_NAME.match(r["defense"]) and not math.isnan(r["top1"][0])]
-        fronts[a] = {rs[i]["defense"] for i in pareto_front([(r["natural_top1"][0], r["top1"][0]) for r in rs])}
+    fronts = {a: {r["defense"] for r in rows if r["attack"] == a and not CURVE_NAME.match(r["defense"])
+                  and not math.isnan(r["top1"][0]) and not dominated_by(rows, r["defense"], a)} for a in attacks}
     head = ["defense", "natural top-1", "Δ natural", *[f"{a} top-1 (paired Δ vs none)" for a in attacks], "target"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     met_by = []
