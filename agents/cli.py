@@ -87,6 +87,9 @@ def _add_defense_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mix-mode", choices=("complex", "amplitude", "phase", "dct"), default="complex",
                    help="mixup: Fourier complex / amplitude-only / phase-only, or 8x8 block DCT (default: complex)")
     g.add_argument("--dct-drop-dc", action="store_true", help="mixup dct: zero every block's DC channel")
+    g.add_argument("--mix-label-follow", type=float, default=1.0, metavar="F",
+                   help="mixup: how far the targets follow the mix, 0-1: 1 mixes them by the band's energy share, "
+                        "0 keeps each sample's own target, so the mixed band is noise to ignore (default: 1)")
     g.add_argument("--negls-factor", type=float, default=-0.05,
                    help="negls: label-smoothing factor, negative (default: -0.05)")
     g.add_argument("--mid-beta", type=float, default=0.01, help="mid: weight of the KL term (default: 0.01)")
@@ -135,7 +138,8 @@ def _defense_options(args: argparse.Namespace):
         names=names,
         erase=EraseConfig(p=args.re_p, scale=tuple(args.re_area), ratio=(1.0 / args.re_aspect, args.re_aspect),
                           value=fill),
-        mix=MixConfig(k=args.mix_k, alpha=args.mix_alpha, band=band, mode=args.mix_mode, drop_dc=args.dct_drop_dc),
+        mix=MixConfig(k=args.mix_k, alpha=args.mix_alpha, band=band, mode=args.mix_mode, drop_dc=args.dct_drop_dc,
+                      label_follow=args.mix_label_follow),
         negls=NegLSConfig(args.negls_factor), mid=MIDConfig(beta=args.mid_beta),
         bido=BiDOConfig(*args.bido_lambda), tldmi=TLDMIConfig(freeze=freeze, pretrain_epochs=args.tl_pretrain_epochs),
         dp=DPConfig(epsilon=args.dp_epsilon or None, delta=args.dp_delta, max_grad_norm=args.dp_clip,

@@ -9,7 +9,7 @@ the two configs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -49,8 +49,7 @@ def sample(config: HybridConfig, images: torch.Tensor, generator: torch.Generato
     if config.mix is not None and config.mix.k > 1:
         cfg = config.mix
         if cfg.k > images.shape[0]:
-            cfg = MixConfig(k=images.shape[0], alpha=cfg.alpha, band=cfg.band, mode=cfg.mode,
-                            drop_dc=cfg.drop_dc, drop_lowest=cfg.drop_lowest)
+            cfg = replace(cfg, k=images.shape[0])
         mix = sample_mixup(images.shape[0], cfg, generator)
     erase = sample_erasing(images.shape, config.erase, generator) if config.erase is not None else None
     return HybridRecord(mix=mix, erase=erase)

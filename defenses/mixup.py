@@ -14,7 +14,9 @@ the ``k`` spectra inside the band of DCT channels, invert.
 
 Soft targets: with ``lambda_b`` the share of sample b's own spectral energy inside the band,
 ``y_b' = (1 - lambda_b) y_b + lambda_b sum_i w_i y_{pi_i(b)}``. ``k = 1`` or an empty band is
-exactly the identity.
+exactly the identity. ``label_follow`` scales ``lambda_b``: 1 (default) is the rule above, 0 keeps
+each sample's own target, so the mixed band becomes noise the model must learn to ignore (it then
+classifies from the band left unmixed).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class MixConfig:
         drop_dc: DCT mode: zero the DC channel of every block (PPFR-FD's removal of the
             channels that carry most visual information).
         drop_lowest: DCT mode: also zero the channels with u + v <= this (0 = none).
+        label_follow: how far the targets follow the mix, 0..1: the energy share ``lambda_b`` is
+            scaled by it (1: targets mixed as the band's energy says; 0: each sample keeps its own).
 
     Example:
         >>> rec = sample_mixup(labels_soft.shape[0], MixConfig(k=3, band=(0.0, 0.5)), generator)
@@ -53,6 +57,7 @@ class MixConfig:
     mode: str = "complex"
     drop_dc: bool = False
     drop_lowest: int = 0
+    label_follow: float = 1.0
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -66,6 +71,8 @@ class MixConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.drop_lowest < 0:
             raise ValueError(f"drop_lowest must be >= 0, got {self.drop_lowest}")
+        if not 0.0 <= self.label_follow <= 1.0:
+            raise ValueError(f"label_follow must be in [0, 1], got {self.label_follow}")
 
     @staticmethod
     def low(radius: float, **kw: object) -> "MixConfig":
@@ -127,7 +134,7 @@ def _band_mask(config: MixConfig, height: int, width: int, device: torch.device)
 
 def _mix_targets(soft_targets: torch.Tensor, rec: MixRecord, share: torch.Tensor) -> torch.Tensor:
     mixed = (rec.weights.to(soft_targets)[:, :, None] * soft_targets[rec.perm]).sum(1)
-    share = share.clamp(0, 1)[:, None]
+    share = (rec.config.label_follow * share.clamp(0, 1))[:, None]
     return (1 - share) * soft_targets + share * mixed
 
 

@@ -223,6 +223,25 @@ def test_label_share_is_the_energy_share_of_the_band() -> None:
     assert low_t[torch.arange(len(x)), own].mean() < high_t[torch.arange(len(x)), own].mean()
 
 
+@pytest.mark.parametrize("mode", ["complex", "dct"])
+def test_label_follow_scales_how_far_the_targets_follow_the_mix(mode: str) -> None:
+    """label_follow = 0 mixes the images but keeps every target; 0.5 moves the targets half as far."""
+    x, y = _batch()
+    recs = {f: sample_mixup(len(x), MixConfig(k=3, band=(0.0, 0.5), mode=mode, label_follow=f),
+                            torch.Generator().manual_seed(6)) for f in (0.0, 0.5, 1.0)}
+    out = {f: apply_mixup(x, y, r) for f, r in recs.items()}
+    assert torch.equal(out[0.0][0], out[1.0][0]) and not torch.equal(out[0.0][0], x)  # same images, mixed
+    assert torch.equal(out[0.0][1], y)
+    assert torch.allclose(out[0.5][1] - y, 0.5 * (out[1.0][1] - y), atol=1e-6)
+    assert (out[1.0][1] - y).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("follow", [-0.1, 1.5, math.nan])
+def test_label_follow_outside_zero_one_names_the_value(follow: float) -> None:
+    with pytest.raises(ValueError, match="label_follow"):
+        MixConfig(k=2, label_follow=follow)
+
+
 def test_replay_gives_identical_output() -> None:
     x, y = _batch()
     rec = sample_mixup(len(x), MixConfig(k=3, mode="phase"), torch.Generator().manual_seed(5))
@@ -266,6 +285,17 @@ def test_hybrid_from_params_mixes_then_erases_and_replays() -> None:
     again, _ = apply(x, y, rec)
     assert torch.equal(out, again)
     assert out.min() >= 0 and out.max() <= 1
+
+
+def test_hybrid_caps_k_at_the_batch_size_and_keeps_every_other_mix_setting() -> None:
+    from defenses.hybrid import HybridConfig, sample
+
+    x, _ = _batch(b=4)
+    mix = MixConfig(k=6, alpha=2.0, band=(0.1, 0.6), mode="amplitude", label_follow=0.25)
+    rec = sample(HybridConfig(mix=mix), x, torch.Generator().manual_seed(0))
+    assert rec.mix.config.k == 4 and rec.mix.perm.shape == (4, 4)
+    assert (rec.mix.config.alpha, rec.mix.config.band, rec.mix.config.mode, rec.mix.config.label_follow) == \
+        (2.0, (0.1, 0.6), "amplitude", 0.25)
 
 
 def test_hybrid_with_k_one_and_p_zero_is_the_identity() -> None:
