@@ -214,8 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "changing term such as --privacy-weight dominates the return")
     g.add_argument("--baseline", choices=("none", "fixed", "random"), default=None,
                    help="run a baseline policy through the same env instead of learning one")
-    g.add_argument("--fixed-action", type=float, nargs=7, default=None, metavar="A",
-                   help="the action of --baseline fixed, 7 values in [-1, 1] (see the action table)")
+    g.add_argument("--fixed-action", type=float, nargs="+", default=None, metavar="A",
+                   help="the action of --baseline fixed, 8 values in [-1, 1] (see the action table; 7 values "
+                        "mean label_follow 1, the rule before it was an action)")
     g = a.add_argument_group("environment")
     g.add_argument("--model", choices=("cnn", "resnet18", "inception"), default="cnn", help="FR backbone (default: cnn)")
     g.add_argument("--lr", type=float, default=1e-3, help="FR learning rate (default: 1e-3)")

@@ -27,7 +27,8 @@ from defenses.hybrid import sample as sample_augment
 from defenses.params import ACTION_DIM, ACTION_TABLE, decode
 
 FORMAT = "veil-policy-1"
-OBS_WIDTH = 15  # env.OBS_DIM, kept here so the augmenter needs no gymnasium
+OBS_STATE = 8  # the observation's training-state entries before the last action (env.OBS_NAMES)
+OBS_WIDTH = OBS_STATE + ACTION_DIM  # env.OBS_DIM, kept here so the augmenter needs no gymnasium
 
 
 def _layers(module: nn.Module) -> list[nn.Module]:
@@ -134,7 +135,10 @@ class PolicyAugmenter(nn.Module):
         self.clean_loss_avg: float | None = None
         self.val_acc: float | None = None
         self.train_acc: float | None = None
-        self.last_action = np.zeros(ACTION_DIM, dtype=np.float32)
+        # a policy exported before label_follow acts in 7 dimensions and observes 15 values
+        self.action_dim = len(meta.get("action_table", ACTION_TABLE))
+        self.obs_width = OBS_STATE + self.action_dim
+        self.last_action = np.zeros(self.action_dim, dtype=np.float32)
         self.last_params = None
 
     @classmethod
@@ -202,7 +206,8 @@ class PolicyAugmenter(nn.Module):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, sample: bool | None = None) -> torch.Tensor:
-        """Actions for observations (N, 15) -> (N, 7) in [-1, 1]: the mean action, or with
+        """Actions for observations (N, 16) -> (N, 8) in [-1, 1] ((N, 15) -> (N, 7) for a policy
+        exported before label_follow): the mean action, or with
         ``sample`` (default: as loaded) a draw from N(mean, exp(log_std)) clipped to the box."""
         out = self.actor(obs.float())
         if self.sample if sample is None else sample:
@@ -257,7 +262,7 @@ try:  # MLflow is a dependency of veil, but the augmenter above needs only torch
         import mlflow.pyfunc as _pyfunc
 
         class PolicyPyfunc(_pyfunc.PythonModel):
-            """MLflow pyfunc serving the exported policy: observations (N, 15) -> actions (N, 7)."""
+            """MLflow pyfunc serving the exported policy: observations (N, 16) -> actions (N, 8)."""
 
             def load_context(self, context) -> None:  # type: ignore[no-untyped-def]
                 self.augmenter = PolicyAugmenter.load(context.artifacts["policy"])
@@ -277,8 +282,9 @@ def log_policy_model(policy_path: str | Path, name: str = "policy_model") -> Non
     import agents
     import defenses
 
-    example = np.zeros((1, OBS_WIDTH), dtype=np.float32)
-    actions = PolicyAugmenter.load(policy_path).act(torch.from_numpy(example)).numpy()
+    augmenter = PolicyAugmenter.load(policy_path)
+    example = np.zeros((1, augmenter.obs_width), dtype=np.float32)
+    actions = augmenter.act(torch.from_numpy(example)).numpy()
     mlflow.pyfunc.log_model(
         name=name, python_model=PolicyPyfunc(), artifacts={"policy": str(policy_path)},
         input_example=example, signature=infer_signature(example, actions),

@@ -29,7 +29,8 @@ class HybridConfig:
     def from_params(params: AugmentParams, mode: str = "complex", fill: str | float = "mean") -> "HybridConfig":
         """The configs an action decodes to; ``mode`` (Fourier or DCT) and ``fill`` are configuration."""
         band = (params.radius, math.inf) if params.high_band else (0.0, params.radius)
-        mix = MixConfig(k=params.k, alpha=params.alpha, band=band, mode=mode) if params.k > 1 else None
+        mix = (MixConfig(k=params.k, alpha=params.alpha, band=band, mode=mode, label_follow=params.label_follow)
+               if params.k > 1 else None)
         erase = (EraseConfig(p=params.erase_p, scale=params.erase_scale, ratio=params.erase_ratio, value=fill)
                  if params.erase_p > 0 else None)
         return HybridConfig(mix=mix, erase=erase)

@@ -1,5 +1,5 @@
 """One parameter space for every augmentation veil can apply, and the table that maps an
-agent's action in [-1, 1]^7 to it and back.
+agent's action in [-1, 1]^8 to it and back.
 
 | dim | parameter | decoding of a in [-1, 1] |
 |---|---|---|
@@ -10,6 +10,10 @@ agent's action in [-1, 1]^7 to it and back.
 | 4 | ``erase_p``, erase probability | (a+1)/2 |
 | 5 | ``erase_area``, upper bound s_hi of the erased area fraction (s_lo = s_hi/4) | 0.02 + (a+1)/2 * 0.48 |
 | 6 | ``erase_aspect``, rho: aspect ratios r in [1/rho, rho] | exp((a+1)/2 * ln 3.3) |
+| 7 | ``label_follow``, how far the targets follow the mix | (a+1)/2 |
+
+``label_follow`` came in 0.10: an action of 7 entries (a policy exported before) decodes with
+``label_follow = 1``, the rule that policy was trained under.
 
 The transform (Fourier complex / amplitude / phase, or block DCT) and ``k_max`` are
 configuration, not actions. Bounds keep the adversary from winning by wiping the image.
@@ -22,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ACTION_DIM = 7
+ACTION_DIM = 8
+LEGACY_ACTION_DIM = 7  # before label_follow
 ALPHA_MAX = 5.0
 AREA_MIN, AREA_SPAN = 0.02, 0.48
 ASPECT_MAX = 3.3
@@ -35,6 +40,7 @@ ACTION_TABLE: tuple[tuple[str, str], ...] = (
     ("erase_p", "(a+1)/2"),
     ("erase_area", "0.02 + (a+1)/2 * 0.48"),
     ("erase_aspect", "exp((a+1)/2 * ln 3.3)"),
+    ("label_follow", "(a+1)/2"),
 )
 
 
@@ -50,6 +56,8 @@ class AugmentParams:
         erase_p: probability that a sample gets one erased rectangle, 0..1.
         erase_area: upper bound of the erased area fraction, 0.02..0.5 (lower bound = area/4).
         erase_aspect: rho >= 1; aspect ratios are drawn log-uniformly in [1/rho, rho].
+        label_follow: how far MixUp's targets follow the mix, 0..1 (1: by the band's energy share;
+            0: each sample keeps its own target, so the mixed band is noise to ignore).
     """
 
     k: int = 1
@@ -59,6 +67,7 @@ class AugmentParams:
     erase_p: float = 0.0
     erase_area: float = 0.4
     erase_aspect: float = 1.0
+    label_follow: float = 1.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -70,6 +79,7 @@ class AugmentParams:
              f"erase_area must be in [0.02, 0.5], got {self.erase_area}"),
             (1.0 - 1e-9 <= self.erase_aspect <= ASPECT_MAX + 1e-9,
              f"erase_aspect must be in [1, 3.3], got {self.erase_aspect}"),
+            (0.0 <= self.label_follow <= 1.0, f"label_follow must be in [0, 1], got {self.label_follow}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -91,10 +101,12 @@ def _unit(a: float) -> float:
 
 
 def decode(action: np.ndarray | list[float], k_max: int = 6) -> AugmentParams:
-    """Map an action in [-1, 1]^7 (clipped) to parameters, by the table in this module."""
+    """Map an action in [-1, 1]^8 (clipped) to parameters, by the table in this module; a legacy
+    action of 7 entries decodes with ``label_follow = 1``."""
     a = np.asarray(action, dtype=np.float64).reshape(-1)
-    if a.shape != (ACTION_DIM,):
-        raise ValueError(f"action must have {ACTION_DIM} entries, got shape {np.shape(action)}")
+    if a.shape not in ((ACTION_DIM,), (LEGACY_ACTION_DIM,)):
+        raise ValueError(f"action must have {ACTION_DIM} entries ({LEGACY_ACTION_DIM} for a policy exported before "
+                         f"label_follow), got shape {np.shape(action)}")
     if not np.isfinite(a).all():
         raise ValueError(f"action contains NaN/inf: {a.tolist()}")
     if k_max < 1:
@@ -107,6 +119,7 @@ def decode(action: np.ndarray | list[float], k_max: int = 6) -> AugmentParams:
         erase_p=_unit(a[4]),
         erase_area=AREA_MIN + _unit(a[5]) * AREA_SPAN,
         erase_aspect=math.exp(_unit(a[6]) * math.log(ASPECT_MAX)),
+        label_follow=_unit(a[7]) if len(a) == ACTION_DIM else 1.0,
     )
 
 
@@ -125,6 +138,7 @@ def encode(params: AugmentParams, k_max: int = 6) -> np.ndarray:
         inv_unit(params.erase_p),
         inv_unit((params.erase_area - AREA_MIN) / AREA_SPAN),
         inv_unit(math.log(params.erase_aspect) / math.log(ASPECT_MAX)),
+        inv_unit(params.label_follow),
     ], dtype=np.float32)
 
 

@@ -126,15 +126,15 @@ class FaceAugmentEnv(gym.Env):
     loss on the augmented batch, while the FR model, in its own phases, minimizes that loss.
 
     ## Action Space
-    ``Box(-1, 1, (7,))``, decoded by ``defenses.params.decode`` (README: the action table):
+    ``Box(-1, 1, (8,))``, decoded by ``defenses.params.decode`` (README: the action table):
     k images mixed, Dirichlet alpha, band radius, band side, erase probability, erased area,
-    aspect range.
+    aspect range, and how far MixUp's targets follow the mix (label_follow).
 
     ## Observation Space
-    ``Box(-10, 10, (15,))``: progress through the run, whether this step is an FR step, the
+    ``Box(-10, 10, (16,))``: progress through the run, whether this step is an FR step, the
     running clean and augmented losses (divided by ln K), running train accuracy, the last
     validation accuracy, the last probe top-1 (0 before any probe), log1p(gradient norm), and
-    the last action (7 values).
+    the last action (8 values).
 
     ## Rewards
     ``reward = adv - utility_weight * max(0, acc_budget - acc_val)

@@ -13,7 +13,8 @@ from mlflow.tracking import MlflowClient
 
 from agents import tracking
 from agents.cli import main
-from agents.export import PolicyAugmenter, export_policy
+from agents.export import OBS_WIDTH, PolicyAugmenter, export_policy
+from defenses.params import ACTION_DIM
 from env import EnvConfig, FaceAugmentEnv
 from recognition import DataConfig, load_faces, one_hot, split_identities
 
@@ -94,6 +95,33 @@ def test_policy_augmenter_returns_augmented_batches_and_tracks_its_statistics(en
     aug(x, y, loss=0.2, step=5, total_steps=10, clean_loss=0.05)
     obs = aug.observation(4, 5, 10)
     assert obs[2] == pytest.approx(0.05 / np.log(4)) and obs[3] > obs[2]  # the clean loss, as the game saw it
+
+
+def test_a_policy_exported_before_label_follow_still_loads_and_mixes_targets_as_it_learned(
+        tmp_path: Path) -> None:
+    """A 0.9 file: 7 actions from 15 observations, no label_follow in its table; its MixUp targets
+    follow the mix (label_follow 1), the rule it was trained under."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from defenses.params import ACTION_TABLE
+
+    torch.manual_seed(0)
+    weight = torch.zeros(7, 15)
+    bias = torch.tensor([1.0, 0.0, 0.0, -1.0, -1.0, 0.0, 0.0])  # k = 6, low band r < 0.5, no erasing
+    meta = {"format": "veil-policy-1", "algo": "PPO", "layers": ["linear"], "squash": "clip",
+            "action_table": [list(row) for row in ACTION_TABLE[:7]], "k_max": 6, "mix_mode": "complex",
+            "erase_fill": "mean", "ema": 0.95, "fallbacks": {}, "env_config": {"warmup_steps": 0}}
+    path = tmp_path / "legacy.safetensors"
+    save_file({"0.weight": weight, "0.bias": bias}, str(path), metadata={"veil": json.dumps(meta)})
+    aug = PolicyAugmenter.load(path)
+    assert (aug.action_dim, aug.obs_width) == (7, 15)
+    x, y = torch.rand(16, 3, 32, 32), one_hot(torch.arange(16) % 4, 4)
+    _, t = aug(x, y, step=0, total_steps=10)
+    assert aug.last_params.k == 6 and aug.last_params.label_follow == 1.0
+    assert aug.observation(4, 1, 10).shape == (15,)
+    assert (t - y).abs().max() > 0.05  # the targets followed the mix
 
 
 def test_policy_augmenter_replays_the_games_clean_warmup(tmp_path: Path) -> None:
@@ -183,7 +211,7 @@ def test_train_agent_logs_sb3_metrics_env_terms_policy_and_plot(tmp_path: Path,
     models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
     served = mlflow.pyfunc.load_model(models[0].model_uri)
     policy = next((tmp_path / "checkpoints").glob("*-policy.safetensors"))
-    obs = np.zeros((3, 15), dtype=np.float32)
+    obs = np.zeros((3, OBS_WIDTH), dtype=np.float32)
     assert np.allclose(served.predict(obs), PolicyAugmenter.load(policy).act(torch.from_numpy(obs)).numpy())
     assert main(["train-fr", "--data", "synthetic", *AGENT_TINY[:6], "--batch-size", "16", "--epochs", "1",
                  "--policy", str(policy)]) == 0
@@ -225,8 +253,8 @@ def test_log_std_init_sets_the_starting_spread_of_the_agents_actions(tmp_path: P
     _spy_on_export(monkeypatch, lambda agent: seen.update(log_std=agent.policy.log_std.detach().clone()))
     assert main(["train-agent", *AGENT_TINY, "--timesteps", "32", "--n-steps", "32", "--log-every", "32",
                  "--log-std-init", "-1.5"]) == 0
-    assert seen["log_std"].shape == (7,)
-    assert torch.allclose(seen["log_std"], torch.full((7,), -1.5), atol=0.05)  # one small update from -1.5
+    assert seen["log_std"].shape == (ACTION_DIM,)
+    assert torch.allclose(seen["log_std"], torch.full((ACTION_DIM,), -1.5), atol=0.05)  # one small update from -1.5
 
 
 def test_normalize_reward_wraps_the_agents_env_in_vecnormalize_for_rewards_only(tmp_path: Path,

@@ -33,6 +33,14 @@ def test_action_extremes_decode_to_the_documented_bounds() -> None:
     assert lo.erase_area == pytest.approx(0.02) and hi.erase_area == pytest.approx(0.5)
     assert lo.erase_aspect == pytest.approx(1.0) and hi.erase_aspect == pytest.approx(3.3)
     assert hi.erase_scale == pytest.approx((0.125, 0.5))
+    assert (lo.label_follow, hi.label_follow) == (0.0, 1.0)
+
+
+def test_a_legacy_seven_entry_action_decodes_with_targets_following_the_mix() -> None:
+    """Policies exported before label_follow act in 7 dimensions; their rule was label_follow 1."""
+    a = np.random.default_rng(1).uniform(-1, 1, ACTION_DIM)
+    legacy, full = decode(a[:7]), decode(np.append(a[:7], 1.0))
+    assert legacy.label_follow == 1.0 and legacy == full
 
 
 def test_encode_inverts_decode() -> None:
@@ -41,7 +49,7 @@ def test_encode_inverts_decode() -> None:
         p = decode(rng.uniform(-1, 1, ACTION_DIM))
         q = decode(encode(p))
         assert q.k == p.k and q.high_band == p.high_band
-        for name in ("alpha", "radius", "erase_p", "erase_area", "erase_aspect"):
+        for name in ("alpha", "radius", "erase_p", "erase_area", "erase_aspect", "label_follow"):
             assert getattr(q, name) == pytest.approx(getattr(p, name), rel=1e-5, abs=1e-6)
 
 
@@ -49,13 +57,15 @@ def test_out_of_range_actions_are_clipped_and_nan_rejected() -> None:
     assert decode(np.full(ACTION_DIM, 7.0)) == decode(np.ones(ACTION_DIM))
     with pytest.raises(ValueError, match="NaN"):
         decode(np.full(ACTION_DIM, np.nan))
-    with pytest.raises(ValueError, match="7 entries"):
+    with pytest.raises(ValueError, match="8 entries"):
         decode(np.zeros(3))
 
 
 def test_params_validate_their_bounds() -> None:
     with pytest.raises(ValueError, match="erase_p"):
         AugmentParams(erase_p=1.5)
+    with pytest.raises(ValueError, match="label_follow"):
+        AugmentParams(label_follow=-0.5)
 
 
 # ----------------------------------------------------------------------------- erasing
@@ -275,9 +285,10 @@ def test_hybrid_from_params_mixes_then_erases_and_replays() -> None:
 
     x, y = _batch()
     params = AugmentParams(k=3, alpha=1.0, radius=0.4, high_band=False, erase_p=1.0, erase_area=0.3,
-                           erase_aspect=2.0)
+                           erase_aspect=2.0, label_follow=0.5)
     cfg = HybridConfig.from_params(params, fill=0.0)
     assert cfg.mix.band == (0.0, 0.4) and cfg.erase.scale == pytest.approx((0.075, 0.3))
+    assert cfg.mix.label_follow == 0.5
     rec = sample(cfg, x, torch.Generator().manual_seed(0))
     out, t = apply(x, y, rec)
     mixed, t_mix = apply_mixup(x, y, rec.mix)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from defenses.params import ACTION_DIM
 from env import ENV_ID, EnvConfig, FaceAugmentEnv
 from recognition import DataConfig, soft_cross_entropy
 
@@ -55,7 +56,7 @@ def test_loss_aug_is_the_loss_of_the_augmented_batch_and_reward_is_the_sum_of_te
             before = copy.deepcopy(env.trainer.model).eval()
         else:
             before = env.trainer.model
-        _, reward, _, _, info = env.step(rng.uniform(-1, 1, 7).astype(np.float32))
+        _, reward, _, _, info = env.step(rng.uniform(-1, 1, ACTION_DIM).astype(np.float32))
         x, y = env.last_batch
         with torch.no_grad():
             recomputed = soft_cross_entropy(before(x)["logits"], y).item()
@@ -69,7 +70,7 @@ def test_loss_aug_is_the_loss_of_the_augmented_batch_and_reward_is_the_sum_of_te
 def test_adversarial_term_is_the_excess_over_the_soft_targets_entropy(split) -> None:
     env = FaceAugmentEnv(_config(reward_scale="raw"), split=split)
     env.reset(seed=2)
-    mix = np.array([1, 1, 1, -1, -1, -1, -1], dtype=np.float32)  # k = k_max, full low band, no erasing
+    mix = np.array([1, 1, 1, -1, -1, -1, -1, 1], dtype=np.float32)  # k = k_max, full low band, no erasing
     _, _, _, _, info = env.step(mix)
     _, y = env.last_batch
     entropy = -(y * y.clamp_min(1e-12).log()).sum(1).mean().item()
@@ -79,11 +80,21 @@ def test_adversarial_term_is_the_excess_over_the_soft_targets_entropy(split) -> 
     assert info["loss_excess"] >= -1e-5  # a KL divergence
 
 
+def test_with_label_follow_zero_the_images_mix_but_the_targets_stay_one_hot(split) -> None:
+    env = FaceAugmentEnv(_config(reward_scale="raw"), split=split)
+    env.reset(seed=2)
+    _, _, _, _, info = env.step(np.array([1, 1, 1, -1, -1, -1, -1, -1], dtype=np.float32))
+    x, y = env.last_batch
+    assert torch.equal(y.max(1).values, torch.ones(len(y)))  # one-hot: the mixed band is noise to the label
+    assert info["target_entropy"] == pytest.approx(0.0, abs=1e-6)
+    assert info["reward_adv"] == pytest.approx(info["loss_aug"], rel=1e-5)
+
+
 def test_zscore_reward_is_centred_on_the_running_excess_loss(split) -> None:
     env = FaceAugmentEnv(_config(policy_steps=40, fr_steps=0), split=split)  # FR frozen: a stationary loss
     env.reset(seed=0)
     rng = np.random.default_rng(1)
-    advs = [env.step(rng.uniform(-1, 1, 7).astype(np.float32))[4]["reward_adv"] for _ in range(40)]
+    advs = [env.step(rng.uniform(-1, 1, ACTION_DIM).astype(np.float32))[4]["reward_adv"] for _ in range(40)]
     assert advs[:2] == [0.0, 0.0]  # no statistics yet
     assert abs(np.mean(advs[10:])) < 0.6 and 0.3 < np.std(advs[10:]) < 2.0
 
@@ -133,7 +144,7 @@ def test_ppo_runs_a_few_hundred_steps(split) -> None:
     model = PPO("MlpPolicy", env, n_steps=64, batch_size=32, n_epochs=2, seed=0, device="cpu")
     model.learn(total_timesteps=192)
     action, _ = model.predict(env.reset(seed=0)[0], deterministic=True)
-    assert action.shape == (7,) and env.total_steps == 0
+    assert action.shape == (ACTION_DIM,) and env.total_steps == 0
     assert model.num_timesteps == 192
 
 
@@ -156,7 +167,7 @@ def test_clean_loss_is_refreshed_every_clean_every_steps_on_clean_batch_images(s
 
     monkeypatch.setattr(env.trainer, "evaluate_batch", spy)
     for _ in range(7):
-        env.step(np.zeros(7, dtype=np.float32))
+        env.step(np.zeros(ACTION_DIM, dtype=np.float32))
     # steps 0, 3 and 6 refresh the clean loss on 5 images; the policy-phase steps score all 16
     assert sizes.count(5) == 3
     assert set(sizes) <= {5, 16}
