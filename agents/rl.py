@@ -158,7 +158,7 @@ class ProgressCallback(BaseCallback):
 
 def baseline_action(kind: str, rng: np.random.Generator, fixed: np.ndarray | None = None) -> np.ndarray:
     """Actions of the baseline policies: ``none`` (k=1, p=0: no augmentation), ``fixed`` (the
-    given action), ``random`` (uniform in [-1, 1]^7)."""
+    given action), ``random`` (uniform in [-1, 1]^8)."""
     if kind == "none":
         return -np.ones(ACTION_DIM, dtype=np.float32)
     if kind == "fixed":

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from defenses.hybrid import HybridConfig, apply, sample
-from defenses.params import decode
+from defenses.params import ACTION_DIM, decode
 from env import EnvConfig, FaceAugmentEnv
 from recognition import DataConfig
 
@@ -39,7 +39,7 @@ def main() -> None:
 
 def measure(env: FaceAugmentEnv, cfg: EnvConfig, args: argparse.Namespace, label: str) -> None:
     rng = np.random.default_rng(0)
-    actions = rng.uniform(-1, 1, (args.steps, 7)).astype(np.float32)
+    actions = rng.uniform(-1, 1, (args.steps, ACTION_DIM)).astype(np.float32)
 
     def run_env() -> float:
         env.reset(seed=0)
