@@ -130,10 +130,12 @@ def test_ui_serves_veils_store_on_localhost(monkeypatch: pytest.MonkeyPatch, tmp
 def test_train_fr_with_a_defense_logs_its_params_and_augmented_samples(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert main(["train-fr", *TINY, "--epochs", "1", "--defense", "hybrid", "--mix-k", "2"]) == 0
+    assert main(["train-fr", *TINY, "--epochs", "1", "--defense", "hybrid", "--mix-k", "2",
+                 "--mix-label-follow", "0.25"]) == 0
     (run,) = _runs()
     p = run.data.params
     assert p["defense.names"] == "re,mixup" and p["defense.mixup.k"] == "2" and p["defense.re.p"] == "1.0"
+    assert p["defense.mixup.label_follow"] == "0.25"
     assert run.data.tags["veil.defense"] == "re,mixup"
     assert "samples/augmented.png" in _artifacts(run.info.run_id)
 
@@ -143,6 +145,13 @@ def test_unknown_defense_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest
     monkeypatch.chdir(tmp_path)
     assert main(["train-fr", *TINY, "--defense", "re,blur"]) == 2
     assert "unknown defense 'blur'" in capsys.readouterr().err
+
+
+def test_a_label_follow_outside_zero_one_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["train-fr", *TINY, "--defense", "mixup", "--mix-label-follow", "2"]) == 2
+    assert "label_follow must be in [0, 1], got 2.0" in capsys.readouterr().err
 
 
 def test_commands_started_together_on_a_fresh_store_all_get_it(tmp_path: Path) -> None:
