@@ -266,7 +266,10 @@ class FaceAugmentEnv(gym.Env):
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         c = self.config
-        action = np.clip(np.asarray(action, dtype=np.float32).reshape(ACTION_DIM), -1.0, 1.0)
+        action = np.asarray(action, dtype=np.float32)
+        if action.size != ACTION_DIM:
+            raise ValueError(f"the action must have {ACTION_DIM} entries (the action table), got shape {action.shape}")
+        action = np.clip(action.reshape(ACTION_DIM), -1.0, 1.0)
         params = decode(action, c.k_max)
         images, targets = self._next_batch()
         record = sample_augment(self.augmentation(params), images, self._gen)

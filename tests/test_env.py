@@ -90,6 +90,13 @@ def test_with_label_follow_zero_the_images_mix_but_the_targets_stay_one_hot(spli
     assert info["reward_adv"] == pytest.approx(info["loss_aug"], rel=1e-5)
 
 
+def test_an_action_of_the_wrong_size_is_a_clear_error(split) -> None:
+    env = FaceAugmentEnv(_config(), split=split)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=f"must have {ACTION_DIM} entries"):
+        env.step(np.zeros(ACTION_DIM - 1, dtype=np.float32))
+
+
 def test_zscore_reward_is_centred_on_the_running_excess_loss(split) -> None:
     env = FaceAugmentEnv(_config(policy_steps=40, fr_steps=0), split=split)  # FR frozen: a stationary loss
     env.reset(seed=0)
