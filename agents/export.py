@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +246,9 @@ class PolicyAugmenter(nn.Module):
         action = self.act(torch.from_numpy(obs)[None])[0].numpy()
         self.last_action = action.astype(np.float32)
         params = decode(action, self.k_max)
+        fixed = self.meta.get("env_config", {}).get("label_follow")
+        if fixed is not None:  # the game fixed how far the targets follow the mix; the action's dim 7 is ignored
+            params = replace(params, label_follow=float(fixed))
         self.last_params = params
         config = HybridConfig.from_params(params, mode=self.meta["mix_mode"], fill=self.meta["erase_fill"])
         return apply_augment(images, targets, sample_augment(config, images, self.generator))

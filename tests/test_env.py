@@ -90,6 +90,15 @@ def test_with_label_follow_zero_the_images_mix_but_the_targets_stay_one_hot(spli
     assert info["reward_adv"] == pytest.approx(info["loss_aug"], rel=1e-5)
 
 
+def test_a_fixed_label_follow_overrides_the_actions_last_dimension(split) -> None:
+    env = FaceAugmentEnv(_config(reward_scale="raw", label_follow=0.0), split=split)
+    env.reset(seed=2)
+    _, _, _, _, info = env.step(np.array([1, 1, 1, -1, -1, -1, -1, 1], dtype=np.float32))  # dim 7 asks for 1
+    assert info["params"]["label_follow"] == 0.0 and info["target_entropy"] == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="label_follow"):
+        _config(label_follow=1.5)
+
+
 def test_an_action_of_the_wrong_size_is_a_clear_error(split) -> None:
     env = FaceAugmentEnv(_config(), split=split)
     env.reset(seed=0)
