@@ -229,10 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--k-max", type=int, default=6, help="largest k the action can pick (default: 6)")
     g.add_argument("--mix-mode", choices=("complex", "amplitude", "phase", "dct"), default="complex",
                    help="frequency transform of the MixUp (default: complex)")
-    g.add_argument("--label-follow", type=float, default=None, metavar="F",
-                   help="fix how far MixUp's targets follow the mix for every action, 0-1 (0: each sample keeps its "
-                        "own target, the setting measured to lower the attacks); default: the agent chooses (action "
-                        "dim 7)")
+    g.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
+                   help="fix an action parameter for every action instead of letting the agent choose it "
+                        "(repeatable; names from the action table), e.g. --fix label_follow=0 --fix high_band=0: "
+                        "MixUp's targets never follow the mix and only the low band is mixed")
     g.add_argument("--acc-budget", type=float, default=0.0,
                    help="utility constraint: penalty when validation accuracy falls below this (default: 0 = off)")
     g.add_argument("--utility-weight", type=float, default=1.0, help="lambda of the utility penalty (default: 1)")

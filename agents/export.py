@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from torch import nn
 from defenses.hybrid import HybridConfig
 from defenses.hybrid import apply as apply_augment
 from defenses.hybrid import sample as sample_augment
-from defenses.params import ACTION_DIM, ACTION_TABLE, decode
+from defenses.params import ACTION_DIM, ACTION_TABLE, decode, with_fixed
 
 FORMAT = "veil-policy-1"
 OBS_STATE = 8  # the observation's training-state entries before the last action (env.OBS_NAMES)
@@ -246,9 +246,7 @@ class PolicyAugmenter(nn.Module):
         action = self.act(torch.from_numpy(obs)[None])[0].numpy()
         self.last_action = action.astype(np.float32)
         params = decode(action, self.k_max)
-        fixed = self.meta.get("env_config", {}).get("label_follow")
-        if fixed is not None:  # the game fixed how far the targets follow the mix; the action's dim 7 is ignored
-            params = replace(params, label_follow=float(fixed))
+        params = with_fixed(params, self.meta.get("env_config", {}).get("fixed_params"))  # as the game fixed them
         self.last_params = params
         config = HybridConfig.from_params(params, mode=self.meta["mix_mode"], fill=self.meta["erase_fill"])
         return apply_augment(images, targets, sample_augment(config, images, self.generator))

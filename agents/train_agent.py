@@ -90,7 +90,7 @@ def train(args: Any) -> Path | None:
     env_cfg = EnvConfig(data=data_cfg, split=split_cfg, model=args.model, lr=args.lr, batch_size=args.batch_size,
                         episode_steps=args.episode_steps, horizon=args.timesteps // max(1, args.n_envs),
                         schedule=args.schedule, policy_steps=args.policy_steps, fr_steps=args.fr_steps,
-                        k_max=args.k_max, mix_mode=args.mix_mode, label_follow=args.label_follow,
+                        k_max=args.k_max, mix_mode=args.mix_mode, fixed_params=parse_fixed(args.fix),
                         acc_budget=args.acc_budget,
                         utility_weight=args.utility_weight, val_every=args.val_every,
                         reward_scale=args.reward_scale, preserve_budget=args.preserve_budget,
@@ -177,6 +177,20 @@ def train(args: Any) -> Path | None:
     print(f"agent checkpoint: {ckpt}\nFR model of the game: {fr_ckpt} (veil attack --model {run.info.run_id})")
     print(f"MLflow run {run.info.run_id}; look at it with: veil ui")
     return policy_path
+
+
+def parse_fixed(specs: list[str] | None) -> dict[str, float]:
+    """``["label_follow=0", "high_band=0"]`` -> ``{"label_follow": 0.0, "high_band": 0.0}``."""
+    out: dict[str, float] = {}
+    for spec in specs or []:
+        name, sep, value = spec.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"--fix {spec!r}: write NAME=VALUE, e.g. label_follow=0")
+    return out
 
 
 def _run_baseline(args: Any, env: Any, baseline_action, tracking, split) -> None:

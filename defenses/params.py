@@ -22,7 +22,7 @@ configuration, not actions. Bounds keep the adversary from winning by wiping the
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -140,6 +140,25 @@ def encode(params: AugmentParams, k_max: int = 6) -> np.ndarray:
         inv_unit(math.log(params.erase_aspect) / math.log(ASPECT_MAX)),
         inv_unit(params.label_follow),
     ], dtype=np.float32)
+
+
+def with_fixed(params: AugmentParams, fixed: dict[str, float] | None) -> AugmentParams:
+    """``params`` with some parameters fixed by configuration (their action dimensions are then
+    ignored), e.g. ``{"label_follow": 0, "high_band": 0}``. Names come from the action table;
+    ``k`` is rounded and ``high_band`` is true for values >= 0.5. A bad name or value is a
+    ValueError naming it."""
+    if not fixed:
+        return params
+    names = [name for name, _ in ACTION_TABLE]
+    out: dict[str, float | int | bool] = {}
+    for name, value in fixed.items():
+        if name not in names:
+            raise ValueError(f"cannot fix {name!r}: not an action parameter; choose from {', '.join(names)}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"fixed {name} must be a finite number, got {value}")
+        out[name] = int(round(value)) if name == "k" else (value >= 0.5) if name == "high_band" else value
+    return replace(params, **out)  # AugmentParams validates the values and names the bad one
 
 
 def markdown_table(k_max: int = 6) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import gymnasium as gym
@@ -17,7 +17,7 @@ from torch import nn
 from defenses.hybrid import HybridConfig
 from defenses.hybrid import apply as apply_augment
 from defenses.hybrid import sample as sample_augment
-from defenses.params import ACTION_DIM, AugmentParams, decode
+from defenses.params import ACTION_DIM, AugmentParams, decode, with_fixed
 from recognition import (DataConfig, FaceSplit, ModelConfig, SplitConfig, Trainer, TrainerConfig, build_model,
                          load_faces, one_hot, random_hflip, split_identities, to_float)
 
@@ -64,9 +64,10 @@ class EnvConfig:
             model's top-1 on the augmented batch against each image's dominant label. Unlike the
             validation term this one answers to the action of the step itself.
         ema: smoothing of the running statistics.
-        label_follow: ``None``: the agent's action sets how far MixUp's targets follow the mix
-            (action dim 7); a number in [0, 1] fixes it for every action (configuration, like
-            ``mix_mode``; 0 is the setting measured to lower the attacks, docs/RESULTS.md).
+        fixed_params: action parameters fixed by configuration, like ``mix_mode`` (their action
+            dimensions are then ignored), e.g. ``{"label_follow": 0.0, "high_band": 0.0}``: MixUp's
+            targets never follow the mix and only the low band is mixed, the region measured to
+            lower the attacks (docs/RESULTS.md). Names from the action table.
         reset_mode: ``continue`` (the FR model keeps learning across episodes: the game) or
             ``restart`` (reset() restores the FR model's initial snapshot).
         warmup_steps: clean FR steps before the game starts (and before the snapshot). From a
@@ -101,7 +102,7 @@ class EnvConfig:
     preserve_budget: float = 0.5
     preserve_weight: float = 1.0
     ema: float = 0.95
-    label_follow: float | None = None
+    fixed_params: dict[str, float] = field(default_factory=dict)
     reset_mode: str = "continue"
     warmup_steps: int = 0
     seed: int = 0
@@ -120,8 +121,7 @@ class EnvConfig:
                              f"{self.preserve_budget}, {self.preserve_weight}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.label_follow is not None and not 0.0 <= self.label_follow <= 1.0:
-            raise ValueError(f"label_follow must be None (the agent chooses) or in [0, 1], got {self.label_follow}")
+        with_fixed(AugmentParams(), self.fixed_params)  # names and values checked here, not mid-game
         if self.clean_every < 1 or self.clean_batch < 0:
             raise ValueError(f"clean_every must be >= 1 and clean_batch >= 0, got {self.clean_every}, {self.clean_batch}")
 
@@ -277,8 +277,7 @@ class FaceAugmentEnv(gym.Env):
             raise ValueError(f"the action must have {ACTION_DIM} entries (the action table), got shape {action.shape}")
         action = np.clip(action.reshape(ACTION_DIM), -1.0, 1.0)
         params = decode(action, c.k_max)
-        if c.label_follow is not None:  # fixed by configuration: the action's dim 7 is ignored
-            params = replace(params, label_follow=c.label_follow)
+        params = with_fixed(params, c.fixed_params)  # parameters fixed by configuration override the action
         images, targets = self._next_batch()
         record = sample_augment(self.augmentation(params), images, self._gen)
         aug_images, aug_targets = apply_augment(images, targets, record)

@@ -124,10 +124,10 @@ def test_a_policy_exported_before_label_follow_still_loads_and_mixes_targets_as_
     assert (t - y).abs().max() > 0.05  # the targets followed the mix
 
 
-def test_policy_augmenter_keeps_the_label_follow_its_game_fixed(tmp_path: Path) -> None:
+def test_policy_augmenter_keeps_the_parameters_its_game_fixed(tmp_path: Path) -> None:
     from stable_baselines3 import PPO
 
-    cfg = EnvConfig(data=TINY_DATA, width=8, batch_size=16, label_follow=0.0)
+    cfg = EnvConfig(data=TINY_DATA, width=8, batch_size=16, fixed_params={"label_follow": 0.0, "high_band": 0.0})
     env = FaceAugmentEnv(cfg, split=split_identities(load_faces(cfg.data), cfg.split))
     path = export_policy(PPO("MlpPolicy", env, seed=0, device="cpu"), tmp_path / "p.safetensors", env.config, {})
     aug = PolicyAugmenter.load(path)
@@ -135,7 +135,17 @@ def test_policy_augmenter_keeps_the_label_follow_its_game_fixed(tmp_path: Path) 
     for step in range(5):
         _, t = aug(x, y, step=step, total_steps=10)
         assert aug.last_params.label_follow == 0.0 and torch.equal(t, y)
+        assert aug.last_params.high_band is False
     assert aug.last_params.k > 1  # the images were mixed; only the targets stayed
+
+
+def test_train_agent_fix_flags_parse_to_fixed_params_and_refuse_bad_specs() -> None:
+    from agents.train_agent import parse_fixed
+
+    assert parse_fixed(["label_follow=0", "high_band=0"]) == {"label_follow": 0.0, "high_band": 0.0}
+    for bad in ("label_follow", "label_follow=low"):
+        with pytest.raises(ValueError, match="write NAME=VALUE"):
+            parse_fixed([bad])
 
 
 def test_policy_augmenter_replays_the_games_clean_warmup(tmp_path: Path) -> None:

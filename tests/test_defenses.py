@@ -61,6 +61,18 @@ def test_out_of_range_actions_are_clipped_and_nan_rejected() -> None:
         decode(np.zeros(3))
 
 
+def test_fixed_parameters_override_the_decoded_ones_and_keep_the_rest() -> None:
+    from defenses.params import with_fixed
+
+    p = decode(np.zeros(ACTION_DIM))
+    q = with_fixed(p, {"k": 2.4, "high_band": 1, "label_follow": 0})
+    assert (q.k, q.high_band, q.label_follow) == (2, True, 0.0)
+    assert (q.alpha, q.radius, q.erase_p) == (p.alpha, p.radius, p.erase_p)
+    assert with_fixed(p, {}) is p
+    with pytest.raises(ValueError, match="erase_p must be in"):
+        with_fixed(p, {"erase_p": 2.0})
+
+
 def test_params_validate_their_bounds() -> None:
     with pytest.raises(ValueError, match="erase_p"):
         AugmentParams(erase_p=1.5)

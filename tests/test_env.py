@@ -90,13 +90,21 @@ def test_with_label_follow_zero_the_images_mix_but_the_targets_stay_one_hot(spli
     assert info["reward_adv"] == pytest.approx(info["loss_aug"], rel=1e-5)
 
 
-def test_a_fixed_label_follow_overrides_the_actions_last_dimension(split) -> None:
-    env = FaceAugmentEnv(_config(reward_scale="raw", label_follow=0.0), split=split)
+def test_fixed_params_override_the_actions_dimensions(split) -> None:
+    env = FaceAugmentEnv(_config(reward_scale="raw", fixed_params={"label_follow": 0.0, "high_band": 0.0}),
+                         split=split)
     env.reset(seed=2)
-    _, _, _, _, info = env.step(np.array([1, 1, 1, -1, -1, -1, -1, 1], dtype=np.float32))  # dim 7 asks for 1
-    assert info["params"]["label_follow"] == 0.0 and info["target_entropy"] == pytest.approx(0.0, abs=1e-6)
-    with pytest.raises(ValueError, match="label_follow"):
-        _config(label_follow=1.5)
+    _, _, _, _, info = env.step(np.ones(ACTION_DIM, dtype=np.float32))  # asks for the high band, labels following
+    assert info["params"]["label_follow"] == 0.0 and info["params"]["high_band"] is False
+    assert info["params"]["k"] == 6  # what is not fixed follows the action
+    assert info["target_entropy"] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("fixed, message", [({"label_follow": 1.5}, "label_follow must be in"),
+                                            ({"blur": 1.0}, "cannot fix 'blur'")])
+def test_bad_fixed_params_are_refused_when_the_env_is_configured(fixed: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _config(fixed_params=fixed)
 
 
 def test_an_action_of_the_wrong_size_is_a_clear_error(split) -> None:
