@@ -140,6 +140,7 @@ class PolicyAugmenter(nn.Module):
         self.obs_width = OBS_STATE + self.action_dim
         self.last_action = np.zeros(self.action_dim, dtype=np.float32)
         self.last_params = None
+        self.fixed_params = dict(meta.get("env_config", {}).get("fixed_params") or {})  # as the game fixed them
 
     @classmethod
     def load(cls, path: str | Path, seed: int = 0, warmup_steps: int | None = None,
@@ -246,7 +247,7 @@ class PolicyAugmenter(nn.Module):
         action = self.act(torch.from_numpy(obs)[None])[0].numpy()
         self.last_action = action.astype(np.float32)
         params = decode(action, self.k_max)
-        params = with_fixed(params, self.meta.get("env_config", {}).get("fixed_params"))  # as the game fixed them
+        params = with_fixed(params, self.fixed_params)
         self.last_params = params
         config = HybridConfig.from_params(params, mode=self.meta["mix_mode"], fill=self.meta["erase_fill"])
         return apply_augment(images, targets, sample_augment(config, images, self.generator))

@@ -185,27 +185,18 @@ def parse_fixed(specs: list[str] | None) -> dict[str, float]:
     for spec in specs or []:
         name, sep, value = spec.partition("=")
         try:
-            out[name.strip()] = float(value)
+            out[name.strip()] = float(value if sep else "missing")
         except ValueError:
-            sep = ""
-        if not sep:
-            raise ValueError(f"--fix {spec!r}: write NAME=VALUE, e.g. label_follow=0")
+            raise ValueError(f"--fix {spec!r}: write NAME=VALUE, e.g. label_follow=0") from None
     return out
 
 
 def _run_baseline(args: Any, env: Any, baseline_action, tracking, split) -> None:
     """Run a baseline policy through the same env for ``timesteps`` steps, logging the same terms."""
     rng = np.random.default_rng(args.seed)
-    fixed = None
-    if args.fixed_action:
-        from defenses.params import ACTION_DIM, LEGACY_ACTION_DIM
+    from defenses.params import full_action
 
-        fixed = np.asarray(args.fixed_action, dtype=np.float32)
-        if fixed.shape == (LEGACY_ACTION_DIM,):  # label_follow 1: targets follow the mix, as before 0.10
-            fixed = np.append(fixed, np.float32(1.0))
-        if fixed.shape != (ACTION_DIM,) or not np.isfinite(fixed).all():
-            raise ValueError(f"--fixed-action takes {ACTION_DIM} finite values (or {LEGACY_ACTION_DIM}), got "
-                             f"{args.fixed_action}")
+    fixed = full_action(args.fixed_action).astype(np.float32) if args.fixed_action else None
     env.reset(seed=args.seed)
     window: dict[str, list[float]] = {}
     for t in range(1, args.timesteps + 1):

@@ -100,13 +100,22 @@ def _unit(a: float) -> float:
     return (min(1.0, max(-1.0, float(a))) + 1.0) / 2.0
 
 
-def decode(action: np.ndarray | list[float], k_max: int = 6) -> AugmentParams:
-    """Map an action in [-1, 1]^8 (clipped) to parameters, by the table in this module; a legacy
-    action of 7 entries decodes with ``label_follow = 1``."""
+def full_action(action: np.ndarray | list[float]) -> np.ndarray:
+    """The action as ``ACTION_DIM`` floats; a legacy action of 7 entries (a policy exported before
+    label_follow) gets a = 1 in dim 7, i.e. ``label_follow = 1``, the rule it was trained under."""
     a = np.asarray(action, dtype=np.float64).reshape(-1)
-    if a.shape not in ((ACTION_DIM,), (LEGACY_ACTION_DIM,)):
+    if a.shape == (LEGACY_ACTION_DIM,):
+        a = np.append(a, 1.0)
+    if a.shape != (ACTION_DIM,):
         raise ValueError(f"action must have {ACTION_DIM} entries ({LEGACY_ACTION_DIM} for a policy exported before "
                          f"label_follow), got shape {np.shape(action)}")
+    return a
+
+
+def decode(action: np.ndarray | list[float], k_max: int = 6) -> AugmentParams:
+    """Map an action in [-1, 1]^8 (clipped) to parameters, by the table in this module; a legacy
+    action of 7 entries decodes with ``label_follow = 1`` (``full_action``)."""
+    a = full_action(action)
     if not np.isfinite(a).all():
         raise ValueError(f"action contains NaN/inf: {a.tolist()}")
     if k_max < 1:
@@ -119,7 +128,7 @@ def decode(action: np.ndarray | list[float], k_max: int = 6) -> AugmentParams:
         erase_p=_unit(a[4]),
         erase_area=AREA_MIN + _unit(a[5]) * AREA_SPAN,
         erase_aspect=math.exp(_unit(a[6]) * math.log(ASPECT_MAX)),
-        label_follow=_unit(a[7]) if len(a) == ACTION_DIM else 1.0,
+        label_follow=_unit(a[7]),
     )
 
 
