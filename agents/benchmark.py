@@ -125,8 +125,9 @@ def parse_variants(specs: list[str] | None) -> dict[str, tuple[str, list[str]]]:
                              "none-e<E>, which names --undefended-curve rows) and made of lower-case letters, digits, "
                              "'-', '_' or '.'")
         base, extra = words[0], words[1:]
-        if base not in DEFENSE_CHOICES:
-            raise ValueError(f"--variant {spec!r}: unknown defense {base!r}; choose from {', '.join(DEFENSE_CHOICES)}")
+        if not is_known_base(base):
+            raise ValueError(f"--variant {spec!r}: unknown defense {base!r}; choose from {', '.join(DEFENSE_CHOICES)}, "
+                             "or join train-fr defenses with '+' (e.g. tldmi+mixup)")
         if any(w in ("--defense", "--policy", "--seed", "--epochs", "--checkpoint") for w in extra):
             raise ValueError(f"--variant {spec!r}: give defense options only; the benchmark sets --defense, --policy, "
                              "--seed, --epochs and --checkpoint itself")
@@ -136,6 +137,18 @@ def parse_variants(specs: list[str] | None) -> dict[str, tuple[str, list[str]]]:
             raise ValueError(f"--variant {spec!r}: veil train-fr does not take {' '.join(extra)!r}") from err
         out[name] = (base, extra)
     return out
+
+
+def is_known_base(base: str) -> bool:
+    """A built-in row, or train-fr defenses joined with '+' (at most one policy among them), e.g. ``tldmi+mixup``."""
+    from .fr_defenses import DEFENSES
+
+    if base in DEFENSE_CHOICES:
+        return True
+    parts = base.split("+")
+    policies = [p for p in parts if p in ("policy", "policy-sampled")]
+    return (len(policies) <= 1 and len(set(parts)) == len(parts) and "none" not in parts
+            and all(p in DEFENSES or p in policies for p in parts))
 
 
 def variant_of(args: argparse.Namespace, defense: str) -> tuple[str, list[str]]:

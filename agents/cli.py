@@ -90,6 +90,8 @@ def _add_defense_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mix-label-follow", type=float, default=1.0, metavar="F",
                    help="mixup: how far the targets follow the mix, 0-1: 1 mixes them by the band's energy share, "
                         "0 keeps each sample's own target, so the mixed band is noise to ignore (default: 1)")
+    g.add_argument("--mix-p", type=float, default=1.0, metavar="P",
+                   help="mixup: probability a sample is mixed; the rest of the batch stays clean (default: 1)")
     g.add_argument("--negls-factor", type=float, default=-0.05,
                    help="negls: label-smoothing factor, negative (default: -0.05)")
     g.add_argument("--mid-beta", type=float, default=0.01, help="mid: weight of the KL term (default: 0.01)")
@@ -139,7 +141,7 @@ def _defense_options(args: argparse.Namespace):
         erase=EraseConfig(p=args.re_p, scale=tuple(args.re_area), ratio=(1.0 / args.re_aspect, args.re_aspect),
                           value=fill),
         mix=MixConfig(k=args.mix_k, alpha=args.mix_alpha, band=band, mode=args.mix_mode, drop_dc=args.dct_drop_dc,
-                      label_follow=args.mix_label_follow),
+                      label_follow=args.mix_label_follow, p=args.mix_p),
         negls=NegLSConfig(args.negls_factor), mid=MIDConfig(beta=args.mid_beta),
         bido=BiDOConfig(*args.bido_lambda), tldmi=TLDMIConfig(freeze=freeze, pretrain_epochs=args.tl_pretrain_epochs),
         dp=DPConfig(epsilon=args.dp_epsilon or None, delta=args.dp_delta, max_grad_norm=args.dp_clip,

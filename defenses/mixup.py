@@ -45,6 +45,8 @@ class MixConfig:
         drop_lowest: DCT mode: also zero the channels with u + v <= this (0 = none).
         label_follow: how far the targets follow the mix, 0..1: the energy share ``lambda_b`` is
             scaled by it (1: targets mixed as the band's energy says; 0: each sample keeps its own).
+        p: probability a sample is mixed at all, 0..1; the others keep their own image and target
+            (so part of every batch stays clean, which buys accuracy back).
 
     Example:
         >>> rec = sample_mixup(labels_soft.shape[0], MixConfig(k=3, band=(0.0, 0.5)), generator)
@@ -58,6 +60,7 @@ class MixConfig:
     drop_dc: bool = False
     drop_lowest: int = 0
     label_follow: float = 1.0
+    p: float = 1.0
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -73,6 +76,8 @@ class MixConfig:
             raise ValueError(f"drop_lowest must be >= 0, got {self.drop_lowest}")
         if not 0.0 <= self.label_follow <= 1.0:
             raise ValueError(f"label_follow must be in [0, 1], got {self.label_follow}")
+        if not 0.0 <= self.p <= 1.0:
+            raise ValueError(f"p (the probability a sample is mixed) must be in [0, 1], got {self.p}")
 
     @staticmethod
     def low(radius: float, **kw: object) -> "MixConfig":
@@ -104,8 +109,12 @@ def sample_mixup(batch_size: int, config: MixConfig, generator: torch.Generator 
     perms = [own] + [torch.randperm(batch_size, generator=generator) for _ in range(k - 1)]
     perm = torch.stack(perms, dim=1)
     seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-    w = np.random.default_rng(seed).dirichlet(np.full(k, config.alpha), size=batch_size)
-    return MixRecord(perm=perm, weights=torch.as_tensor(w, dtype=torch.float32), config=config)
+    w = torch.as_tensor(np.random.default_rng(seed).dirichlet(np.full(k, config.alpha), size=batch_size),
+                        dtype=torch.float32)
+    if config.p < 1.0:  # unmixed samples put all their weight on themselves (drawn only then: p=1 draws stay as before)
+        keep = torch.rand(batch_size, generator=generator) >= config.p
+        w[keep] = torch.nn.functional.one_hot(torch.zeros((), dtype=torch.long), k).float()
+    return MixRecord(perm=perm, weights=w, config=config)
 
 
 def radial_frequency(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:

@@ -69,10 +69,24 @@ def test_a_variant_is_a_named_defense_with_its_own_train_fr_options() -> None:
     assert _fr_args(parser, args, "mixup", 2).mix_band == "low"  # the built-in name keeps train-fr's defaults
 
 
+def test_a_variant_may_join_train_fr_defenses_with_plus() -> None:
+    """``tldmi+mixup``: TL-DMI's public pre-training, then label-preserving MixUp on the private fine-tuning."""
+    from agents.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["benchmark"])
+    args.variants = parse_variants(["tl-mlf0=tldmi+mixup --mix-label-follow 0 --mix-p 0.5"])
+    cell = _fr_args(parser, args, "tl-mlf0", 1)
+    assert (cell.defense, cell.mix_label_follow, cell.mix_p, cell.policy) == ("tldmi,mixup", 0.0, 0.5, None)
+
+
 @pytest.mark.parametrize("spec, message", [
     ("mixup --mix-band high", "NAME=DEFENSE"),
     ("mixup=re --re-p 0.5", "must be new"),
     ("x=jpeg --q 5", "unknown defense 'jpeg'"),
+    ("x=tldmi+jpeg", "unknown defense 'tldmi\\+jpeg'"),
+    ("x=none+re", "unknown defense"),
+    ("x=policy+policy-sampled", "unknown defense"),
     ("x=re --re-probability 0.5", "does not take"),
     ("x=re --epochs 3", "defense options only"),
 ])

@@ -131,11 +131,11 @@ def test_train_fr_with_a_defense_logs_its_params_and_augmented_samples(tmp_path:
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["train-fr", *TINY, "--epochs", "1", "--defense", "hybrid", "--mix-k", "2",
-                 "--mix-label-follow", "0.25"]) == 0
+                 "--mix-label-follow", "0.25", "--mix-p", "0.5"]) == 0
     (run,) = _runs()
     p = run.data.params
     assert p["defense.names"] == "re,mixup" and p["defense.mixup.k"] == "2" and p["defense.re.p"] == "1.0"
-    assert p["defense.mixup.label_follow"] == "0.25"
+    assert p["defense.mixup.label_follow"] == "0.25" and p["defense.mixup.p"] == "0.5"
     assert run.data.tags["veil.defense"] == "re,mixup"
     assert "samples/augmented.png" in _artifacts(run.info.run_id)
 

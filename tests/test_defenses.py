@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -262,6 +263,32 @@ def test_label_follow_scales_how_far_the_targets_follow_the_mix(mode: str) -> No
 def test_label_follow_outside_zero_one_names_the_value(follow: float) -> None:
     with pytest.raises(ValueError, match="label_follow"):
         MixConfig(k=2, label_follow=follow)
+
+
+@pytest.mark.parametrize("mode", ["complex", "dct"])
+def test_mix_p_leaves_the_unchosen_samples_clean_and_mixes_the_rest(mode: str) -> None:
+    """p = 0.5: about half the batch is mixed exactly as at p = 1; the rest keep image and target."""
+    x, y = _batch()
+    cfg = MixConfig(k=3, band=(0.0, 0.5), mode=mode)
+    full = apply_mixup(x, y, sample_mixup(len(x), cfg, torch.Generator().manual_seed(6)))
+    half = apply_mixup(x, y, sample_mixup(len(x), dataclasses.replace(cfg, p=0.5), torch.Generator().manual_seed(6)))
+    clean = (half[0] - x).flatten(1).abs().amax(1) < 1e-5
+    assert 3 <= int(clean.sum()) <= 13  # 16 samples, each kept with probability 0.5
+    assert torch.allclose(half[1][clean], y[clean])
+    assert torch.allclose(half[0][~clean], full[0][~clean], atol=1e-5)  # same partners and weights as p = 1
+    assert torch.allclose(half[1][~clean], full[1][~clean], atol=1e-6)
+
+
+def test_mix_p_zero_changes_nothing() -> None:
+    x, y = _batch()
+    out, t = apply_mixup(x, y, sample_mixup(len(x), MixConfig(k=3, p=0.0), torch.Generator().manual_seed(2)))
+    assert torch.allclose(out, x, atol=1e-5) and torch.equal(t, y)
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5, math.nan])
+def test_mix_p_outside_zero_one_names_the_value(p: float) -> None:
+    with pytest.raises(ValueError, match="p \\(the probability"):
+        MixConfig(k=2, p=p)
 
 
 def test_replay_gives_identical_output() -> None:
