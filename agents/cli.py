@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--policy", default=None, metavar="FILE",
                    help="augment every batch with a learned policy exported by veil train-agent (.safetensors)")
     g.add_argument("--policy-warmup", type=int, default=None, metavar="N",
-                   help="clean batches before the policy acts (default: the game's --warmup-steps, from the file)")
+                   help="clean batches before the policy acts (default: the game's --warmup-steps, from the file; 0 when "
+                        "the game fixed label_follow=0)")
     g.add_argument("--policy-sample", action="store_true",
                    help="draw each batch's action from the agent's Gaussian, as in the game, instead of taking "
                         "its mean (PPO/A2C policies)")
@@ -437,7 +438,7 @@ def _policy_augment(path: str, trainer, seed: int, warmup: int | None = None, pl
 
     augmenter = PolicyAugmenter.load(path, seed=seed, warmup_steps=warmup, sample=sample)
     print(f"policy: {path} ({'sampled' if sample else 'mean action'}); clean warm-up for the first "
-          f"{augmenter.warmup_steps} batches, as in the game")
+          f"{augmenter.warmup_steps} batches ({augmenter.warmup_source})")
     warning = augmenter.budget_warning(planned_steps) if planned_steps else None
     if warning:
         print(f"warning: {warning} (--policy-warmup, --epochs)")

@@ -139,6 +139,22 @@ def test_policy_augmenter_keeps_the_parameters_its_game_fixed(tmp_path: Path) ->
     assert aug.last_params.k > 1  # the images were mixed; only the targets stayed
 
 
+def test_a_policy_with_labels_fixed_to_stay_acts_from_the_first_batch_unless_told_otherwise(tmp_path: Path) -> None:
+    """label_follow fixed to 0 protects only without clean batches first (RESULTS: policy-low vs
+    policy-low-w0), so such a policy skips the game's warm-up by default; an explicit one is kept."""
+    from stable_baselines3 import PPO
+
+    cfg = EnvConfig(data=TINY_DATA, width=8, batch_size=16, warmup_steps=5, fixed_params={"label_follow": 0.0})
+    env = FaceAugmentEnv(cfg, split=split_identities(load_faces(cfg.data), cfg.split))
+    path = export_policy(PPO("MlpPolicy", env, seed=0, device="cpu"), tmp_path / "p.safetensors", env.config, {})
+    aug = PolicyAugmenter.load(path)
+    assert aug.warmup_steps == 0 and "label_follow=0" in aug.warmup_source
+    x, y = torch.rand(16, 3, 32, 32), one_hot(torch.arange(16) % 4, 4)
+    out, _ = aug(x, y, step=0, total_steps=10)
+    assert aug.last_params is not None and not torch.equal(out, x)
+    assert PolicyAugmenter.load(path, warmup_steps=5).warmup_steps == 5
+
+
 def test_train_agent_fix_flags_parse_to_fixed_params_and_refuse_bad_specs() -> None:
     from agents.train_agent import parse_fixed
 
