@@ -185,7 +185,9 @@ def parse_fixed(specs: list[str] | None) -> dict[str, float]:
     for spec in specs or []:
         name, sep, value = spec.partition("=")
         try:
-            out[name.strip()] = float(value if sep else "missing")
+            if not sep:
+                raise ValueError
+            out[name.strip()] = float(value)
         except ValueError:
             raise ValueError(f"--fix {spec!r}: write NAME=VALUE, e.g. label_follow=0") from None
     return out

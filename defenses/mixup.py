@@ -113,7 +113,8 @@ def sample_mixup(batch_size: int, config: MixConfig, generator: torch.Generator 
                         dtype=torch.float32)
     if config.p < 1.0:  # unmixed samples put all their weight on themselves (drawn only then: p=1 draws stay as before)
         keep = torch.rand(batch_size, generator=generator) >= config.p
-        w[keep] = torch.nn.functional.one_hot(torch.zeros((), dtype=torch.long), k).float()
+        w[keep] = 0.0
+        w[keep, 0] = 1.0
     return MixRecord(perm=perm, weights=w, config=config)
 
 

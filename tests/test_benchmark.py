@@ -435,13 +435,18 @@ def test_policy_defense_without_a_policy_is_a_clear_error(tmp_path: Path, monkey
     assert "--policy FILE" in capsys.readouterr().err
 
 
+def _committed_rows(section: str) -> dict[tuple[str, str], dict]:
+    """``summarize`` of the cells committed in docs/results/<section>/cells, by (defense, attack)."""
+    cells = Path(__file__).resolve().parents[1] / "docs" / "results" / section / "cells"
+    records = [json.loads(p.read_text()) for p in sorted(cells.glob("*.json"))]
+    defenses = sorted({r["defense"] for r in records})
+    return {(r["defense"], r["attack"]): r for r in summarize(records, defenses, ["pca", "gmi"])}
+
+
 def test_the_committed_label_follow_cells_rebuild_the_published_att_figures() -> None:
     """docs/RESULTS.md's 0.10 AT&T table is what `summarize` makes of the cells committed beside it
     (paired differences and the comparison against the undefended curve included)."""
-    cells = Path(__file__).resolve().parents[1] / "docs" / "results" / "att-label-follow" / "cells"
-    records = [json.loads(p.read_text()) for p in sorted(cells.glob("*.json"))]
-    defenses = sorted({r["defense"] for r in records})
-    rows = {(r["defense"], r["attack"]): r for r in summarize(records, defenses, ["pca", "gmi"])}
+    rows = _committed_rows("att-label-follow")
     none, mlf0 = rows["none", "pca"], rows["mlf0", "pca"]
     assert (none["seeds"], mlf0["seeds"]) == (3, 3)
     assert round(100 * none["top1"][0], 1) == 50.4 and round(100 * mlf0["top1"][0], 1) == 10.0
@@ -455,14 +460,10 @@ def test_the_committed_label_follow_cells_rebuild_the_published_att_figures() ->
 def test_the_committed_90_epoch_cells_meet_the_target_under_gmi_and_not_under_pca() -> None:
     """docs/RESULTS.md, "Buying the accuracy back": at 90 epochs label-preserving MixUp of r < 0.05
     costs 1.7 points and drops GMI by 62% (met) but PCA by 41% (not met), as the cells say."""
-    cells = Path(__file__).resolve().parents[1] / "docs" / "results" / "att-label-follow-90ep" / "cells"
-    records = [json.loads(p.read_text()) for p in sorted(cells.glob("*.json"))]
-    defenses = sorted({r["defense"] for r in records})
-    rows = {(r["defense"], r["attack"]): r for r in summarize(records, defenses, ["pca", "gmi"])}
+    rows = _committed_rows("att-label-follow-90ep")
     gmi, pca = rows["mlf0-r05", "gmi"], rows["mlf0-r05", "pca"]
     assert (gmi["seeds"], pca["seeds"]) == (3, 3)
     assert gmi["vs_none_paired"] == "-26.3 ± 9.3 *" and pca["vs_none_paired"] == "-18.8 ± 8.2 *"
     met, why = target_verdict(gmi)
     assert met and why.startswith("drop 62% at 1.7 points (pixel-space neighbour 74% down")
     assert target_verdict(pca) == (False, "drop 41%")
-
