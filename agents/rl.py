@@ -168,3 +168,36 @@ def baseline_action(kind: str, rng: np.random.Generator, fixed: np.ndarray | Non
     if kind == "random":
         return rng.uniform(-1, 1, ACTION_DIM).astype(np.float32)
     raise ValueError(f"unknown baseline policy {kind!r}; choose none, fixed or random")
+
+
+UNCOMMITTED_STD = 0.5
+"""Action std above which a Gaussian policy on the [-1, 1] box has not committed: a uniform draw on
+the box has std 0.58, so the game's FR model trained under near-random augmentation, not under
+the policy's mean action."""
+
+
+def action_spread(agent: BaseAlgorithm, fixed: dict[str, float] | None = None) -> dict[str, float] | None:
+    """The std of each action parameter the agent chooses (those not ``fixed``), from a PPO/A2C
+    agent's state-independent ``log_std``; ``None`` for agents without one (SAC, TD3)."""
+    log_std = getattr(agent.policy, "log_std", None)
+    if log_std is None:
+        return None
+    std = log_std.detach().exp().cpu().numpy().reshape(-1)
+    return {name: float(std[i]) for i, name in enumerate(PARAM_NAMES) if name not in (fixed or {})}
+
+
+def commitment_warning(spread: dict[str, float] | None, threshold: float = UNCOMMITTED_STD) -> str | None:
+    """A warning when the agent's mean action std over the parameters it chooses is above
+    ``threshold``: the exported mean action is then one point of a near-random exploration
+    distribution, and the game's FR model (and its probe) saw that distribution, not the point."""
+    if not spread:
+        return None
+    mean = float(np.mean(list(spread.values())))
+    if mean <= threshold:
+        return None
+    widest = max(spread, key=spread.get)
+    return (f"warning: the agent did not commit: its action std is {mean:.2f} on average over the "
+            f"{len(spread)} parameters it chooses (widest: {widest} {spread[widest]:.2f}; a uniform draw on the "
+            f"[-1, 1] box has 0.58). The game trained its FR model under near-random augmentation, so the "
+            f"game's accuracy and probe describe that, not the exported mean action. Start narrower "
+            f"(--log-std-init -1), drop the entropy bonus (--ent-coef 0) or train longer (--timesteps).")

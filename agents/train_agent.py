@@ -81,7 +81,7 @@ def train(args: Any) -> Path | None:
     from .cli import data_configs
     from .export import export_policy, log_policy_model
     from .rl import (ALGOS, AtomicCheckpointCallback, EnvTermsCallback, FREvalCallback, ProgressCallback,
-                     baseline_action, mlflow_logger)
+                     action_spread, baseline_action, commitment_warning, mlflow_logger)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -154,6 +154,10 @@ def train(args: Any) -> Path | None:
         agent.learn(total_timesteps=args.timesteps, callback=callbacks)
         final = evaluate()
         tracking.log_metrics({f"final_fr.{k}": v for k, v in final.items()}, step=agent.num_timesteps)
+        spread = action_spread(agent, env_cfg.fixed_params)
+        if spread:
+            tracking.log_metrics({f"final_policy.std.{k}": v for k, v in spread.items()}, step=agent.num_timesteps)
+        warning = commitment_warning(spread)
         fr_ckpt = out_dir / f"{run.info.run_id}-fr.pt"
         extra = {"mlflow_run_id": run.info.run_id, "defense": {"names": "policy"}}
         if eval_env is None:
@@ -176,6 +180,8 @@ def train(args: Any) -> Path | None:
     print(f"policy: {policy_path}   (veil train-fr --policy {policy_path})")
     print(f"agent checkpoint: {ckpt}\nFR model of the game: {fr_ckpt} (veil attack --model {run.info.run_id})")
     print(f"MLflow run {run.info.run_id}; look at it with: veil ui")
+    if warning:
+        print(warning)
     return policy_path
 
 

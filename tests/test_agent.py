@@ -228,16 +228,21 @@ AGENT_TINY = ["--synthetic-identities", "8", "--synthetic-images", "12", "--imag
 
 
 def test_train_agent_logs_sb3_metrics_env_terms_policy_and_plot(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["train-agent", *AGENT_TINY, "--timesteps", "128", "--n-steps", "32", "--log-every", "32",
-                 "--eval-every", "64"]) == 0
+                 "--eval-every", "64", "--fix", "label_follow=0"]) == 0
+    # four PPO updates from std 1 leave the policy wide open: said, not hidden
+    assert "warning: the agent did not commit" in capsys.readouterr().out
     mlflow.set_tracking_uri(tracking.default_tracking_uri())
     (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name("veil").experiment_id])
     m = run.data.metrics
     for key in ("train.value_loss", "train.entropy_loss", "env.reward_adv", "env.reward_utility", "env.loss_aug",
-                "action.k", "action.erase_p", "fr.top1", "final_fr.top1"):
+                "action.k", "action.erase_p", "fr.top1", "final_fr.top1", "final_policy.std.radius"):
         assert key in m, key
+    assert "final_policy.std.label_follow" not in m  # a fixed parameter has no spread to report
+    assert m["final_policy.std.radius"] > 0.5
     assert run.data.params["agent.algo"] == "ppo" and run.data.params["env.batch_size"] == "16"
     arts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
     assert {"policy", "plots", "action_history.json", "checkpoint"} <= arts
@@ -287,12 +292,14 @@ def _spy_on_export(monkeypatch: pytest.MonkeyPatch, look) -> None:
 
 
 def test_log_std_init_sets_the_starting_spread_of_the_agents_actions(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
     seen = {}
     _spy_on_export(monkeypatch, lambda agent: seen.update(log_std=agent.policy.log_std.detach().clone()))
     assert main(["train-agent", *AGENT_TINY, "--timesteps", "32", "--n-steps", "32", "--log-every", "32",
                  "--log-std-init", "-1.5"]) == 0
+    assert "did not commit" not in capsys.readouterr().out  # std 0.22: committed enough to say nothing
     assert seen["log_std"].shape == (ACTION_DIM,)
     assert torch.allclose(seen["log_std"], torch.full((ACTION_DIM,), -1.5), atol=0.05)  # one small update from -1.5
 
@@ -338,3 +345,27 @@ def test_train_agent_with_subprocess_envs(tmp_path: Path, monkeypatch: pytest.Mo
                  "--eval-every", "32"]) == 0
     assert "FR model of env 0" in capsys.readouterr().out
     assert len(list((tmp_path / "checkpoints").glob("*-policy.safetensors"))) == 1
+
+
+def test_action_spread_reports_the_std_of_each_chosen_parameter_and_none_without_a_gaussian(
+        env: FaceAugmentEnv) -> None:
+    from stable_baselines3 import PPO, TD3
+
+    from agents.rl import PARAM_NAMES, action_spread
+
+    agent = PPO("MlpPolicy", env, seed=0, device="cpu")
+    with torch.no_grad():
+        agent.policy.log_std.copy_(torch.log(torch.linspace(0.1, 0.8, ACTION_DIM)))
+    spread = action_spread(agent, {"label_follow": 0.0, "high_band": 0.0})
+    assert list(spread) == [n for n in PARAM_NAMES if n not in ("label_follow", "high_band")]
+    assert spread["k"] == pytest.approx(0.1) and spread["radius"] == pytest.approx(0.3)
+    assert action_spread(TD3("MlpPolicy", env, seed=0, device="cpu")) is None
+
+
+def test_commitment_warning_names_the_widest_parameter_only_above_the_threshold() -> None:
+    from agents.rl import commitment_warning
+
+    wide = commitment_warning({"k": 0.9, "radius": 1.1, "erase_p": 0.8})
+    assert wide is not None and "0.93" in wide and "radius 1.10" in wide and "--log-std-init" in wide
+    assert commitment_warning({"k": 0.3, "radius": 0.45}) is None
+    assert commitment_warning(None) is None and commitment_warning({}) is None
