@@ -348,8 +348,11 @@ def train_fr(args: argparse.Namespace) -> str:
             raise ValueError("--policy picks the erasing and MixUp parameters itself; drop re/mixup/hybrid from "
                              "--defense (negls, tldmi, mid, bido and dp combine with it)")
         planned = -(-len(split.train_labels) // args.batch_size) * args.epochs
-        augment = fr_defenses.with_label_defenses(
-            _policy_augment(args.policy, trainer, args.seed, args.policy_warmup, planned, args.policy_sample), defense)
+        policy_augment, augmenter = _policy_augment(args.policy, trainer, args.seed, args.policy_warmup, planned,
+                                                    args.policy_sample)
+        augment = fr_defenses.with_label_defenses(policy_augment, defense)
+    else:
+        augmenter = None
     ledger = None
     if "dp" in defense.names:
         from defenses.dp import make_private
@@ -393,6 +396,8 @@ def train_fr(args: argparse.Namespace) -> str:
                 x = to_float(split.train_images[idx])
                 aug, _ = augment(x, one_hot(split.train_labels[idx], split.num_private))
                 tracking.log_image_grid(torch.cat([x, aug]), "samples/augmented.png", nrow=16)
+                if augmenter is not None:
+                    augmenter.take_param_means()  # the sample grid is not part of the run
             tracking.log_json(split.manifest(data), "split.json")
             tracking.log_image_grid(tracking.samples_per_identity(split.train_images, split.train_labels),
                                     "samples/private_train.png")
@@ -400,9 +405,15 @@ def train_fr(args: argparse.Namespace) -> str:
                 tracking.log_image_grid(tracking.samples_per_identity(split.public_images, split.public_labels),
                                         "samples/public.png")
 
+        policy_epochs: list[dict[str, float]] = []
+
         def on_epoch_end(metrics: dict[str, float]) -> None:
             if ledger is not None:
                 metrics["dp_epsilon"] = ledger.epsilon()
+            if augmenter is not None:  # what the policy chose this epoch, as the agent's action.* metrics
+                acted = augmenter.take_param_means()
+                policy_epochs.append(acted)
+                metrics.update({f"policy.{k}": v for k, v in acted.items()})
             tracking.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=int(metrics["epoch"]))
 
         t1 = time.perf_counter()
@@ -425,6 +436,10 @@ def train_fr(args: argparse.Namespace) -> str:
           f"({split.num_private} identities, {len(split.test_labels)} test images), fit {fit_s:.0f}s")
     if ledger is not None:
         print(f"dp: spent epsilon {ledger.epsilon():.2f} at delta {ledger.delta}")
+    if augmenter is not None and policy_epochs:
+        print("policy chose (mean of the epoch means): " + ", ".join(
+            f"{k} {sum(e[k] for e in policy_epochs if k in e) / sum(k in e for e in policy_epochs):.2f}"
+            for k in policy_epochs[-1]) + " (MLflow: policy.<name> per epoch)")
     print(f"checkpoint: {ckpt}")
     print(f"MLflow run {run_id} in {uri}")
     print("look at it with:  veil ui   (then open http://127.0.0.1:5000)")
@@ -433,7 +448,8 @@ def train_fr(args: argparse.Namespace) -> str:
 
 def _policy_augment(path: str, trainer, seed: int, warmup: int | None = None, planned_steps: int | None = None,
                     sample: bool = False):
-    """A learned policy as the trainer's per-batch augmentation, fed the last step's loss."""
+    """A learned policy as the trainer's per-batch augmentation, fed the last step's loss, and the
+    ``PolicyAugmenter`` behind it (for what it chose)."""
     from .export import PolicyAugmenter
 
     augmenter = PolicyAugmenter.load(path, seed=seed, warmup_steps=warmup, sample=sample)
@@ -448,7 +464,7 @@ def _policy_augment(path: str, trainer, seed: int, warmup: int | None = None, pl
         return augmenter(images, targets, loss=last.loss if last else None, step=trainer.global_step,
                          total_steps=trainer.total_steps or 1, train_acc=last.accuracy if last else None)
 
-    return augment
+    return augment, augmenter
 
 
 def _tldmi_pretrain(model, model_cfg, train_cfg, defense, split):

@@ -139,6 +139,9 @@ class PolicyAugmenter(nn.Module):
         self.obs_width = OBS_STATE + self.action_dim
         self.last_action = np.zeros(self.action_dim, dtype=np.float32)
         self.last_params = None
+        self._param_sums: dict[str, float] = {}
+        self._acted = 0
+        self._clean = 0
 
     def _default_warmup(self, meta: dict[str, Any], warmup_steps: int | None) -> tuple[int, str]:
         """Clean batches before the policy acts, and why. The game's own warm-up by default, except
@@ -150,6 +153,18 @@ class PolicyAugmenter(nn.Module):
         if self.fixed_params.get("label_follow") == 0:
             return 0, "none: the game fixed label_follow=0, which protects only from the first batch"
         return int(meta.get("env_config", {}).get("warmup_steps", 0)), "as in the game"
+
+    def take_param_means(self) -> dict[str, float]:
+        """The mean of each parameter the policy chose over the batches since the last call
+        (``high_band`` as the share of batches mixing the high band), with ``clean_share``, the
+        share of those batches left clean by the warm-up; then starts counting again. Empty when
+        no batch went through. What the policy did in a run, for logs and plots."""
+        n = self._acted + self._clean
+        out = {name: total / self._acted for name, total in self._param_sums.items()} if self._acted else {}
+        if n:
+            out["clean_share"] = self._clean / n
+        self._param_sums, self._acted, self._clean = {}, 0, 0
+        return out
 
     @classmethod
     def load(cls, path: str | Path, seed: int = 0, warmup_steps: int | None = None,
@@ -252,6 +267,7 @@ class PolicyAugmenter(nn.Module):
             self.train_acc = self._ema(self.train_acc, train_acc)
         if step < self.warmup_steps:  # the game's clean warm-up: the policy acts on a model past it
             self.last_params = None
+            self._clean += 1
             return images, targets
         obs = self.observation(targets.shape[1], step, total_steps)
         action = self.act(torch.from_numpy(obs)[None])[0].numpy()
@@ -259,6 +275,9 @@ class PolicyAugmenter(nn.Module):
         params = decode(action, self.k_max)
         params = with_fixed(params, self.fixed_params)
         self.last_params = params
+        for name, value in asdict(params).items():
+            self._param_sums[name] = self._param_sums.get(name, 0.0) + float(value)
+        self._acted += 1
         config = HybridConfig.from_params(params, mode=self.meta["mix_mode"], fill=self.meta["erase_fill"])
         return apply_augment(images, targets, sample_augment(config, images, self.generator))
 

@@ -182,6 +182,29 @@ def test_policy_augmenter_replays_the_games_clean_warmup(tmp_path: Path) -> None
     assert aug.game_fr_steps() == 5 + cfg.horizon // 2
 
 
+def test_policy_augmenter_reports_the_mean_parameters_it_chose_and_its_clean_share(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from stable_baselines3 import PPO
+
+    cfg = EnvConfig(data=TINY_DATA, width=8, batch_size=16, warmup_steps=2, fixed_params={"label_follow": 0.0})
+    env = FaceAugmentEnv(cfg, split=split_identities(load_faces(cfg.data), cfg.split))
+    path = export_policy(PPO("MlpPolicy", env, seed=0, device="cpu"), tmp_path / "p.safetensors", env.config, {})
+    aug = PolicyAugmenter.load(path, warmup_steps=2, sample=True, seed=3)  # sampled: the parameters vary per batch
+    x, y = torch.rand(8, 3, 32, 32), one_hot(torch.arange(8) % 4, 4)
+    chosen = []
+    for step in range(6):
+        aug(x, y, step=step, total_steps=6)
+        if aug.last_params is not None:
+            chosen.append(asdict(aug.last_params))
+    means = aug.take_param_means()
+    assert len(chosen) == 4 and means["clean_share"] == pytest.approx(2 / 6)
+    for name in ("k", "alpha", "radius", "erase_p"):
+        assert means[name] == pytest.approx(np.mean([c[name] for c in chosen]))
+    assert len({c["radius"] for c in chosen}) == 4 and means["label_follow"] == 0.0
+    assert aug.take_param_means() == {}  # counting starts again
+
+
 def test_train_fr_warns_when_the_policy_never_acts_or_the_run_is_short(tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture) -> None:
     from stable_baselines3 import PPO
@@ -258,8 +281,15 @@ def test_train_agent_logs_sb3_metrics_env_terms_policy_and_plot(tmp_path: Path,
     policy = next((tmp_path / "checkpoints").glob("*-policy.safetensors"))
     obs = np.zeros((3, OBS_WIDTH), dtype=np.float32)
     assert np.allclose(served.predict(obs), PolicyAugmenter.load(policy).act(torch.from_numpy(obs)).numpy())
-    assert main(["train-fr", "--data", "synthetic", *AGENT_TINY[:6], "--batch-size", "16", "--epochs", "1",
+    capsys.readouterr()
+    assert main(["train-fr", "--data", "synthetic", *AGENT_TINY[:6], "--batch-size", "16", "--epochs", "2",
                  "--policy", str(policy)]) == 0
+    assert "policy chose (mean of the epoch means): k " in capsys.readouterr().out
+    fr_run = MlflowClient().search_runs([mlflow.get_experiment_by_name("veil").experiment_id],
+                                        filter_string="tags.`veil.kind` = 'fr'")[0]
+    history = MlflowClient().get_metric_history(fr_run.info.run_id, "policy.radius")
+    assert [m.step for m in history] == [1, 2] and all(0.0 <= m.value <= 1.0 for m in history)
+    assert MlflowClient().get_metric_history(fr_run.info.run_id, "policy.label_follow")[0].value == 0.0  # fixed
 
 
 def test_baseline_policy_runs_through_the_same_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
