@@ -467,3 +467,16 @@ def test_the_committed_90_epoch_cells_meet_the_target_under_gmi_and_not_under_pc
     met, why = target_verdict(gmi)
     assert met and why.startswith("drop 62% at 1.7 points (pixel-space neighbour 74% down")
     assert target_verdict(pca) == (False, "drop 41%")
+
+
+def test_the_committed_90_epoch_agents_sit_with_the_centre_of_their_action_box_and_miss_the_target() -> None:
+    """docs/RESULTS.md, "What the agents learn": the committed agents and the untrained centre of
+    their action box lower both attacks by about 82%, beyond the spread, at 5.6-7.2 points of
+    accuracy, so neither meets the target."""
+    rows = _committed_rows("att-label-follow-90ep")
+    center, agents = rows["center", "pca"], rows["agents-commit", "pca"]
+    assert center["vs_none_paired"] == "-37.5 ± 8.2 *" and agents["vs_none_paired"] == "-37.9 ± 12.6 *"
+    assert rows["center", "gmi"]["vs_none_paired"] == "-35.0 ± 5.4 *"
+    assert (round(100 * center["natural_top1"][0], 1), round(100 * agents["natural_top1"][0], 1)) == (92.2, 90.6)
+    assert target_verdict(center) == (False, "drop 82% at 5.6 points")
+    assert target_verdict(rows["agents-commit", "gmi"]) == (False, "drop 81% at 7.2 points")
