@@ -12,7 +12,7 @@ from torchvision.transforms import v2
 
 from defenses.erasing import EraseConfig, apply_erasing, random_erasing, sample_erasing
 from defenses.mixup import MODES, MixConfig, apply_mixup, radial_frequency, sample_mixup
-from defenses.params import ACTION_DIM, AugmentParams, decode, encode
+from defenses.params import ACTION_DIM, AugmentParams, decode, encode, with_fixed
 
 
 def _batch(b: int = 16, classes: int = 5, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -354,3 +354,11 @@ def test_hybrid_with_k_one_and_p_zero_is_the_identity() -> None:
     x, y = _batch()
     out, t = augment(x, y, HybridConfig.from_params(AugmentParams(k=1, erase_p=0.0)))
     assert torch.equal(out, x) and torch.equal(t, y)
+
+
+def test_the_centre_of_the_action_box_with_labels_and_band_fixed_is_the_documented_fixed_hybrid() -> None:
+    """RESULTS' `center` row (and docs/deploy.md's fixed example) is the action an untrained policy
+    takes under --fix label_follow=0 --fix high_band=0: the benchmark flags must decode from it."""
+    p = with_fixed(decode(np.zeros(ACTION_DIM)), {"label_follow": 0.0, "high_band": 0.0})
+    assert (p.k, p.alpha, p.radius, p.erase_p, p.high_band, p.label_follow) == (4, 1.0, 0.5, 0.5, False, 0.0)
+    assert p.erase_scale == pytest.approx((0.065, 0.26)) and p.erase_aspect == pytest.approx(1.817, abs=1e-3)
