@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -343,6 +344,7 @@ def train_fr(args: argparse.Namespace) -> str:
     trainer = Trainer(model, train_cfg, num_classes=split.num_private)
     trainer.regularizers = fr_defenses.regularizers(defense)
     augment = fr_defenses.make_augment(defense)
+    augmenter = None  # the learned policy, when there is one (what it chose is logged per epoch)
     if args.policy:
         if {"re", "mixup"} & set(defense.names):
             raise ValueError("--policy picks the erasing and MixUp parameters itself; drop re/mixup/hybrid from "
@@ -351,8 +353,6 @@ def train_fr(args: argparse.Namespace) -> str:
         policy_augment, augmenter = _policy_augment(args.policy, trainer, args.seed, args.policy_warmup, planned,
                                                     args.policy_sample)
         augment = fr_defenses.with_label_defenses(policy_augment, defense)
-    else:
-        augmenter = None
     ledger = None
     if "dp" in defense.names:
         from defenses.dp import make_private
@@ -438,8 +438,8 @@ def train_fr(args: argparse.Namespace) -> str:
         print(f"dp: spent epsilon {ledger.epsilon():.2f} at delta {ledger.delta}")
     if augmenter is not None and policy_epochs:
         print("policy chose (mean of the epoch means): " + ", ".join(
-            f"{k} {sum(e[k] for e in policy_epochs if k in e) / sum(k in e for e in policy_epochs):.2f}"
-            for k in policy_epochs[-1]) + " (MLflow: policy.<name> per epoch)")
+            f"{k} {statistics.fmean(e[k] for e in policy_epochs if k in e):.2f}" for k in policy_epochs[-1])
+              + " (MLflow: policy.<name> per epoch)")
     print(f"checkpoint: {ckpt}")
     print(f"MLflow run {run_id} in {uri}")
     print("look at it with:  veil ui   (then open http://127.0.0.1:5000)")
