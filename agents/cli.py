@@ -212,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ppo/a2c: initial log std of the Gaussian policy (default: 0, std 1: on the [-1, 1] action "
                         "box the game then trains under near-random augmentation; -1 gives std 0.37)")
     g.add_argument("--policy-lr", type=float, default=3e-4, help="agent learning rate (default: 3e-4)")
+    g.add_argument("--gamma", type=float, default=0.99,
+                   help="discount factor in [0, 1) (default: 0.99, SB3's). 0 scores each action by its own batch "
+                        "only: the adversary's gain and the preserve term answer to the step's action, while the "
+                        "slow terms (validation, probe) then add a per-state offset, not a signal")
     g.add_argument("--normalize-reward", action="store_true",
                    help="scale rewards by a running estimate of the return's std (SB3 VecNormalize, rewards only; "
                         "the observation and so the exported policy are unchanged). Helps when a large, slowly "

@@ -83,6 +83,8 @@ def train(args: Any) -> Path | None:
     from .rl import (ALGOS, AtomicCheckpointCallback, EnvTermsCallback, FREvalCallback, ProgressCallback,
                      action_spread, baseline_action, commitment_warning, mlflow_logger)
 
+    if not 0.0 <= args.gamma < 1.0:
+        raise ValueError(f"--gamma must be in [0, 1), got {args.gamma}")
     if args.threads:
         torch.set_num_threads(args.threads)
     data_cfg, split_cfg = data_configs(args)
@@ -111,7 +113,8 @@ def train(args: Any) -> Path | None:
                              "agent": {"algo": args.algo, "timesteps": args.timesteps, "n_envs": args.n_envs,
                                        "n_steps": args.n_steps, "ent_coef": args.ent_coef,
                                        "policy_lr": args.policy_lr, "baseline": args.baseline,
-                                       "normalize_reward": normalize_reward, "log_std_init": args.log_std_init}})
+                                       "normalize_reward": normalize_reward, "log_std_init": args.log_std_init,
+                                       "gamma": args.gamma}})
         probe, ev = make_probe(args, split)
         if ev is not None:
             tracking.log_params({"probe": {"eval_model": ev.config.model, "eval_top1": round(ev.metrics["top1"], 4),
@@ -129,7 +132,8 @@ def train(args: Any) -> Path | None:
         if normalize_reward:
             vec = VecNormalize(vec, norm_obs=False, norm_reward=True)
         algo_cls = ALGOS[args.algo]
-        kwargs: dict[str, Any] = {"seed": args.seed, "device": "cpu", "learning_rate": args.policy_lr, "verbose": 0}
+        kwargs: dict[str, Any] = {"seed": args.seed, "device": "cpu", "learning_rate": args.policy_lr, "verbose": 0,
+                                  "gamma": args.gamma}
         if args.algo in ("ppo", "a2c"):
             kwargs.update(n_steps=args.n_steps, ent_coef=args.ent_coef,
                           policy_kwargs={"log_std_init": args.log_std_init})

@@ -334,6 +334,30 @@ def test_log_std_init_sets_the_starting_spread_of_the_agents_actions(tmp_path: P
     assert torch.allclose(seen["log_std"], torch.full((ACTION_DIM,), -1.5), atol=0.05)  # one small update from -1.5
 
 
+def test_gamma_zero_scores_each_action_by_its_own_batch_reward(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+    _spy_on_export(monkeypatch, lambda agent: seen.update(gamma=agent.gamma, buf=agent.rollout_buffer))
+    assert main(["train-agent", *AGENT_TINY, "--timesteps", "32", "--n-steps", "32", "--log-every", "32",
+                 "--gamma", "0"]) == 0
+    buf = seen["buf"]
+    assert seen["gamma"] == 0.0
+    assert buf.rewards.std() > 0  # real, varying rewards ...
+    np.testing.assert_allclose(buf.returns, buf.rewards, rtol=1e-5, atol=1e-5)  # ... and no future in the return
+    mlflow.set_tracking_uri(tracking.default_tracking_uri())
+    (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name("veil").experiment_id])
+    assert float(run.data.params["agent.gamma"]) == 0.0
+
+
+def test_gamma_outside_zero_one_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["train-agent", *AGENT_TINY, "--timesteps", "32", "--gamma", "1"]) == 2
+    assert "--gamma must be in [0, 1), got 1.0" in capsys.readouterr().err
+    assert not (tmp_path / "mlruns").exists()  # no run was started
+
+
 def test_normalize_reward_wraps_the_agents_env_in_vecnormalize_for_rewards_only(tmp_path: Path,
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
