@@ -61,8 +61,8 @@ class EnvTermsCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         for info in self.locals.get("infos", []):
-            for key in ("loss_aug", "acc_aug", "loss_clean", "acc_val", "probe_top1", "grad_norm", "reward_adv",
-                        "reward_utility", "reward_preserve", "reward_privacy", "loss_excess"):
+            for key in ("loss_aug", "acc_aug", "acc_preserve", "loss_clean", "acc_val", "probe_top1", "grad_norm",
+                        "reward_adv", "reward_utility", "reward_preserve", "reward_privacy", "loss_excess"):
                 if key in info:
                     self._window[f"env.{key}"].append(float(info[key]))
             for name, value in info.get("params", {}).items():

@@ -96,7 +96,7 @@ def train(args: Any) -> Path | None:
                         acc_budget=args.acc_budget,
                         utility_weight=args.utility_weight, val_every=args.val_every,
                         reward_scale=args.reward_scale, preserve_budget=args.preserve_budget,
-                        preserve_weight=args.preserve_weight,
+                        preserve_weight=args.preserve_weight, preserve_on=args.preserve_on,
                         warmup_steps=args.warmup_steps, reset_mode=args.reset_mode, probe_every=args.probe_every,
                         privacy_weight=args.privacy_weight, seed=args.seed)
     print(f"data: {split.num_private} private identities, {len(split.train_labels)} training images; "
@@ -213,7 +213,7 @@ def _run_baseline(args: Any, env: Any, baseline_action, tracking, split) -> None
     window: dict[str, list[float]] = {}
     for t in range(1, args.timesteps + 1):
         _, reward, _, truncated, info = env.step(baseline_action(args.baseline, rng, fixed))
-        for k in ("loss_aug", "loss_excess", "acc_aug", "acc_val", "probe_top1", "reward_adv", "reward_utility",
+        for k in ("loss_aug", "loss_excess", "acc_aug", "acc_preserve", "acc_val", "probe_top1", "reward_adv", "reward_utility",
                   "reward_preserve", "reward_privacy"):
             window.setdefault(f"env.{k}", []).append(float(info[k]))
         window.setdefault("reward", []).append(reward)

@@ -63,6 +63,12 @@ class EnvConfig:
             ``-preserve_weight * max(0, preserve_budget - acc_aug)``, where ``acc_aug`` is the FR
             model's top-1 on the augmented batch against each image's dominant label. Unlike the
             validation term this one answers to the action of the step itself.
+        preserve_on: which images that top-1 is measured on. ``batch`` (default): the step's own
+            augmented training batch; the FR model learns to name its training images under almost
+            any augmentation, so late in the game the term stops binding. ``heldout``: the
+            held-out validation images, augmented with the step's parameters (a fresh draw), which
+            the model never trains on: still a per-action signal, but one that measures whether
+            an identity survives the augmentation for a model that has to generalize.
         ema: smoothing of the running statistics.
         fixed_params: action parameters fixed by configuration, like ``mix_mode`` (their action
             dimensions are then ignored), e.g. ``{"label_follow": 0.0, "high_band": 0.0}``: MixUp's
@@ -101,6 +107,7 @@ class EnvConfig:
     reward_scale: str = "zscore"
     preserve_budget: float = 0.5
     preserve_weight: float = 1.0
+    preserve_on: str = "batch"
     ema: float = 0.95
     fixed_params: dict[str, float] = field(default_factory=dict)
     reset_mode: str = "continue"
@@ -112,6 +119,8 @@ class EnvConfig:
             raise ValueError(f"schedule must be alternating or interleaved, got {self.schedule!r}")
         if self.reward_scale not in ("relative", "zscore", "raw"):
             raise ValueError(f"reward_scale must be relative, zscore or raw, got {self.reward_scale!r}")
+        if self.preserve_on not in ("batch", "heldout"):
+            raise ValueError(f"preserve_on must be batch or heldout, got {self.preserve_on!r}")
         if self.reset_mode not in ("continue", "restart"):
             raise ValueError(f"reset_mode must be continue or restart, got {self.reset_mode!r}")
         if self.episode_steps < 1 or self.policy_steps < 0 or self.fr_steps < 0 or self.policy_steps + self.fr_steps < 1:
@@ -144,11 +153,12 @@ class FaceAugmentEnv(gym.Env):
 
     ## Rewards
     ``reward = adv - utility_weight * max(0, acc_budget - acc_val)
-    - preserve_weight * max(0, preserve_budget - acc_aug) - privacy_weight * probe_top1``
+    - preserve_weight * max(0, preserve_budget - acc_preserve) - privacy_weight * probe_top1``
     where ``adv`` is the excess loss on the augmented batch (``L_aug - H(targets)``), z-scored
     against its running statistics by default (``reward_scale``). ``info`` carries each term:
     ``reward_adv``, ``reward_utility``, ``reward_preserve``, ``reward_privacy`` (their sum is the
-    reward), with ``loss_aug``, ``loss_excess`` and ``acc_aug`` beside them.
+    reward), with ``loss_aug``, ``loss_excess``, ``acc_aug`` and ``acc_preserve`` (``acc_aug``, or
+    the held-out images' top-1 under ``preserve_on="heldout"``) beside them.
 
     ## Starting State
     A freshly initialized FR model (seeded). ``reset()`` keeps the current FR model
@@ -226,6 +236,14 @@ class FaceAugmentEnv(gym.Env):
     def _validate(self) -> float:
         return self.trainer.evaluate(self.split.train_images[self.val_idx],
                                      self.split.train_labels[self.val_idx])["top1"]
+
+    def _heldout_accuracy(self, params: AugmentParams) -> float:
+        """Top-1 of the FR model on the held-out images augmented with ``params`` (the
+        ``preserve_on="heldout"`` signal), against each image's dominant label."""
+        images = to_float(self.split.train_images[self.val_idx])
+        targets = one_hot(self.split.train_labels[self.val_idx], self.num_classes)
+        record = sample_augment(self.augmentation(params), images, self._gen)
+        return self.trainer.evaluate_batch(*apply_augment(images, targets, record)).accuracy
 
     def evaluate_fr(self) -> dict[str, float]:
         """Clean top-1/top-5 of the FR model on the private test split."""
@@ -320,12 +338,13 @@ class FaceAugmentEnv(gym.Env):
         if self.probe is not None and c.probe_every and self.total_steps % c.probe_every == 0:
             self.probe_top1 = float(self.probe(self.trainer.model))
         utility = -c.utility_weight * max(0.0, c.acc_budget - self.acc_val)
-        preserve = -c.preserve_weight * max(0.0, c.preserve_budget - stats.accuracy)
+        acc_preserve = stats.accuracy if c.preserve_on == "batch" else self._heldout_accuracy(params)
+        preserve = -c.preserve_weight * max(0.0, c.preserve_budget - acc_preserve)
         privacy = -c.privacy_weight * self.probe_top1
         reward = adv + utility + preserve + privacy
         self.last_action = action
         info = {"phase": "fr" if fr_step else "policy", "loss_aug": loss_aug, "loss_excess": excess,
-                "target_entropy": entropy, "acc_aug": stats.accuracy,
+                "target_entropy": entropy, "acc_aug": stats.accuracy, "acc_preserve": acc_preserve,
                 "loss_clean": self.loss_clean, "grad_norm": stats.grad_norm if fr_step else 0.0, "acc_val": self.acc_val,
                 "probe_top1": self.probe_top1, "reward_adv": adv, "reward_utility": utility,
                 "reward_preserve": preserve, "reward_privacy": privacy, "params": asdict(params), "global_step": self.total_steps}

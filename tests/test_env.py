@@ -65,6 +65,30 @@ def test_loss_aug_is_the_loss_of_the_augmented_batch_and_reward_is_the_sum_of_te
                                        + info["reward_privacy"])
         assert info["reward_utility"] == pytest.approx(-1.0 * max(0.0, 0.9 - info["acc_val"]))
         assert info["reward_preserve"] == pytest.approx(-1.0 * max(0.0, 0.5 - info["acc_aug"]))
+        assert info["acc_preserve"] == info["acc_aug"]  # preserve_on="batch": the step's own batch
+
+
+def test_heldout_preserve_scores_the_validation_images_under_the_steps_augmentation(split) -> None:
+    env = FaceAugmentEnv(_config(preserve_on="heldout", preserve_budget=1.0, preserve_weight=3.0, warmup_steps=4,
+                                 val_fraction=0.4), split=split)  # 11 held-out images
+    env.reset(seed=0)
+    clean_val = env.trainer.evaluate(split.train_images[env.val_idx], split.train_labels[env.val_idx])["top1"]
+    assert 0.0 < clean_val < 1.0  # a model part-way through learning, so the term has room to move
+    identity = -np.ones(ACTION_DIM, dtype=np.float32)  # k = 1, erase_p = 0: the augmentation does nothing
+    assert not env.is_fr_step()  # a policy step: the model that scored the held-out images is unchanged
+    _, _, _, _, info = env.step(identity)
+    assert info["acc_preserve"] == pytest.approx(clean_val)
+    assert info["reward_preserve"] == pytest.approx(-3.0 * (1.0 - clean_val))
+    heavy = np.ones(ACTION_DIM, dtype=np.float32)  # six images over the whole spectrum, every image erased
+    assert not env.is_fr_step()
+    _, _, _, _, info = env.step(heavy)
+    assert info["acc_preserve"] < clean_val  # fewer identities survive it, on images never trained on
+    assert info["reward_preserve"] == pytest.approx(-3.0 * (1.0 - info["acc_preserve"]))
+
+
+def test_preserve_on_must_name_batch_or_heldout() -> None:
+    with pytest.raises(ValueError, match="preserve_on must be batch or heldout, got 'test'"):
+        _config(preserve_on="test")
 
 
 def test_adversarial_term_is_the_excess_over_the_soft_targets_entropy(split) -> None:
