@@ -249,10 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preserve-budget", type=float, default=0.5,
                    help="penalty when the FR model's top-1 on the augmented batch falls below this (default: 0.5)")
     g.add_argument("--preserve-weight", type=float, default=1.0, help="weight of that penalty (default: 1)")
-    g.add_argument("--preserve-on", choices=("batch", "heldout"), default="batch",
-                   help="where the preserve term's top-1 is measured: the step's augmented training batch, or "
-                        "the held-out validation images augmented with the step's parameters, which the FR "
-                        "model never trains on (default: batch)")
+    g.add_argument("--preserve-on", choices=("batch", "heldout", "heldout-drop"), default="batch",
+                   help="where the preserve term's top-1 is measured: the step's augmented training batch; the "
+                        "held-out validation images augmented with the step's parameters, which the FR model "
+                        "never trains on; or heldout-drop, 1 - (clean - augmented) top-1 on those images, so "
+                        "--preserve-budget 0.95 allows the adversary 5 points of held-out accuracy (default: batch)")
     g.add_argument("--val-every", type=int, default=64, help="validation every N env steps (default: 64)")
     g.add_argument("--warmup-steps", type=int, default=0,
                    help="clean FR steps before the game, so the adversary's reward carries signal (default: 0)")

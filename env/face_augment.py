@@ -69,6 +69,10 @@ class EnvConfig:
             held-out validation images, augmented with the step's parameters (a fresh draw), which
             the model never trains on: still a per-action signal, but one that measures whether
             an identity survives the augmentation for a model that has to generalize.
+            ``heldout-drop``: one minus what the augmentation costs there, ``1 - max(0, clean top-1
+            - augmented top-1)`` on the held-out images, so ``preserve_budget = 0.95`` lets the
+            adversary take at most 5 points of the current model's held-out accuracy, however
+            accurate the model is yet.
         ema: smoothing of the running statistics.
         fixed_params: action parameters fixed by configuration, like ``mix_mode`` (their action
             dimensions are then ignored), e.g. ``{"label_follow": 0.0, "high_band": 0.0}``: MixUp's
@@ -119,8 +123,8 @@ class EnvConfig:
             raise ValueError(f"schedule must be alternating or interleaved, got {self.schedule!r}")
         if self.reward_scale not in ("relative", "zscore", "raw"):
             raise ValueError(f"reward_scale must be relative, zscore or raw, got {self.reward_scale!r}")
-        if self.preserve_on not in ("batch", "heldout"):
-            raise ValueError(f"preserve_on must be batch or heldout, got {self.preserve_on!r}")
+        if self.preserve_on not in ("batch", "heldout", "heldout-drop"):
+            raise ValueError(f"preserve_on must be batch, heldout or heldout-drop, got {self.preserve_on!r}")
         if self.reset_mode not in ("continue", "restart"):
             raise ValueError(f"reset_mode must be continue or restart, got {self.reset_mode!r}")
         if self.episode_steps < 1 or self.policy_steps < 0 or self.fr_steps < 0 or self.policy_steps + self.fr_steps < 1:
@@ -237,11 +241,13 @@ class FaceAugmentEnv(gym.Env):
         return self.trainer.evaluate(self.split.train_images[self.val_idx],
                                      self.split.train_labels[self.val_idx])["top1"]
 
-    def _heldout_accuracy(self, params: AugmentParams) -> float:
-        """Top-1 of the FR model on the held-out images augmented with ``params`` (the
-        ``preserve_on="heldout"`` signal), against each image's dominant label."""
+    def _heldout_accuracy(self, params: AugmentParams | None) -> float:
+        """Top-1 of the FR model on the held-out images augmented with ``params`` (clean for
+        ``None``; the ``preserve_on="heldout"`` signal), against each image's dominant label."""
         images = to_float(self.split.train_images[self.val_idx])
         targets = one_hot(self.split.train_labels[self.val_idx], self.num_classes)
+        if params is None:
+            return self.trainer.evaluate_batch(images, targets).accuracy
         record = sample_augment(self.augmentation(params), images, self._gen)
         return self.trainer.evaluate_batch(*apply_augment(images, targets, record)).accuracy
 
@@ -339,6 +345,8 @@ class FaceAugmentEnv(gym.Env):
             self.probe_top1 = float(self.probe(self.trainer.model))
         utility = -c.utility_weight * max(0.0, c.acc_budget - self.acc_val)
         acc_preserve = stats.accuracy if c.preserve_on == "batch" else self._heldout_accuracy(params)
+        if c.preserve_on == "heldout-drop":
+            acc_preserve = 1.0 - max(0.0, self._heldout_accuracy(None) - acc_preserve)
         preserve = -c.preserve_weight * max(0.0, c.preserve_budget - acc_preserve)
         privacy = -c.privacy_weight * self.probe_top1
         reward = adv + utility + preserve + privacy

@@ -86,8 +86,21 @@ def test_heldout_preserve_scores_the_validation_images_under_the_steps_augmentat
     assert info["reward_preserve"] == pytest.approx(-3.0 * (1.0 - info["acc_preserve"]))
 
 
+def test_heldout_drop_preserve_scores_what_the_augmentation_costs_on_the_held_out_images(split) -> None:
+    env = FaceAugmentEnv(_config(preserve_on="heldout-drop", preserve_budget=1.0, preserve_weight=3.0,
+                                 warmup_steps=4, val_fraction=0.4), split=split)  # the model of the test above
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(-np.ones(ACTION_DIM, dtype=np.float32))
+    assert info["acc_preserve"] == pytest.approx(1.0)  # no augmentation, no drop, however inaccurate the model
+    assert info["reward_preserve"] == 0.0
+    _, _, _, _, info = env.step(np.ones(ACTION_DIM, dtype=np.float32))
+    clean_val = env.trainer.evaluate(split.train_images[env.val_idx], split.train_labels[env.val_idx])["top1"]
+    assert info["acc_preserve"] < 1.0 and info["acc_preserve"] >= 1.0 - clean_val  # 1 - (clean - augmented)
+    assert info["reward_preserve"] == pytest.approx(-3.0 * (1.0 - info["acc_preserve"]))
+
+
 def test_preserve_on_must_name_batch_or_heldout() -> None:
-    with pytest.raises(ValueError, match="preserve_on must be batch or heldout, got 'test'"):
+    with pytest.raises(ValueError, match="preserve_on must be batch, heldout or heldout-drop, got 'test'"):
         _config(preserve_on="test")
 
 
