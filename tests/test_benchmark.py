@@ -480,3 +480,17 @@ def test_the_committed_90_epoch_agents_sit_with_the_centre_of_their_action_box_a
     assert (round(100 * center["natural_top1"][0], 1), round(100 * agents["natural_top1"][0], 1)) == (92.2, 90.6)
     assert target_verdict(center) == (False, "drop 82% at 5.6 points")
     assert target_verdict(rows["agents-commit", "gmi"]) == (False, "drop 81% at 7.2 points")
+
+
+def test_the_committed_own_batch_agents_lower_both_attacks_beyond_the_spread_at_six_points_or_more() -> None:
+    """docs/RESULTS.md, "Agents scored by their own batch": the escalating adversary (g0n-b95) and
+    the one priced by the held-out drop (g0d-b98) lower PCA and GMI beyond the spread but cost 11.1
+    and 6.1 points, so neither meets the target, as the cells committed beside it say."""
+    rows = _committed_rows("att-label-follow-90ep")
+    for name, nat, pca, gmi in (("g0n-b95", 86.7, "-33.7 ± 5.4 *", "-36.3 ± 8.2 *"),
+                                ("g0d-b98", 91.7, "-33.7 ± 8.2 *", "-33.8 ± 6.2 *")):
+        assert (rows[name, "pca"]["seeds"], rows[name, "gmi"]["seeds"]) == (3, 3)
+        assert round(100 * rows[name, "pca"]["natural_top1"][0], 1) == nat
+        assert (rows[name, "pca"]["vs_none_paired"], rows[name, "gmi"]["vs_none_paired"]) == (pca, gmi)
+    assert target_verdict(rows["g0d-b98", "pca"]) == (False, "drop 74% at 6.1 points")
+    assert target_verdict(rows["g0n-b95", "gmi"]) == (False, "drop 85% at 11.1 points")
