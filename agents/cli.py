@@ -247,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reward-scale", choices=("zscore", "relative", "raw"), default="zscore",
                    help="normalization of the adversary's excess loss (default: zscore)")
     g.add_argument("--preserve-budget", type=float, default=0.5,
-                   help="penalty when the FR model's top-1 on the augmented batch falls below this (default: 0.5)")
+                   help="penalty when the FR model's top-1 on the augmented batch (see --preserve-on) falls below "
+                        "this (default: 0.5)")
     g.add_argument("--preserve-weight", type=float, default=1.0, help="weight of that penalty (default: 1)")
     g.add_argument("--preserve-on", choices=("batch", "heldout", "heldout-drop"), default="batch",
                    help="where the preserve term's top-1 is measured: the step's augmented training batch; the "

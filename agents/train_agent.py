@@ -213,8 +213,8 @@ def _run_baseline(args: Any, env: Any, baseline_action, tracking, split) -> None
     window: dict[str, list[float]] = {}
     for t in range(1, args.timesteps + 1):
         _, reward, _, truncated, info = env.step(baseline_action(args.baseline, rng, fixed))
-        for k in ("loss_aug", "loss_excess", "acc_aug", "acc_preserve", "acc_val", "probe_top1", "reward_adv", "reward_utility",
-                  "reward_preserve", "reward_privacy"):
+        for k in ("loss_aug", "loss_excess", "acc_aug", "acc_preserve", "acc_val", "probe_top1", "reward_adv",
+                  "reward_utility", "reward_preserve", "reward_privacy"):
             window.setdefault(f"env.{k}", []).append(float(info[k]))
         window.setdefault("reward", []).append(reward)
         if t % args.log_every == 0:

@@ -162,7 +162,7 @@ class FaceAugmentEnv(gym.Env):
     against its running statistics by default (``reward_scale``). ``info`` carries each term:
     ``reward_adv``, ``reward_utility``, ``reward_preserve``, ``reward_privacy`` (their sum is the
     reward), with ``loss_aug``, ``loss_excess``, ``acc_aug`` and ``acc_preserve`` (``acc_aug``, or
-    the held-out images' top-1 under ``preserve_on="heldout"``) beside them.
+    the held-out score of ``preserve_on="heldout"`` / ``"heldout-drop"``) beside them.
 
     ## Starting State
     A freshly initialized FR model (seeded). ``reset()`` keeps the current FR model
