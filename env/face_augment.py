@@ -195,6 +195,9 @@ class FaceAugmentEnv(gym.Env):
         if len(self.train_idx) < config.batch_size:
             raise ValueError(f"{len(self.train_idx)} training images after the validation hold-out is fewer "
                              f"than batch_size={config.batch_size}")
+        if config.preserve_on != "batch":  # the held-out images as the FR model takes them, for that term
+            self._val_x = to_float(self.split.train_images[self.val_idx])
+            self._val_y = one_hot(self.split.train_labels[self.val_idx], self.num_classes)
 
         torch.manual_seed(config.seed)
         image_size = int(self.split.train_images.shape[-1])
@@ -241,15 +244,16 @@ class FaceAugmentEnv(gym.Env):
         return self.trainer.evaluate(self.split.train_images[self.val_idx],
                                      self.split.train_labels[self.val_idx])["top1"]
 
-    def _heldout_accuracy(self, params: AugmentParams | None) -> float:
-        """Top-1 of the FR model on the held-out images augmented with ``params`` (clean for
-        ``None``; the ``preserve_on="heldout"`` signal), against each image's dominant label."""
-        images = to_float(self.split.train_images[self.val_idx])
-        targets = one_hot(self.split.train_labels[self.val_idx], self.num_classes)
-        if params is None:
-            return self.trainer.evaluate_batch(images, targets).accuracy
-        record = sample_augment(self.augmentation(params), images, self._gen)
-        return self.trainer.evaluate_batch(*apply_augment(images, targets, record)).accuracy
+    def _preserve_score(self, batch_accuracy: float, params: AugmentParams) -> float:
+        """What the preserve term holds to its budget (``preserve_on``): the augmented batch's
+        top-1, the held-out images' top-1 under a fresh draw of ``params``, or one minus what that
+        draw costs against the current model's clean held-out top-1."""
+        mode = self.config.preserve_on
+        if mode == "batch":
+            return batch_accuracy
+        record = sample_augment(self.augmentation(params), self._val_x, self._gen)
+        augmented = self.trainer.evaluate_batch(*apply_augment(self._val_x, self._val_y, record)).accuracy
+        return augmented if mode == "heldout" else 1.0 - max(0.0, self._validate() - augmented)
 
     def evaluate_fr(self) -> dict[str, float]:
         """Clean top-1/top-5 of the FR model on the private test split."""
@@ -344,9 +348,7 @@ class FaceAugmentEnv(gym.Env):
         if self.probe is not None and c.probe_every and self.total_steps % c.probe_every == 0:
             self.probe_top1 = float(self.probe(self.trainer.model))
         utility = -c.utility_weight * max(0.0, c.acc_budget - self.acc_val)
-        acc_preserve = stats.accuracy if c.preserve_on == "batch" else self._heldout_accuracy(params)
-        if c.preserve_on == "heldout-drop":
-            acc_preserve = 1.0 - max(0.0, self._heldout_accuracy(None) - acc_preserve)
+        acc_preserve = self._preserve_score(stats.accuracy, params)
         preserve = -c.preserve_weight * max(0.0, c.preserve_budget - acc_preserve)
         privacy = -c.privacy_weight * self.probe_top1
         reward = adv + utility + preserve + privacy
