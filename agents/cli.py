@@ -241,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fix an action parameter for every action instead of letting the agent choose it "
                         "(repeatable; names from the action table), e.g. --fix label_follow=0 --fix high_band=0: "
                         "MixUp's targets never follow the mix and only the low band is mixed")
+    g.add_argument("--bound", action="append", default=[], metavar="NAME=LO:HI",
+                   help="let the agent choose a parameter only within [LO, HI] (repeatable; names from the action "
+                        "table), e.g. --bound radius=0:0.05: a utility constraint from a fixed sweep; the exported "
+                        "policy keeps it")
     g.add_argument("--acc-budget", type=float, default=0.0,
                    help="utility constraint: penalty when validation accuracy falls below this (default: 0 = off)")
     g.add_argument("--utility-weight", type=float, default=1.0, help="lambda of the utility penalty (default: 1)")

@@ -122,6 +122,7 @@ class PolicyAugmenter(nn.Module):
         self.sample = sample
         self.log_std = None if log_std is None else log_std.float().reshape(1, -1)
         self.fixed_params = dict(meta.get("env_config", {}).get("fixed_params") or {})  # as the game fixed them
+        self.param_bounds = {k: tuple(v) for k, v in (meta.get("env_config", {}).get("param_bounds") or {}).items()}
         self.warmup_steps, self.warmup_source = self._default_warmup(meta, warmup_steps)
         self.actor = actor
         self.meta = meta
@@ -272,7 +273,7 @@ class PolicyAugmenter(nn.Module):
         obs = self.observation(targets.shape[1], step, total_steps)
         action = self.act(torch.from_numpy(obs)[None])[0].numpy()
         self.last_action = action.astype(np.float32)
-        params = decode(action, self.k_max)
+        params = decode(action, self.k_max, self.param_bounds)  # inside the box the game set
         params = with_fixed(params, self.fixed_params)
         self.last_params = params
         for name, value in asdict(params).items():

@@ -93,6 +93,7 @@ def train(args: Any) -> Path | None:
                         episode_steps=args.episode_steps, horizon=args.timesteps // max(1, args.n_envs),
                         schedule=args.schedule, policy_steps=args.policy_steps, fr_steps=args.fr_steps,
                         k_max=args.k_max, mix_mode=args.mix_mode, fixed_params=parse_fixed(args.fix),
+                        param_bounds=parse_bounds(args.bound),
                         acc_budget=args.acc_budget,
                         utility_weight=args.utility_weight, val_every=args.val_every,
                         reward_scale=args.reward_scale, preserve_budget=args.preserve_budget,
@@ -200,6 +201,21 @@ def parse_fixed(specs: list[str] | None) -> dict[str, float]:
             out[name.strip()] = float(value)
         except ValueError:
             raise ValueError(f"--fix {spec!r}: write NAME=VALUE, e.g. label_follow=0") from None
+    return out
+
+
+def parse_bounds(specs: list[str] | None) -> dict[str, tuple[float, float]]:
+    """``["radius=0:0.05"]`` -> ``{"radius": (0.0, 0.05)}`` (names and ranges checked by EnvConfig)."""
+    out: dict[str, tuple[float, float]] = {}
+    for spec in specs or []:
+        name, sep, rng = spec.partition("=")
+        lo, colon, hi = rng.partition(":")
+        try:
+            if not (sep and colon):
+                raise ValueError
+            out[name.strip()] = (float(lo), float(hi))
+        except ValueError:
+            raise ValueError(f"--bound {spec!r}: write NAME=LO:HI, e.g. radius=0:0.05") from None
     return out
 
 

@@ -17,6 +17,8 @@ agent's action in [-1, 1]^8 to it and back.
 
 The transform (Fourier complex / amplitude / phase, or block DCT) and ``k_max`` are
 configuration, not actions. Bounds keep the adversary from winning by wiping the image.
+A user may narrow any parameter further (``bounds``, ``veil train-agent --bound radius=0:0.05``):
+[-1, 1] then decodes to that sub-range, a utility constraint the agent plays inside.
 """
 
 from __future__ import annotations
@@ -112,14 +114,66 @@ def full_action(action: np.ndarray | list[float]) -> np.ndarray:
     return a
 
 
-def decode(action: np.ndarray | list[float], k_max: int = 6) -> AugmentParams:
+def check_bounds(bounds: dict[str, tuple[float, float]] | None, k_max: int = 6,
+                 fixed: dict[str, float] | None = None) -> dict[str, tuple[float, float]]:
+    """``bounds`` checked and normalized to ``{name: (lo, hi)}`` floats: names from the action
+    table (not ``high_band``, a switch: fix it instead), ``lo <= hi``, both inside the parameter's
+    own range, and no name both bounded and fixed. A bad entry is a ValueError naming it."""
+    names = [name for name, _ in ACTION_TABLE]
+    out: dict[str, tuple[float, float]] = {}
+    for name, pair in (bounds or {}).items():
+        if name not in names:
+            raise ValueError(f"cannot bound {name!r}: not an action parameter; choose from {', '.join(names)}")
+        if name == "high_band":
+            raise ValueError("cannot bound high_band (a switch): fix it instead, e.g. high_band=0")
+        if name in (fixed or {}):
+            raise ValueError(f"{name} is both fixed and bounded; choose one")
+        try:
+            lo, hi = (float(v) for v in pair)
+        except (TypeError, ValueError):
+            raise ValueError(f"bound of {name} must be two numbers (lo, hi), got {pair!r}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+            raise ValueError(f"bound of {name} must be finite with lo <= hi, got ({lo}, {hi})")
+        if name == "k" and not 1 <= lo <= hi <= k_max:
+            raise ValueError(f"bound of k must lie in [1, k_max={k_max}], got ({lo}, {hi})")
+        for v in (lo, hi):
+            try:
+                replace(AugmentParams(), **{name: v})
+            except ValueError as e:
+                raise ValueError(f"bound of {name} ({lo}, {hi}) leaves its range: {e}") from None
+        out[name] = (lo, hi)
+    return out
+
+
+def bound_action(action: np.ndarray | list[float], bounds: dict[str, tuple[float, float]] | None,
+                 k_max: int = 6) -> np.ndarray:
+    """The action with each bounded dimension squeezed so that [-1, 1] decodes to ``[lo, hi]``
+    of its parameter, on the dimension's own scale (log for alpha and aspect): a box the user sets
+    as a utility constraint, inside which the agent still chooses freely."""
+    a = np.clip(full_action(action), -1.0, 1.0)
+    if not bounds:
+        return a
+    index = {name: i for i, (name, _) in enumerate(ACTION_TABLE)}
+    for name, (lo, hi) in check_bounds(bounds, k_max).items():
+        i = index[name]
+        a_lo, a_hi = (float(encode(replace(AugmentParams(), **{name: v}), k_max)[i])
+                      for v in (lo, hi))
+        a[i] = a_lo + (a[i] + 1.0) / 2.0 * (a_hi - a_lo)
+    return np.clip(a, -1.0, 1.0)
+
+
+def decode(action: np.ndarray | list[float], k_max: int = 6,
+           bounds: dict[str, tuple[float, float]] | None = None) -> AugmentParams:
     """Map an action in [-1, 1]^8 (clipped) to parameters, by the table in this module; a legacy
-    action of 7 entries decodes with ``label_follow = 1`` (``full_action``)."""
+    action of 7 entries decodes with ``label_follow = 1`` (``full_action``). With ``bounds``,
+    ``{name: (lo, hi)}``, those parameters span only ``[lo, hi]`` (``bound_action``)."""
     a = full_action(action)
     if not np.isfinite(a).all():
         raise ValueError(f"action contains NaN/inf: {a.tolist()}")
     if k_max < 1:
         raise ValueError(f"k_max must be >= 1, got {k_max}")
+    if bounds:
+        a = bound_action(a, bounds, k_max)
     return AugmentParams(
         k=int(round(1 + _unit(a[0]) * (k_max - 1))),
         alpha=math.exp(min(1.0, max(-1.0, a[1])) * math.log(ALPHA_MAX)),

@@ -17,7 +17,7 @@ from torch import nn
 from defenses.hybrid import HybridConfig
 from defenses.hybrid import apply as apply_augment
 from defenses.hybrid import sample as sample_augment
-from defenses.params import ACTION_DIM, AugmentParams, decode, with_fixed
+from defenses.params import ACTION_DIM, AugmentParams, check_bounds, decode, with_fixed
 from recognition import (DataConfig, FaceSplit, ModelConfig, SplitConfig, Trainer, TrainerConfig, build_model,
                          load_faces, one_hot, random_hflip, split_identities, to_float)
 
@@ -78,6 +78,10 @@ class EnvConfig:
             dimensions are then ignored), e.g. ``{"label_follow": 0.0, "high_band": 0.0}``: MixUp's
             targets never follow the mix and only the low band is mixed, the region measured to
             lower the attacks (docs/RESULTS.md). Names from the action table.
+        param_bounds: ``{name: (lo, hi)}``: the action spans only that range of the parameter,
+            e.g. ``{"radius": (0.0, 0.05)}``: a utility constraint set from a fixed sweep (mixing
+            a wider band costs accuracy at deployment that the game cannot see), inside which the
+            agent still plays the adversary. Exported with the policy.
         reset_mode: ``continue`` (the FR model keeps learning across episodes: the game) or
             ``restart`` (reset() restores the FR model's initial snapshot).
         warmup_steps: clean FR steps before the game starts (and before the snapshot). From a
@@ -114,6 +118,7 @@ class EnvConfig:
     preserve_on: str = "batch"
     ema: float = 0.95
     fixed_params: dict[str, float] = field(default_factory=dict)
+    param_bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
     reset_mode: str = "continue"
     warmup_steps: int = 0
     seed: int = 0
@@ -135,6 +140,7 @@ class EnvConfig:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         with_fixed(AugmentParams(), self.fixed_params)  # names and values checked here, not mid-game
+        object.__setattr__(self, "param_bounds", check_bounds(self.param_bounds, self.k_max, self.fixed_params))
         if self.clean_every < 1 or self.clean_batch < 0:
             raise ValueError(f"clean_every must be >= 1 and clean_batch >= 0, got {self.clean_every}, {self.clean_batch}")
 
@@ -304,7 +310,7 @@ class FaceAugmentEnv(gym.Env):
         if action.size != ACTION_DIM:
             raise ValueError(f"the action must have {ACTION_DIM} entries (the action table), got shape {action.shape}")
         action = np.clip(action.reshape(ACTION_DIM), -1.0, 1.0)
-        params = decode(action, c.k_max)
+        params = decode(action, c.k_max, c.param_bounds)
         params = with_fixed(params, c.fixed_params)  # parameters fixed by configuration override the action
         images, targets = self._next_batch()
         record = sample_augment(self.augmentation(params), images, self._gen)

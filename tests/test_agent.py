@@ -139,6 +139,24 @@ def test_policy_augmenter_keeps_the_parameters_its_game_fixed(tmp_path: Path) ->
     assert aug.last_params.k > 1  # the images were mixed; only the targets stayed
 
 
+def test_policy_augmenter_keeps_the_box_its_game_bounded(tmp_path: Path) -> None:
+    from stable_baselines3 import PPO
+
+    cfg = EnvConfig(data=TINY_DATA, width=8, batch_size=16, param_bounds={"radius": (0.0, 0.05), "k": (4, 6)})
+    env = FaceAugmentEnv(cfg, split=split_identities(load_faces(cfg.data), cfg.split))
+    agent = PPO("MlpPolicy", env, seed=0, device="cpu")
+    path = export_policy(agent, tmp_path / "p.safetensors", env.config, {})
+    aug = PolicyAugmenter.load(path, sample=True)  # sampled actions roam the whole [-1, 1] box
+    assert aug.param_bounds == {"radius": (0.0, 0.05), "k": (4.0, 6.0)}
+    x, y = torch.rand(16, 3, 32, 32), one_hot(torch.arange(16) % 4, 4)
+    radii = []
+    for step in range(30):
+        aug(x, y, step=step, total_steps=30)
+        assert 0.0 <= aug.last_params.radius <= 0.05 + 1e-6 and 4 <= aug.last_params.k <= 6
+        radii.append(aug.last_params.radius)
+    assert np.std(radii) > 0.003  # the policy still chooses inside the box
+
+
 def test_a_policy_with_labels_fixed_to_stay_acts_from_the_first_batch_unless_told_otherwise(tmp_path: Path) -> None:
     """label_follow fixed to 0 protects only without clean batches first (RESULTS: policy-low vs
     policy-low-w0), so such a policy skips the game's warm-up by default; an explicit one is kept."""
@@ -162,6 +180,15 @@ def test_train_agent_fix_flags_parse_to_fixed_params_and_refuse_bad_specs() -> N
     for bad in ("label_follow", "label_follow=low"):
         with pytest.raises(ValueError, match="write NAME=VALUE"):
             parse_fixed([bad])
+
+
+def test_train_agent_bound_flags_parse_to_ranges_and_refuse_bad_specs() -> None:
+    from agents.train_agent import parse_bounds
+
+    assert parse_bounds(["radius=0:0.05", "k=2:4"]) == {"radius": (0.0, 0.05), "k": (2.0, 4.0)}
+    for bad in ("radius", "radius=0.05", "radius=a:b"):
+        with pytest.raises(ValueError, match="write NAME=LO:HI"):
+            parse_bounds([bad])
 
 
 def test_policy_augmenter_replays_the_games_clean_warmup(tmp_path: Path) -> None:

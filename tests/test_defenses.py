@@ -62,6 +62,31 @@ def test_out_of_range_actions_are_clipped_and_nan_rejected() -> None:
         decode(np.zeros(3))
 
 
+def test_bounds_squeeze_a_dimension_onto_the_given_range_on_its_own_scale() -> None:
+    b = {"radius": (0.0, 0.05), "alpha": (0.5, 2.0), "k": (1, 3)}
+    lo, mid, hi = (decode(np.full(ACTION_DIM, a), 6, b) for a in (-1.0, 0.0, 1.0))
+    assert (lo.radius, hi.radius) == pytest.approx((0.0, 0.05), abs=1e-6) and mid.radius == pytest.approx(0.025, abs=1e-6)
+    assert (lo.alpha, mid.alpha, hi.alpha) == pytest.approx((0.5, 1.0, 2.0), rel=1e-6)  # geometric centre: log scale
+    assert (lo.k, hi.k) == (1, 3)
+    rng = np.random.default_rng(0)
+    for a in rng.uniform(-1, 1, (50, ACTION_DIM)):
+        p, q = decode(a, 6, b), decode(a)
+        assert 0.0 <= p.radius <= 0.05 + 1e-6 and 1 <= p.k <= 3
+        assert (p.erase_p, p.erase_area, p.high_band) == (q.erase_p, q.erase_area, q.high_band)  # the rest unbounded
+
+
+@pytest.mark.parametrize("bounds, message", [({"radius": (0.1, 0.05)}, "lo <= hi"),
+                                             ({"radius": (0.0, 1.5)}, "leaves its range"),
+                                             ({"high_band": (0, 1)}, "fix it instead"),
+                                             ({"blur": (0, 1)}, "cannot bound 'blur'"),
+                                             ({"k": (1, 9)}, "k_max=6")])
+def test_bad_bounds_are_refused_with_the_parameter_named(bounds: dict, message: str) -> None:
+    from defenses.params import check_bounds
+
+    with pytest.raises(ValueError, match=message):
+        check_bounds(bounds, 6)
+
+
 def test_fixed_parameters_override_the_decoded_ones_and_keep_the_rest() -> None:
     from defenses.params import with_fixed
 

@@ -137,6 +137,18 @@ def test_fixed_params_override_the_actions_dimensions(split) -> None:
     assert info["target_entropy"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_bounded_params_stay_inside_the_box_whatever_the_action(split) -> None:
+    env = FaceAugmentEnv(_config(fixed_params={"label_follow": 0.0}, param_bounds={"radius": (0.0, 0.05)}), split=split)
+    env.reset(seed=3)
+    radii = [env.step(np.full(ACTION_DIM, a, dtype=np.float32))[4]["params"]["radius"] for a in (-1.0, 0.0, 1.0)]
+    assert radii == pytest.approx([0.0, 0.025, 0.05], abs=1e-6)
+
+
+def test_a_parameter_both_fixed_and_bounded_is_refused() -> None:
+    with pytest.raises(ValueError, match="both fixed and bounded"):
+        _config(fixed_params={"radius": 0.1}, param_bounds={"radius": (0.0, 0.05)})
+
+
 @pytest.mark.parametrize("fixed, message", [({"label_follow": 1.5}, "label_follow must be in"),
                                             ({"blur": 1.0}, "cannot fix 'blur'")])
 def test_bad_fixed_params_are_refused_when_the_env_is_configured(fixed: dict, message: str) -> None:
