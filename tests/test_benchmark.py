@@ -494,3 +494,16 @@ def test_the_committed_own_batch_agents_lower_both_attacks_beyond_the_spread_at_
         assert (rows[name, "pca"]["vs_none_paired"], rows[name, "gmi"]["vs_none_paired"]) == (pca, gmi)
     assert target_verdict(rows["g0d-b98", "pca"]) == (False, "drop 74% at 6.1 points")
     assert target_verdict(rows["g0n-b95", "gmi"]) == (False, "drop 85% at 11.1 points")
+
+
+def test_the_committed_boxed_agents_keep_the_accuracy_but_stay_within_the_spread_of_their_centre() -> None:
+    """docs/RESULTS.md, "Agents inside a box the user sets": agents boxed to r <= 0.05 (box05) and
+    the box's untrained centre (boxc) keep natural accuracy but lower neither attack beyond the
+    spread, as the cells committed beside it say."""
+    rows = _committed_rows("att-label-follow-90ep")
+    for name, nat, pca, gmi in (("box05", 97.8, "-5.8 ± 7.8", "-13.8 ± 16.1"),
+                                ("boxc", 98.9, "-5.4 ± 7.8", "-17.1 ± 19.0")):
+        assert (rows[name, "pca"]["seeds"], rows[name, "gmi"]["seeds"]) == (3, 3)
+        assert round(100 * rows[name, "pca"]["natural_top1"][0], 1) == nat
+        assert (rows[name, "pca"]["vs_none_paired"], rows[name, "gmi"]["vs_none_paired"]) == (pca, gmi)
+    assert target_verdict(rows["box05", "gmi"]) == (False, "drop 32%")
