@@ -443,6 +443,14 @@ def _committed_rows(section: str) -> dict[tuple[str, str], dict]:
     return {(r["defense"], r["attack"]): r for r in summarize(records, defenses, ["pca", "gmi"])}
 
 
+def _assert_pca_gmi_rows(rows: dict, expected: tuple) -> None:
+    """Each (name, natural %, PCA paired, GMI paired) row is over 3 seeds with those published figures."""
+    for name, nat, pca, gmi in expected:
+        assert (rows[name, "pca"]["seeds"], rows[name, "gmi"]["seeds"]) == (3, 3)
+        assert round(100 * rows[name, "pca"]["natural_top1"][0], 1) == nat
+        assert (rows[name, "pca"]["vs_none_paired"], rows[name, "gmi"]["vs_none_paired"]) == (pca, gmi)
+
+
 def test_the_committed_label_follow_cells_rebuild_the_published_att_figures() -> None:
     """docs/RESULTS.md's 0.10 AT&T table is what `summarize` makes of the cells committed beside it
     (paired differences and the comparison against the undefended curve included)."""
@@ -487,11 +495,8 @@ def test_the_committed_own_batch_agents_lower_both_attacks_beyond_the_spread_at_
     the one priced by the held-out drop (g0d-b98) lower PCA and GMI beyond the spread but cost 11.1
     and 6.1 points, so neither meets the target, as the cells committed beside it say."""
     rows = _committed_rows("att-label-follow-90ep")
-    for name, nat, pca, gmi in (("g0n-b95", 86.7, "-33.7 ± 5.4 *", "-36.3 ± 8.2 *"),
-                                ("g0d-b98", 91.7, "-33.7 ± 8.2 *", "-33.8 ± 6.2 *")):
-        assert (rows[name, "pca"]["seeds"], rows[name, "gmi"]["seeds"]) == (3, 3)
-        assert round(100 * rows[name, "pca"]["natural_top1"][0], 1) == nat
-        assert (rows[name, "pca"]["vs_none_paired"], rows[name, "gmi"]["vs_none_paired"]) == (pca, gmi)
+    _assert_pca_gmi_rows(rows, (("g0n-b95", 86.7, "-33.7 ± 5.4 *", "-36.3 ± 8.2 *"),
+                                ("g0d-b98", 91.7, "-33.7 ± 8.2 *", "-33.8 ± 6.2 *")))
     assert target_verdict(rows["g0d-b98", "pca"]) == (False, "drop 74% at 6.1 points")
     assert target_verdict(rows["g0n-b95", "gmi"]) == (False, "drop 85% at 11.1 points")
 
@@ -501,11 +506,8 @@ def test_the_committed_boxed_agents_keep_the_accuracy_but_stay_within_the_spread
     the box's untrained centre (boxc) keep natural accuracy but lower neither attack beyond the
     spread, as the cells committed beside it say."""
     rows = _committed_rows("att-label-follow-90ep")
-    for name, nat, pca, gmi in (("box05", 97.8, "-5.8 ± 7.8", "-13.8 ± 16.1"),
-                                ("boxc", 98.9, "-5.4 ± 7.8", "-17.1 ± 19.0")):
-        assert (rows[name, "pca"]["seeds"], rows[name, "gmi"]["seeds"]) == (3, 3)
-        assert round(100 * rows[name, "pca"]["natural_top1"][0], 1) == nat
-        assert (rows[name, "pca"]["vs_none_paired"], rows[name, "gmi"]["vs_none_paired"]) == (pca, gmi)
+    _assert_pca_gmi_rows(rows, (("box05", 97.8, "-5.8 ± 7.8", "-13.8 ± 16.1"),
+                                ("boxc", 98.9, "-5.4 ± 7.8", "-17.1 ± 19.0")))
     assert target_verdict(rows["box05", "gmi"]) == (False, "drop 32%")
 
 
