@@ -72,8 +72,8 @@ def _fr_args(parser: argparse.ArgumentParser, args: argparse.Namespace, defense:
             argv += [opt, str(value)]
     ns = parser.parse_args(argv + extra)
     for key in ("data", "data_root", "image_size", "channels", "align", "pose", "strict", "max_identities", "n_private",
-                "test_fraction", "split_seed", "no_cache", "synthetic_identities", "synthetic_images"):
-        setattr(ns, key, getattr(args, key))
+                "test_fraction", "split_seed", "no_cache", "synthetic_identities", "synthetic_images", "validation"):
+        setattr(ns, key, getattr(args, key, False))
     return ns
 
 
@@ -206,6 +206,9 @@ def _read_cell(cell: Path, ckpt: Path, split) -> dict[str, Any] | None:
     if not cell.is_file():
         return None
     record = json.loads(cell.read_text())
+    if record.get("split", "test") != split.kind:
+        raise ValueError(f"cell {cell} was scored on the {record.get('split', 'test')} split and this run scores on "
+                         f"the {split.kind} split; use another --out-dir (or drop --validation to match)")
     if "collapsed" not in record and ckpt.is_file():
         from attacks.harness import target_accuracy
 
@@ -266,6 +269,7 @@ def run_cell(parser, args, defense: str, seed: int, split, ev, out: Path,
         natural = target_accuracy(target, split)
         record = {"defense": defense, "seed": seed, "fr_run": fr_run, "natural_top1": natural["top1"],
                   "natural_top5": natural["top5"], "collapsed": bool(natural["collapsed"]), "attacks": {},
+                  "split": split.kind,
                   "train_args": variant_of(args, defense)[1],
                   "seconds": time.perf_counter() - t0}
         _write_json(record, cell)
@@ -763,6 +767,25 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_budget_args(b: argparse.ArgumentParser) -> None:
+    """The options every cell shares (target budget, attack settings, evaluation model, threads);
+    ``veil calibrate`` takes the same ones."""
+    b.add_argument("--epochs", type=int, default=30, help="target training epochs (default: 30)")
+    b.add_argument("--batch-size", type=int, default=None, help="target batch size (default: train-fr's)")
+    b.add_argument("--lr", type=float, default=None, help="target learning rate (default: train-fr's)")
+    b.add_argument("--model", default=None, help="target backbone (default: train-fr's)")
+    b.add_argument("--identities", type=int, default=0, help="identities attacked (default: 0 = all)")
+    b.add_argument("--attack-seeds", type=int, default=2, help="attack runs per target (default: 2)")
+    b.add_argument("--restarts", type=int, default=2, help="reconstructions per identity per run (default: 2)")
+    b.add_argument("--steps", type=int, default=None, help="attack optimization steps (default: each attack's)")
+    b.add_argument("--gan-seconds", type=float, default=None,
+                   help="time cap per GAN; 0 = none (default: 180 s). A capped GAN trains fewer steps on a "
+                        "busier machine: for results that compare across runs, fix --gan-steps and pass 0")
+    b.add_argument("--gan-steps", type=int, default=None, help="generator updates per GAN (default: 2000)")
+    b.add_argument("--eval-epochs", type=int, default=40, help="evaluation model epochs (default: 40; cached)")
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
 def add_parser(sub, add_data_args, add_tracking_args) -> None:
     b = sub.add_parser("benchmark", help="every defense under every attack: the privacy-utility table",
                        description="Train a target per defense and seed with the same budget, attack each with "
@@ -780,24 +803,11 @@ def add_parser(sub, add_data_args, add_tracking_args) -> None:
     b.add_argument("--variant", action="append", default=None, metavar="NAME=DEFENSE [OPTIONS]",
                    help="a named defense with its own veil train-fr options, usable in --defenses; repeatable, e.g. "
                         "--variant 'mixup-high=mixup --mix-band high' --variant 're-half=re --re-p 0.5'")
-    b.add_argument("--epochs", type=int, default=30, help="target training epochs (default: 30)")
     b.add_argument("--undefended-curve", default=None, metavar="E1,E2,...",
                    help="also train undefended targets for these fewer epochs (rows none-eE): the curve of what lower "
                         "accuracy alone buys, drawn on the plot; the table then compares each defense with an "
                         "undefended target of its own accuracy (e.g. 3,6,12)")
-    b.add_argument("--batch-size", type=int, default=None, help="target batch size (default: train-fr's)")
-    b.add_argument("--lr", type=float, default=None, help="target learning rate (default: train-fr's)")
-    b.add_argument("--model", default=None, help="target backbone (default: train-fr's)")
-    b.add_argument("--identities", type=int, default=0, help="identities attacked (default: 0 = all)")
-    b.add_argument("--attack-seeds", type=int, default=2, help="attack runs per target (default: 2)")
-    b.add_argument("--restarts", type=int, default=2, help="reconstructions per identity per run (default: 2)")
-    b.add_argument("--steps", type=int, default=None, help="attack optimization steps (default: each attack's)")
-    b.add_argument("--gan-seconds", type=float, default=None,
-                   help="time cap per GAN; 0 = none (default: 180 s). A capped GAN trains fewer steps on a "
-                        "busier machine: for results that compare across runs, fix --gan-steps and pass 0")
-    b.add_argument("--gan-steps", type=int, default=None, help="generator updates per GAN (default: 2000)")
-    b.add_argument("--eval-epochs", type=int, default=40, help="evaluation model epochs (default: 40; cached)")
-    b.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_budget_args(b)
     b.add_argument("--summarize-only", action="store_true", help="rebuild the tables, plot and grids from the "
                    "finished cells in --out-dir without training or attacking anything")
     b.add_argument("--out-dir", default="benchmarks/results/run", help="cells, tables, plots (default: "

@@ -41,6 +41,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--test-fraction", type=float, default=0.3,
                    help="share of each private identity's images held out for testing (default: 0.3 = 7/3 of 10)")
     g.add_argument("--split-seed", type=int, default=0, help="seed of the identity and train/test split (default: 0)")
+    g.add_argument("--validation", action="store_true",
+                   help="score on a validation split carved from the private training images (--test-fraction of "
+                        "them); the test images join no set, so what you tune on it leaves the test split unseen")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the preprocessed-data cache")
     g.add_argument("--synthetic-identities", type=int, default=100,
                    help="synthetic data: number of identities (default: 100)")
@@ -56,7 +59,8 @@ def data_configs(args: argparse.Namespace):
                       strict=args.strict, pose=args.pose, max_identities=args.max_identities,
                       data_root=args.data_root, use_cache=not args.no_cache,
                       synthetic_identities=args.synthetic_identities, synthetic_images=args.synthetic_images)
-    split = SplitConfig(n_private=args.n_private, test_fraction=args.test_fraction, seed=args.split_seed)
+    split = SplitConfig(n_private=args.n_private, test_fraction=args.test_fraction, seed=args.split_seed,
+                        validation=getattr(args, "validation", False))
     return data, split
 
 
@@ -301,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .benchmark import add_parser as add_benchmark_parser
 
     add_benchmark_parser(sub, _add_data_args, _add_tracking_args)
+    from .calibrate import add_parser as add_calibrate_parser
+
+    add_calibrate_parser(sub, _add_data_args, _add_tracking_args)
 
     u = sub.add_parser("ui", help="serve the MLflow UI on veil's store (127.0.0.1)",
                        description="Serve MLflow's UI on veil's store (mlruns/mlflow.db), bound to 127.0.0.1, "
@@ -560,9 +567,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from .attack_cli import cmd_attack
     from .benchmark import cmd_benchmark
+    from .calibrate import cmd_calibrate
 
     handlers = {"train-fr": cmd_train_fr, "train-agent": train_agent.run, "demo": cmd_demo, "ui": cmd_ui,
-                "attack": cmd_attack, "benchmark": cmd_benchmark}
+                "attack": cmd_attack, "benchmark": cmd_benchmark,
+                "calibrate": cmd_calibrate}
     try:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError, FloatingPointError) as err:

@@ -378,12 +378,16 @@ class SplitConfig:
         test_fraction: share of each private identity's images held out for testing
             (at least one; 10 images -> 7 train / 3 test).
         seed: the split's seed; the same seed always gives the same split.
+        validation: calibration mode: the test split is carved from each private identity's
+            *training* images (``test_fraction`` of them) and the real test images join no set,
+            so settings chosen on it never see the test split a benchmark reports.
     """
 
     n_private: int | None = None
     private_fraction: float = 0.5
     test_fraction: float = 0.3
     seed: int = 0
+    validation: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < self.private_fraction < 1.0:
@@ -411,6 +415,7 @@ class FaceSplit:
     test_index: torch.Tensor = field(repr=False)
     public_index: torch.Tensor = field(repr=False)
     source: str = ""
+    kind: str = "test"  # "validation": test_* hold validation images carved from the training ones
 
     @property
     def num_private(self) -> int:
@@ -419,6 +424,7 @@ class FaceSplit:
     def summary(self) -> dict[str, int | str]:
         """Counts for logging as run parameters."""
         return {"data_source": self.source, "n_private_identities": self.num_private,
+                "split_kind": self.kind,
                 "n_public_identities": len(self.public_names), "n_private_train": len(self.train_labels),
                 "n_private_test": len(self.test_labels), "n_public_images": len(self.public_labels),
                 "image_shape": "x".join(map(str, self.train_images.shape[1:]))}
@@ -453,6 +459,12 @@ def split_identities(data: FaceData, config: SplitConfig = SplitConfig()) -> Fac
             raise DataError(f"private identity {data.names[pid]!r} has {len(idx)} image(s); need >= 2 for train/test")
         idx = idx[torch.randperm(len(idx), generator=g)]
         n_test = min(len(idx) - 1, max(1, round(len(idx) * config.test_fraction)))
+        if config.validation:  # the test images are set aside; validation comes from the training ones
+            idx = idx[n_test:]
+            if len(idx) < 2:
+                raise DataError(f"private identity {data.names[pid]!r} has {len(idx)} training image(s); "
+                                "a validation split needs >= 2 (one to train on, one to validate)")
+            n_test = min(len(idx) - 1, max(1, round(len(idx) * config.test_fraction)))
         test_idx.append(idx[:n_test].sort().values)
         train_idx.append(idx[n_test:].sort().values)
     train_index = torch.cat(train_idx)
@@ -470,6 +482,7 @@ def split_identities(data: FaceData, config: SplitConfig = SplitConfig()) -> Fac
         private_names=[data.names[i] for i in private_ids.tolist()],
         public_names=[data.names[i] for i in public_ids.tolist()],
         train_index=train_index, test_index=test_index, public_index=public_index, source=data.source,
+        kind="validation" if config.validation else "test",
     )
 
 

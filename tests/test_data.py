@@ -136,6 +136,28 @@ def test_split_is_deterministic_and_identity_disjoint(folder_set: Path) -> None:
     assert c.private_names != a.private_names or not torch.equal(c.test_index, a.test_index)
 
 
+def test_a_validation_split_comes_from_the_training_images_and_leaves_the_test_images_out(folder_set: Path) -> None:
+    data = load_faces(DataConfig(source=str(folder_set), image_size=16))
+    real = split_identities(data, SplitConfig(n_private=2, test_fraction=0.4, seed=3))
+    val = split_identities(data, SplitConfig(n_private=2, test_fraction=0.4, seed=3, validation=True))
+    assert val.private_names == real.private_names and val.kind == "validation" and real.kind == "test"
+    used = set(val.train_index.tolist()) | set(val.test_index.tolist())
+    assert used == set(real.train_index.tolist())  # 5 images: 2 test set aside, 3 train -> 2 train / 1 validation
+    assert set(real.test_index.tolist()).isdisjoint(used)
+    assert len(val.train_labels) == 4 and len(val.test_labels) == 2
+    assert val.summary()["split_kind"] == "validation"
+
+
+def test_a_validation_split_needs_two_training_images_per_identity(tmp_path: Path) -> None:
+    for name in ("ann", "bob", "cy"):
+        (tmp_path / name).mkdir()
+        for i in range(2):  # 2 images: 1 test, 1 train -> nothing left to validate on
+            Image.fromarray(np.full((16, 16), 40 * i + 10, np.uint8)).save(tmp_path / name / f"{i}.png")
+    data = load_faces(DataConfig(source=str(tmp_path), image_size=16, use_cache=False))
+    with pytest.raises(DataError, match="training image.*validation split needs >= 2"):
+        split_identities(data, SplitConfig(n_private=2, validation=True))
+
+
 def test_split_keeps_images_with_their_identity(folder_set: Path) -> None:
     data = load_faces(DataConfig(source=str(folder_set), image_size=16))
     s = split_identities(data, SplitConfig(n_private=2))

@@ -1,0 +1,87 @@
+"""veil calibrate: a parameter priced by deployed targets on a validation split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agents.calibrate import Candidate, candidate_name, centre_params, choose, evaluate, fr_options, parse_values
+from agents.cli import build_parser, main
+from defenses.params import AugmentParams, with_fixed
+
+TINY = ["--data", "synthetic", "--synthetic-identities", "8", "--synthetic-images", "8", "--image-size", "32",
+        "--batch-size", "16", "--threads", "2", "--epochs", "1", "--steps", "10", "--restarts", "1",
+        "--attack-seeds", "1", "--eval-epochs", "1"]
+
+
+def test_the_candidate_is_the_agents_untrained_action_with_the_value_as_train_fr_options() -> None:
+    params = with_fixed(centre_params({"label_follow": 0, "high_band": 0}), {"radius": 0.05})
+    defense, opts = fr_options(params)
+    args = build_parser().parse_args(["train-fr", "--defense", defense, *opts])
+    assert defense == "hybrid"
+    assert (args.mix_k, args.mix_alpha, args.mix_radius, args.mix_band, args.mix_label_follow) == (4, 1.0, [0.05], "low", 0.0)
+    assert args.re_p == 0.5 and args.re_area == pytest.approx([0.065, 0.26]) and args.re_aspect == pytest.approx(1.8166, abs=1e-4)
+
+
+def test_a_candidate_that_neither_mixes_nor_erases_trains_undefended() -> None:
+    assert fr_options(AugmentParams(k=1, erase_p=0.0)) == ("none", [])
+    assert fr_options(AugmentParams(k=1, erase_p=1.0))[0] == "re"
+    assert fr_options(AugmentParams(k=3, erase_p=0.0))[0] == "mixup"
+
+
+def _cell(defense: str, seed: int, natural: float, pca: float) -> dict:
+    return {"defense": defense, "seed": seed, "natural_top1": natural, "attacks": {"pca": {"top1": pca}}}
+
+
+def test_the_lowest_attack_within_the_budget_is_chosen_from_paired_drops() -> None:
+    records = [_cell("none", s, 0.95 + 0.01 * s, 0.5) for s in range(3)]
+    records += [_cell(candidate_name("radius", 0.05), s, 0.94 + 0.01 * s, 0.3) for s in range(3)]  # drop 1 point
+    records += [_cell(candidate_name("radius", 0.2), s, 0.90 + 0.01 * s, 0.1) for s in range(3)]  # drop 5 points
+    cands = evaluate(records, "radius", [0.05, 0.2], ["pca"], budget=2.0)
+    assert [c.drop for c in cands] == pytest.approx([1.0, 5.0])
+    assert [c.within_budget for c in cands] == [True, False]
+    assert choose(cands, ["pca"]).value == 0.05
+    assert choose(evaluate(records, "radius", [0.05, 0.2], ["pca"], budget=6.0), ["pca"]).value == 0.2
+    assert choose(evaluate(records, "radius", [0.05, 0.2], ["pca"], budget=0.5), ["pca"]) is None
+
+
+def test_ties_in_attack_go_to_the_cheaper_value() -> None:
+    a = Candidate(0.1, "a", 1.5, 0.0, {"pca": 0.2}, 3, True)
+    b = Candidate(0.05, "b", 0.5, 0.0, {"pca": 0.2}, 3, True)
+    assert choose([a, b], ["pca"]) is b
+
+
+@pytest.mark.parametrize("param, text, message", [("radius", "0.05,1.5", "radius must be in"),
+                                                  ("radius", "a,b", "comma list"), ("k", "", "at least one")])
+def test_bad_values_are_refused_with_the_value_named(param: str, text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_values(text, param)
+
+
+def test_a_calibrated_parameter_may_not_also_be_fixed(capsys: pytest.CaptureFixture) -> None:
+    assert main(["calibrate", *TINY, "--fix", "radius=0.1"]) == 2
+    assert "also given as --fix radius" in capsys.readouterr().err
+
+
+def test_calibrate_scores_on_validation_cells_and_names_the_game_to_play(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cal"
+    rc = main(["calibrate", *TINY, "--values", "0.05", "--seeds", "0", "--budget", "100", "--out-dir", str(out)])
+    assert rc == 0  # a 100-point budget admits anything
+    cells = {p.stem: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
+    assert set(cells) == {"none-s0", "cal-radius-0.05-s0"}
+    assert {c["split"] for c in cells.values()} == {"validation"}
+    assert "--mix-radius" in cells["cal-radius-0.05-s0"]["train_args"]
+    report = json.loads((out / "calibration.json").read_text())
+    drop = 100 * (cells["none-s0"]["natural_top1"] - cells["cal-radius-0.05-s0"]["natural_top1"])
+    assert report["candidates"][0]["drop"] == pytest.approx(drop)
+    assert report["chosen"] == 0.05
+    assert report["train_agent_fix"] == "--fix label_follow=0 --fix high_band=0 --fix radius=0.05"
+    assert (out / "calibration.png").stat().st_size > 0
+    # the same cells are not mixed into a benchmark scored on the test split
+    capsys.readouterr()
+    assert main(["benchmark", *TINY, "--attacks", "pca", "--defenses", "none", "--seeds", "0",
+                 "--out-dir", str(out)]) == 2
+    assert "scored on the validation split" in capsys.readouterr().err
