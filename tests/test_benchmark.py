@@ -435,12 +435,12 @@ def test_policy_defense_without_a_policy_is_a_clear_error(tmp_path: Path, monkey
     assert "--policy FILE" in capsys.readouterr().err
 
 
-def _committed_rows(section: str) -> dict[tuple[str, str], dict]:
+def _committed_rows(section: str, attacks: tuple[str, ...] = ("pca", "gmi")) -> dict[tuple[str, str], dict]:
     """``summarize`` of the cells committed in docs/results/<section>/cells, by (defense, attack)."""
     cells = Path(__file__).resolve().parents[1] / "docs" / "results" / section / "cells"
     records = [json.loads(p.read_text()) for p in sorted(cells.glob("*.json"))]
     defenses = sorted({r["defense"] for r in records})
-    return {(r["defense"], r["attack"]): r for r in summarize(records, defenses, ["pca", "gmi"])}
+    return {(r["defense"], r["attack"]): r for r in summarize(records, defenses, list(attacks))}
 
 
 def _assert_pca_gmi_rows(rows: dict, expected: tuple) -> None:
@@ -520,3 +520,14 @@ def test_the_committed_fr05_agents_meet_the_target_under_gmi_but_not_pca() -> No
     met, why = target_verdict(rows["fr05", "gmi"])
     assert met and why.startswith("drop 57% at 0.6 points")
     assert target_verdict(rows["fr05", "pca"]) == (False, "drop 34%")
+
+
+def test_the_committed_kedmi_cells_leave_fixed_erasing_and_mixup_within_the_spread_and_fr05_short_of_the_target() -> None:
+    """docs/RESULTS.md (0.13): KEDMI at 90 epochs, 3 seeds: erasing raises it, MixUp lowers it by 17%,
+    the fr05 agents by 51% with an interval that reaches 0 and most reconstructions on a sink class."""
+    rows = _committed_rows("att-label-follow-90ep", ("kedmi",))
+    for name, paired in (("re", "+6.7 ± 7.8"), ("mixup", "-5.0 ± 32.9"), ("fr05", "-15.4 ± 15.9")):
+        assert rows[name, "kedmi"]["seeds"] == 3
+        assert rows[name, "kedmi"]["vs_none_paired"] == paired
+    assert target_verdict(rows["fr05", "kedmi"]) == (False, "drop 51%, interval reaches 0")
+    assert rows["fr05", "kedmi"]["sink_share"][0] > rows["none", "kedmi"]["sink_share"][0] + 0.2
