@@ -146,9 +146,14 @@ def plot(candidates: list[Candidate], base: dict[str, float], param: str, budget
         for ax in (ax1, ax2):
             ax.axvline(chosen.value, color="green", lw=1, alpha=0.6)
     ax2.set_xlabel(param), ax2.set_ylabel("attack top-1 (%); dotted: none"), ax2.legend(fontsize=8)
+    from matplotlib.ticker import NullFormatter
+
     for ax in (ax1, ax2):
         if min(xs) > 0 and max(xs) / min(xs) >= 8:
             ax.set_xscale("log")
+        ax.set_xticks(xs)
+        ax.set_xticklabels([f"{x:g}" for x in xs], fontsize=8)
+        ax.xaxis.set_minor_formatter(NullFormatter())
     fig.suptitle(f"veil calibrate: {param} priced by deployed targets (validation split)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
