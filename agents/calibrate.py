@@ -176,6 +176,23 @@ def parse_values(text: str, param: str) -> list[float]:
     return sorted(set(values))
 
 
+def same_band_radii(values: list[float], size: int) -> list[tuple[float, float]]:
+    """Pairs of low-band radii that mix exactly the same rfft2 bins at ``size`` px (bins sit
+    1/(size/2) of Nyquist apart, so at 64 px r < 0.0125 and r < 0.025 both hold the DC term alone)."""
+    from defenses.mixup import radial_frequency
+
+    grid = radial_frequency(size, size)
+    seen: dict[int, float] = {}
+    pairs = []
+    for v in sorted(values):
+        n = int((grid < v).sum())
+        if n in seen:
+            pairs.append((seen[n], v))
+        else:
+            seen[n] = v
+    return pairs
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import mlflow
 
@@ -193,6 +210,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise ValueError(f"--budget must be a number of points >= 0, got {args.budget}")
     values = parse_values(args.values or DEFAULT_VALUES[args.param], args.param)
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    if args.param == "radius" and fixed.get("high_band", 0) < 0.5:
+        for a, b in same_band_radii(values, args.image_size):
+            print(f"warning: radius {a:g} and {b:g} mix the same frequency bins at {args.image_size} px (bins sit "
+                  f"{2 / args.image_size:.3g} of Nyquist apart): their cells will be the same augmentation")
     variants = []
     for v in values:
         defense, opts = fr_options(with_fixed(centre_params(fixed, args.k_max), {args.param: v}), args.erase_fill)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.calibrate import Candidate, candidate_name, centre_params, choose, evaluate, fr_options, parse_values
+from agents.calibrate import (Candidate, candidate_name, centre_params, choose, evaluate, fr_options, parse_values,
+                              same_band_radii)
 from agents.cli import build_parser, main
 from defenses.params import AugmentParams, with_fixed
 
@@ -58,6 +59,11 @@ def test_ties_in_attack_go_to_the_cheaper_value() -> None:
 def test_bad_values_are_refused_with_the_value_named(param: str, text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_values(text, param)
+
+
+def test_radii_below_one_bin_apart_are_named_as_the_same_band() -> None:
+    assert same_band_radii([0.0125, 0.025, 0.05, 0.1], 64) == [(0.0125, 0.025)]  # both the DC term alone
+    assert same_band_radii([0.0125, 0.025], 128) == []  # bins 1/64 of Nyquist apart: 0.0156 separates them
 
 
 def test_a_calibrated_parameter_may_not_also_be_fixed(capsys: pytest.CaptureFixture) -> None:
