@@ -245,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fix an action parameter for every action instead of letting the agent choose it "
                         "(repeatable; names from the action table), e.g. --fix label_follow=0 --fix high_band=0: "
                         "MixUp's targets never follow the mix and only the low band is mixed")
+    g.add_argument("--calibration", default=None, metavar="FILE",
+                   help="a veil calibrate calibration.json: play the game at the value it chose, with the fixes it "
+                        "was calibrated under (as if given as --fix; an explicit --fix of another value is refused)")
     g.add_argument("--bound", action="append", default=[], metavar="NAME=LO:HI",
                    help="let the agent choose a parameter only within [LO, HI] (repeatable; names from the action "
                         "table), e.g. --bound radius=0:0.05: a utility constraint from a fixed sweep; the exported "

@@ -92,7 +92,7 @@ def train(args: Any) -> Path | None:
     env_cfg = EnvConfig(data=data_cfg, split=split_cfg, model=args.model, lr=args.lr, batch_size=args.batch_size,
                         episode_steps=args.episode_steps, horizon=args.timesteps // max(1, args.n_envs),
                         schedule=args.schedule, policy_steps=args.policy_steps, fr_steps=args.fr_steps,
-                        k_max=args.k_max, mix_mode=args.mix_mode, fixed_params=parse_fixed(args.fix),
+                        k_max=args.k_max, mix_mode=args.mix_mode, fixed_params=fixes(args.fix, getattr(args, "calibration", None)),
                         param_bounds=parse_bounds(args.bound),
                         acc_budget=args.acc_budget,
                         utility_weight=args.utility_weight, val_every=args.val_every,
@@ -201,6 +201,34 @@ def parse_fixed(specs: list[str] | None) -> dict[str, float]:
             out[name.strip()] = float(value)
         except ValueError:
             raise ValueError(f"--fix {spec!r}: write NAME=VALUE, e.g. label_follow=0") from None
+    return out
+
+
+def fixes_from_calibration(path: str) -> dict[str, float]:
+    """The fixes a ``veil calibrate`` run chose: the ones it was calibrated under plus its choice."""
+    import json
+
+    try:
+        report = json.loads(Path(path).read_text())
+        param, chosen, fixed = report["param"], report["chosen"], report["fixed"]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--calibration: no file {path}") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"--calibration {path}: not a veil calibrate calibration.json ({err})") from None
+    if chosen is None:
+        raise ValueError(f"--calibration {path}: that calibration chose no {param} (no value kept its budget of "
+                         f"{report.get('budget_points')} points); nothing to play at")
+    return {**{k: float(v) for k, v in fixed.items()}, param: float(chosen)}
+
+
+def fixes(specs: list[str] | None, calibration: str | None) -> dict[str, float]:
+    """``--fix`` specs merged with a calibration's fixes; a name given both ways with different values is refused."""
+    out = parse_fixed(specs)
+    if calibration:
+        for name, value in fixes_from_calibration(calibration).items():
+            if name in out and out[name] != value:
+                raise ValueError(f"--fix {name}={out[name]:g} contradicts --calibration, which chose {name}={value:g}")
+            out[name] = value
     return out
 
 

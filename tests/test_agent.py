@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import math
 from pathlib import Path
 
@@ -333,6 +335,19 @@ def test_reset_mode_restart_reaches_the_env(tmp_path: Path, monkeypatch: pytest.
     mlflow.set_tracking_uri(tracking.default_tracking_uri())
     (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name("veil").experiment_id])
     assert run.data.params["env.reset_mode"] == "restart"
+
+
+def test_a_calibration_file_fixes_the_games_parameters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cal = tmp_path / "calibration.json"
+    cal.write_text(json.dumps({"param": "radius", "chosen": 0.05, "fixed": {"label_follow": 0, "high_band": 0}}))
+    assert main(["train-agent", *AGENT_TINY, "--timesteps", "40", "--baseline", "random", "--log-every", "8",
+                 "--calibration", str(cal)]) == 0
+    mlflow.set_tracking_uri(tracking.default_tracking_uri())
+    (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name("veil").experiment_id])
+    p = run.data.params
+    assert {k: float(p[f"env.fixed_params.{k}"]) for k in ("radius", "label_follow", "high_band")} == \
+        {"radius": 0.05, "label_follow": 0.0, "high_band": 0.0}
 
 
 def _spy_on_export(monkeypatch: pytest.MonkeyPatch, look) -> None:

@@ -118,3 +118,20 @@ def test_on_three_seeds_the_committed_calibration_chooses_nothing() -> None:
     cands = evaluate(records, "radius", [0.0125, 0.025, 0.05, 0.1, 0.2], ["pca"], budget=2.0)
     assert round(cands[2].drop, 1) == 2.5
     assert choose(cands, ["pca"]) is None
+
+
+def test_train_agent_plays_at_what_a_calibration_chose(tmp_path: Path) -> None:
+    from agents.train_agent import fixes
+
+    committed = Path(__file__).resolve().parents[1] / "docs" / "results" / "att-calibrate-90ep" / "calibration.json"
+    assert fixes(["k=3"], str(committed)) == {"k": 3.0, "label_follow": 0.0, "high_band": 0.0, "radius": 0.05}
+    assert fixes(["radius=0.05"], str(committed))["radius"] == 0.05  # the same value twice is fine
+    with pytest.raises(ValueError, match="--fix radius=0.1 contradicts --calibration"):
+        fixes(["radius=0.1"], str(committed))
+    empty = tmp_path / "calibration.json"
+    empty.write_text(json.dumps({"param": "radius", "chosen": None, "fixed": {}, "budget_points": 2.0}))
+    with pytest.raises(ValueError, match="chose no radius"):
+        fixes(None, str(empty))
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a veil calibrate calibration.json"):
+        fixes(None, str(tmp_path / "bad.json"))
