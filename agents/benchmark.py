@@ -665,6 +665,9 @@ def write_outputs(records: list[dict[str, Any]], defenses: list[str], attacks: l
     cells' records; returns the Markdown table."""
     rows = summarize(records, defenses, attacks)
     md = "## Summary\n\n" + headline(rows, attacks) + "\n## Every metric\n\n" + markdown(rows)
+    if any(r.get("split") == "validation" for r in records):
+        md = ("> Natural accuracy in these tables is measured on a **validation split** carved from the private "
+              "training images (`--validation`), not on the test split.\n\n" + md)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(md)
     write_csv(rows, out / "results.csv")

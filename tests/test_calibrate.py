@@ -86,6 +86,7 @@ def test_calibrate_scores_on_validation_cells_and_names_the_game_to_play(tmp_pat
     assert report["chosen"] == 0.05
     assert report["train_agent_fix"] == "--fix label_follow=0 --fix high_band=0 --fix radius=0.05"
     assert (out / "calibration.png").stat().st_size > 0
+    assert "validation split" in (out / "results.md").read_text().splitlines()[0]
     # the same cells are not mixed into a benchmark scored on the test split
     capsys.readouterr()
     assert main(["benchmark", *TINY, "--attacks", "pca", "--defenses", "none", "--seeds", "0",
