@@ -73,7 +73,7 @@ def _fr_args(parser: argparse.ArgumentParser, args: argparse.Namespace, defense:
     ns = parser.parse_args(argv + extra)
     for key in ("data", "data_root", "image_size", "channels", "align", "pose", "strict", "max_identities", "n_private",
                 "test_fraction", "split_seed", "no_cache", "synthetic_identities", "synthetic_images", "validation"):
-        setattr(ns, key, getattr(args, key, False))
+        setattr(ns, key, getattr(args, key))
     return ns
 
 
@@ -217,6 +217,13 @@ def _read_cell(cell: Path, ckpt: Path, split) -> dict[str, Any] | None:
         record["collapsed"] = bool(target_accuracy(load_target(str(ckpt))[0], split)["collapsed"])
         _save_cell(record, cell)
     return record
+
+
+def read_cells(out: Path, defenses: list[str] | set[str], seeds: list[int] | set[int]) -> list[dict[str, Any]]:
+    """The finished cells' records in ``out/cells`` for these defenses and seeds (none if the folder is missing)."""
+    cells = out / "cells"
+    records = [json.loads(f.read_text()) for f in sorted(cells.glob("*.json"))] if cells.is_dir() else []
+    return [r for r in records if r["defense"] in defenses and r["seed"] in seeds]
 
 
 def eta(finished: int, total: int, elapsed: float) -> str:
@@ -704,9 +711,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                          f"names; attacks: {', '.join(sorted(ATTACKS))}")
     out = Path(args.out_dir)
     if args.summarize_only:
-        records = [json.loads(f.read_text()) for f in sorted((out / "cells").glob("*.json"))] \
-            if (out / "cells").is_dir() else []
-        records = [r for r in records if r["defense"] in defenses and r["seed"] in seeds]
+        records = read_cells(out, defenses, seeds)
         if not records:
             raise FileNotFoundError(f"--summarize-only: no finished cells of {', '.join(defenses)} in {out / 'cells'}")
         md = write_outputs(records, defenses, attacks, out)

@@ -197,7 +197,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     import mlflow
 
     from . import tracking
-    from .benchmark import cmd_benchmark
+    from .benchmark import cmd_benchmark, read_cells
     from .train_agent import parse_fixed
 
     if args.param not in CALIBRATABLE:
@@ -230,8 +230,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     out = Path(args.out_dir)
     seeds = {int(s) for s in str(args.seeds).split(",") if s.strip()}
     names = {"none"} | {candidate_name(args.param, v) for v in values}
-    records = [json.loads(f.read_text()) for f in sorted((out / "cells").glob("*.json"))]
-    records = [r for r in records if r["defense"] in names and r["seed"] in seeds]
+    records = read_cells(out, names, seeds)
     none = [r for r in records if r["defense"] == "none"]
     base = {a: float(np.mean([r["attacks"][a]["top1"] for r in none])) for a in attacks
             if none and all(a in r["attacks"] for r in none)}

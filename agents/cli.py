@@ -60,7 +60,7 @@ def data_configs(args: argparse.Namespace):
                       data_root=args.data_root, use_cache=not args.no_cache,
                       synthetic_identities=args.synthetic_identities, synthetic_images=args.synthetic_images)
     split = SplitConfig(n_private=args.n_private, test_fraction=args.test_fraction, seed=args.split_seed,
-                        validation=getattr(args, "validation", False))
+                        validation=args.validation)
     return data, split
 
 

@@ -92,7 +92,7 @@ def train(args: Any) -> Path | None:
     env_cfg = EnvConfig(data=data_cfg, split=split_cfg, model=args.model, lr=args.lr, batch_size=args.batch_size,
                         episode_steps=args.episode_steps, horizon=args.timesteps // max(1, args.n_envs),
                         schedule=args.schedule, policy_steps=args.policy_steps, fr_steps=args.fr_steps,
-                        k_max=args.k_max, mix_mode=args.mix_mode, fixed_params=fixes(args.fix, getattr(args, "calibration", None)),
+                        k_max=args.k_max, mix_mode=args.mix_mode, fixed_params=fixes(args.fix, args.calibration),
                         param_bounds=parse_bounds(args.bound),
                         acc_budget=args.acc_budget,
                         utility_weight=args.utility_weight, val_every=args.val_every,

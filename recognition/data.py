@@ -448,6 +448,10 @@ def split_identities(data: FaceData, config: SplitConfig = SplitConfig()) -> Fac
         raise DataError(f"n_private={n_private} leaves no public identities out of {n_ids}")
     g = torch.Generator().manual_seed(config.seed)
     perm = torch.randperm(n_ids, generator=g)
+
+    def held_out(n: int) -> int:  # test_fraction of n images, at least one, leaving at least one
+        return min(n - 1, max(1, round(n * config.test_fraction)))
+
     private_ids = perm[:n_private].sort().values
     public_ids = perm[n_private:].sort().values
 
@@ -458,13 +462,13 @@ def split_identities(data: FaceData, config: SplitConfig = SplitConfig()) -> Fac
         if len(idx) < 2:
             raise DataError(f"private identity {data.names[pid]!r} has {len(idx)} image(s); need >= 2 for train/test")
         idx = idx[torch.randperm(len(idx), generator=g)]
-        n_test = min(len(idx) - 1, max(1, round(len(idx) * config.test_fraction)))
+        n_test = held_out(len(idx))
         if config.validation:  # the test images are set aside; validation comes from the training ones
             idx = idx[n_test:]
             if len(idx) < 2:
                 raise DataError(f"private identity {data.names[pid]!r} has {len(idx)} training image(s); "
                                 "a validation split needs >= 2 (one to train on, one to validate)")
-            n_test = min(len(idx) - 1, max(1, round(len(idx) * config.test_fraction)))
+            n_test = held_out(len(idx))
         test_idx.append(idx[:n_test].sort().values)
         train_idx.append(idx[n_test:].sort().values)
     train_index = torch.cat(train_idx)
