@@ -248,6 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--calibration", default=None, metavar="FILE",
                    help="a veil calibrate calibration.json: play the game at the value it chose, with the fixes it "
                         "was calibrated under (as if given as --fix; an explicit --fix of another value is refused)")
+    g.add_argument("--price-deployment", action="store_true",
+                   help="with --calibration: instead of fixing the calibrated parameter at its choice, let the "
+                        "agent choose it within the measured range and charge each step what the calibration "
+                        "measured a target trained at that value loses (interpolated), beyond its budget: "
+                        "reward -= --deploy-weight * max(0, drop(value) - budget)")
+    g.add_argument("--deploy-weight", type=float, default=100.0,
+                   help="weight of that deployment price, per unit of accuracy over budget (default: 100: one "
+                        "point over costs 1, the scale of the adversary's z-scored gain)")
     g.add_argument("--bound", action="append", default=[], metavar="NAME=LO:HI",
                    help="let the agent choose a parameter only within [LO, HI] (repeatable; names from the action "
                         "table), e.g. --bound radius=0:0.05: a utility constraint from a fixed sweep; the exported "

@@ -19,6 +19,7 @@ from stable_baselines3.common.logger import KVWriter, Logger
 from tqdm.auto import tqdm
 
 from defenses.params import ACTION_DIM, ACTION_TABLE
+from env.face_augment import REWARD_TERMS
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC, "td3": TD3, "a2c": A2C}
 PARAM_NAMES = tuple(name for name, _ in ACTION_TABLE)
@@ -62,7 +63,7 @@ class EnvTermsCallback(BaseCallback):
     def _on_step(self) -> bool:
         for info in self.locals.get("infos", []):
             for key in ("loss_aug", "acc_aug", "acc_preserve", "loss_clean", "acc_val", "probe_top1", "grad_norm",
-                        "reward_adv", "reward_utility", "reward_preserve", "reward_privacy", "loss_excess"):
+                        "loss_excess", *REWARD_TERMS):
                 if key in info:
                     self._window[f"env.{key}"].append(float(info[key]))
             for name, value in info.get("params", {}).items():

@@ -92,8 +92,7 @@ def train(args: Any) -> Path | None:
     env_cfg = EnvConfig(data=data_cfg, split=split_cfg, model=args.model, lr=args.lr, batch_size=args.batch_size,
                         episode_steps=args.episode_steps, horizon=args.timesteps // max(1, args.n_envs),
                         schedule=args.schedule, policy_steps=args.policy_steps, fr_steps=args.fr_steps,
-                        k_max=args.k_max, mix_mode=args.mix_mode, fixed_params=fixes(args.fix, args.calibration),
-                        param_bounds=parse_bounds(args.bound),
+                        k_max=args.k_max, mix_mode=args.mix_mode, **game_constraints(args),
                         acc_budget=args.acc_budget,
                         utility_weight=args.utility_weight, val_every=args.val_every,
                         reward_scale=args.reward_scale, preserve_budget=args.preserve_budget,
@@ -204,21 +203,24 @@ def parse_fixed(specs: list[str] | None) -> dict[str, float]:
     return out
 
 
-def fixes_from_calibration(path: str) -> dict[str, float]:
-    """The fixes a ``veil calibrate`` run chose: the ones it was calibrated under plus its choice."""
+def fixes_from_calibration(path: str, chosen: bool = True) -> dict[str, float]:
+    """The fixes a ``veil calibrate`` run chose: the ones it was calibrated under plus its choice
+    (without the choice when ``chosen`` is false)."""
     import json
 
     try:
         report = json.loads(Path(path).read_text())
-        param, chosen, fixed = report["param"], report["chosen"], report["fixed"]
+        param, choice, fixed = report["param"], report["chosen"], report["fixed"]
     except FileNotFoundError:
         raise FileNotFoundError(f"--calibration: no file {path}") from None
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"--calibration {path}: not a veil calibrate calibration.json ({err})") from None
-    if chosen is None:
+    if not chosen:
+        return {k: float(v) for k, v in fixed.items()}
+    if choice is None:
         raise ValueError(f"--calibration {path}: that calibration chose no {param} (no value kept its budget of "
                          f"{report.get('budget_points')} points); nothing to play at")
-    return {**{k: float(v) for k, v in fixed.items()}, param: float(chosen)}
+    return {**{k: float(v) for k, v in fixed.items()}, param: float(choice)}
 
 
 def fixes(specs: list[str] | None, calibration: str | None) -> dict[str, float]:
@@ -230,6 +232,53 @@ def fixes(specs: list[str] | None, calibration: str | None) -> dict[str, float]:
                 raise ValueError(f"--fix {name}={out[name]:g} contradicts --calibration, which chose {name}={value:g}")
             out[name] = value
     return out
+
+
+def deploy_price_from_calibration(path: str, weight: float) -> Any:
+    """A calibration's measured drops as a ``DeployPrice`` on its parameter (budget from the file)."""
+    import json
+
+    from env import DeployPrice
+
+    try:
+        report = json.loads(Path(path).read_text())
+        cands = sorted(report["candidates"], key=lambda c: float(c["value"]))
+        param, budget = report["param"], float(report["budget_points"]) / 100.0
+        values, drops = [float(c["value"]) for c in cands], [float(c["drop"]) / 100.0 for c in cands]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--calibration: no file {path}") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"--calibration {path}: not a veil calibrate calibration.json ({err})") from None
+    price = DeployPrice(param, tuple(values), tuple(drops), budget=budget, weight=weight)
+    if price.feasible() is None:
+        raise ValueError(f"--calibration {path}: no measured {param} kept the budget of {budget:.0%}; "
+                         f"a price that binds everywhere leaves nothing to play")
+    return price
+
+
+def game_constraints(args: Any) -> dict[str, Any]:
+    """``EnvConfig`` keywords from ``--fix``, ``--bound``, ``--calibration`` and ``--price-deployment``:
+    the fixed parameters, the action box, and (priced) the deployment price with the calibrated
+    parameter bounded to the range the calibration measured."""
+    bounds = parse_bounds(args.bound)
+    if not args.price_deployment:
+        return {"fixed_params": fixes(args.fix, args.calibration), "param_bounds": bounds}
+    if not args.calibration:
+        raise ValueError("--price-deployment needs --calibration FILE (the measured drops it charges)")
+    price = deploy_price_from_calibration(args.calibration, args.deploy_weight)
+    fixed = parse_fixed(args.fix)
+    if price.param in fixed or price.param in bounds:
+        raise ValueError(f"--price-deployment lets the agent choose {price.param}: drop its --fix/--bound")
+    calibrated = fixes_from_calibration(args.calibration, chosen=False)
+    for name, value in calibrated.items():
+        if name in fixed and fixed[name] != value:
+            raise ValueError(f"--fix {name}={fixed[name]:g} contradicts --calibration, calibrated under {name}={value:g}")
+        fixed[name] = value
+    bounds[price.param] = (price.values[0], price.values[-1])
+    lo, hi = price.feasible()
+    print(f"deployment price on {price.param}: measured {dict(zip(price.values, price.drops))} (drop, fraction); "
+          f"budget {price.budget:.0%} kept for {price.param} in [{lo:.3g}, {hi:.3g}]; box {bounds[price.param]}")
+    return {"fixed_params": fixed, "param_bounds": bounds, "deploy_price": price}
 
 
 def parse_bounds(specs: list[str] | None) -> dict[str, tuple[float, float]]:
@@ -251,14 +300,15 @@ def _run_baseline(args: Any, env: Any, baseline_action, tracking, split) -> None
     """Run a baseline policy through the same env for ``timesteps`` steps, logging the same terms."""
     rng = np.random.default_rng(args.seed)
     from defenses.params import full_action
+    from env.face_augment import REWARD_TERMS
 
     fixed = full_action(args.fixed_action).astype(np.float32) if args.fixed_action else None
     env.reset(seed=args.seed)
     window: dict[str, list[float]] = {}
     for t in range(1, args.timesteps + 1):
         _, reward, _, truncated, info = env.step(baseline_action(args.baseline, rng, fixed))
-        for k in ("loss_aug", "loss_excess", "acc_aug", "acc_preserve", "acc_val", "probe_top1", "reward_adv",
-                  "reward_utility", "reward_preserve", "reward_privacy"):
+        for k in ("loss_aug", "loss_excess", "acc_aug", "acc_preserve", "acc_val", "probe_top1",
+                  *REWARD_TERMS):
             window.setdefault(f"env.{k}", []).append(float(info[k]))
         window.setdefault("reward", []).append(reward)
         if t % args.log_every == 0:

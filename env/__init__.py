@@ -9,10 +9,11 @@ periodic privacy probe (a hook the attack harness fills).
 
 import gymnasium as gym
 
+from .deploy_price import DeployPrice
 from .face_augment import OBS_DIM, OBS_NAMES, EnvConfig, FaceAugmentEnv
 
 ENV_ID = "veil/FaceAugment-v0"
 if ENV_ID not in gym.registry:
     gym.register(id=ENV_ID, entry_point="env.face_augment:FaceAugmentEnv")
 
-__all__ = ["ENV_ID", "EnvConfig", "FaceAugmentEnv", "OBS_DIM", "OBS_NAMES"]
+__all__ = ["DeployPrice", "ENV_ID", "EnvConfig", "FaceAugmentEnv", "OBS_DIM", "OBS_NAMES"]

@@ -21,8 +21,12 @@ from defenses.params import ACTION_DIM, AugmentParams, check_bounds, decode, wit
 from recognition import (DataConfig, FaceSplit, ModelConfig, SplitConfig, Trainer, TrainerConfig, build_model,
                          load_faces, one_hot, random_hflip, split_identities, to_float)
 
+from .deploy_price import DeployPrice
+
 OBS_NAMES = ("progress", "phase_fr", "loss_clean", "loss_aug", "acc_train", "acc_val", "probe_top1", "grad_norm")
 OBS_DIM = len(OBS_NAMES) + ACTION_DIM
+REWARD_TERMS = ("reward_adv", "reward_utility", "reward_preserve", "reward_privacy", "reward_deploy")
+"""The reward's terms, each in ``info`` (their sum is the reward)."""
 
 Probe = Callable[[nn.Module], float]
 """A privacy probe: target model -> attack top-1 in [0, 1] (the attacks package provides one)."""
@@ -82,6 +86,12 @@ class EnvConfig:
             e.g. ``{"radius": (0.0, 0.05)}``: a utility constraint set from a fixed sweep (mixing
             a wider band costs accuracy at deployment that the game cannot see), inside which the
             agent still plays the adversary. Exported with the policy.
+        deploy_price: a ``DeployPrice`` (``env.deploy_price``): the term
+            ``-weight * max(0, price(value) - budget)`` on the step's value of one parameter, where
+            the price is the natural accuracy a fresh target trained under that value lost in a
+            ``veil calibrate`` run: the outer loop's measurements as a per-action utility term, so
+            the adversary moves that parameter freely where deployment measured it cheap. The
+            parameter must not be fixed; ``None`` (default): no such term.
         reset_mode: ``continue`` (the FR model keeps learning across episodes: the game) or
             ``restart`` (reset() restores the FR model's initial snapshot).
         warmup_steps: clean FR steps before the game starts (and before the snapshot). From a
@@ -119,6 +129,7 @@ class EnvConfig:
     ema: float = 0.95
     fixed_params: dict[str, float] = field(default_factory=dict)
     param_bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
+    deploy_price: DeployPrice | None = None
     reset_mode: str = "continue"
     warmup_steps: int = 0
     seed: int = 0
@@ -141,6 +152,9 @@ class EnvConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         with_fixed(AugmentParams(), self.fixed_params)  # names and values checked here, not mid-game
         object.__setattr__(self, "param_bounds", check_bounds(self.param_bounds, self.k_max, self.fixed_params))
+        if self.deploy_price is not None and self.deploy_price.param in self.fixed_params:
+            raise ValueError(f"{self.deploy_price.param} is fixed, so pricing it by deployment means nothing; "
+                             f"unfix it or drop the deploy price")
         if self.clean_every < 1 or self.clean_batch < 0:
             raise ValueError(f"clean_every must be >= 1 and clean_batch >= 0, got {self.clean_every}, {self.clean_batch}")
 
@@ -163,10 +177,11 @@ class FaceAugmentEnv(gym.Env):
 
     ## Rewards
     ``reward = adv - utility_weight * max(0, acc_budget - acc_val)
-    - preserve_weight * max(0, preserve_budget - acc_preserve) - privacy_weight * probe_top1``
+    - preserve_weight * max(0, preserve_budget - acc_preserve) - privacy_weight * probe_top1
+    - deploy_price.weight * max(0, deploy_price(value) - deploy_price.budget)``
     where ``adv`` is the excess loss on the augmented batch (``L_aug - H(targets)``), z-scored
     against its running statistics by default (``reward_scale``). ``info`` carries each term:
-    ``reward_adv``, ``reward_utility``, ``reward_preserve``, ``reward_privacy`` (their sum is the
+    ``reward_adv``, ``reward_utility``, ``reward_preserve``, ``reward_privacy``, ``reward_deploy`` (their sum is the
     reward), with ``loss_aug``, ``loss_excess``, ``acc_aug`` and ``acc_preserve`` (``acc_aug``, or
     the held-out score of ``preserve_on="heldout"`` / ``"heldout-drop"``) beside them.
 
@@ -219,6 +234,7 @@ class FaceAugmentEnv(gym.Env):
         for _ in range(config.warmup_steps):
             self.trainer.step(*self._next_batch())
         self._snapshot = copy.deepcopy(self.trainer.state_dict())  # state_dict() shares storage
+        self._clean_heldout: float | None = None  # the FR model's clean held-out top-1, until it changes
         self.log_k = math.log(self.num_classes)
         self.total_steps = 0
         self._init_stats()
@@ -259,7 +275,11 @@ class FaceAugmentEnv(gym.Env):
             return batch_accuracy
         record = sample_augment(self.augmentation(params), self._val_x, self._gen)
         augmented = self.trainer.evaluate_batch(*apply_augment(self._val_x, self._val_y, record)).accuracy
-        return augmented if mode == "heldout" else 1.0 - max(0.0, self._validate() - augmented)
+        if mode == "heldout":
+            return augmented
+        if self._clean_heldout is None:  # frozen through a policy phase: measured once per model
+            self._clean_heldout = self._validate()
+        return 1.0 - max(0.0, self._clean_heldout - augmented)
 
     def evaluate_fr(self) -> dict[str, float]:
         """Clean top-1/top-5 of the FR model on the private test split."""
@@ -298,6 +318,7 @@ class FaceAugmentEnv(gym.Env):
             self.total_steps = 0
         if fresh:
             self.trainer.load_state_dict(self._snapshot)
+            self._clean_heldout = None
         keep = None if fresh else (self.probe_top1, self.aug_mean, self.aug_var, self.aug_count)
         self._init_stats()
         if keep is not None:  # the game goes on: keep the probe score and the reward's running statistics
@@ -324,6 +345,7 @@ class FaceAugmentEnv(gym.Env):
             self.loss_clean = clean if self.total_steps == 0 else c.ema * self.loss_clean + (1 - c.ema) * clean
         if fr_step:
             stats = self.trainer.step(aug_images, aug_targets)
+            self._clean_heldout = None
             self.grad_norm = stats.grad_norm
         else:
             stats = self.trainer.evaluate_batch(aug_images, aug_targets)
@@ -357,12 +379,13 @@ class FaceAugmentEnv(gym.Env):
         acc_preserve = self._preserve_score(stats.accuracy, params)
         preserve = -c.preserve_weight * max(0.0, c.preserve_budget - acc_preserve)
         privacy = -c.privacy_weight * self.probe_top1
-        reward = adv + utility + preserve + privacy
+        deploy = 0.0 if c.deploy_price is None else c.deploy_price.penalty(getattr(params, c.deploy_price.param))
+        reward = adv + utility + preserve + privacy + deploy
         self.last_action = action
         info = {"phase": "fr" if fr_step else "policy", "loss_aug": loss_aug, "loss_excess": excess,
                 "target_entropy": entropy, "acc_aug": stats.accuracy, "acc_preserve": acc_preserve,
                 "loss_clean": self.loss_clean, "grad_norm": stats.grad_norm if fr_step else 0.0, "acc_val": self.acc_val,
                 "probe_top1": self.probe_top1, "reward_adv": adv, "reward_utility": utility,
-                "reward_preserve": preserve, "reward_privacy": privacy, "params": asdict(params), "global_step": self.total_steps}
+                "reward_preserve": preserve, "reward_privacy": privacy, "reward_deploy": deploy, "params": asdict(params), "global_step": self.total_steps}
         truncated = self.episode_step >= c.episode_steps
         return self._obs(), float(reward), False, truncated, info

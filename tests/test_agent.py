@@ -350,6 +350,44 @@ def test_a_calibration_file_fixes_the_games_parameters(tmp_path: Path, monkeypat
         {"radius": 0.05, "label_follow": 0.0, "high_band": 0.0}
 
 
+def test_a_priced_calibration_lets_the_agent_choose_the_parameter_within_the_measured_range(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    cal = tmp_path / "calibration.json"
+    cal.write_text(json.dumps({"param": "radius", "chosen": 0.1, "fixed": {"label_follow": 0, "high_band": 0},
+                               "budget_points": 2.0,
+                               "candidates": [{"value": 0.2, "drop": 2.3}, {"value": 0.05, "drop": -3.3},
+                                              {"value": 0.1, "drop": 0.1}]}))
+    assert main(["train-agent", *AGENT_TINY, "--timesteps", "40", "--baseline", "random", "--log-every", "8",
+                 "--calibration", str(cal), "--price-deployment", "--deploy-weight", "50"]) == 0
+    assert "budget 2% kept for radius in [0.05, 0.186]" in capsys.readouterr().out
+    mlflow.set_tracking_uri(tracking.default_tracking_uri())
+    (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name("veil").experiment_id])
+    p = run.data.params
+    assert "env.fixed_params.radius" not in p and float(p["env.fixed_params.label_follow"]) == 0.0
+    assert p["env.param_bounds.radius"] == "(0.05, 0.2)"
+    assert p["env.deploy_price.values"] == "(0.05, 0.1, 0.2)" and float(p["env.deploy_price.weight"]) == 50.0
+    history = MlflowClient().get_metric_history(run.info.run_id, "env.reward_deploy")
+    assert history and all(m.value <= 0.0 for m in history)
+
+
+def test_a_deployment_price_needs_a_calibration_and_a_free_parameter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["train-agent", *AGENT_TINY, "--timesteps", "8", "--price-deployment"]) == 2
+    assert "--price-deployment needs --calibration FILE" in capsys.readouterr().err
+    cal = tmp_path / "calibration.json"
+    cal.write_text(json.dumps({"param": "radius", "chosen": None, "fixed": {}, "budget_points": 2.0,
+                               "candidates": [{"value": 0.1, "drop": 4.0}]}))
+    assert main(["train-agent", *AGENT_TINY, "--timesteps", "8", "--calibration", str(cal), "--price-deployment"]) == 2
+    assert "no measured radius kept the budget of 2%" in capsys.readouterr().err
+    cal.write_text(json.dumps({"param": "radius", "chosen": 0.1, "fixed": {}, "budget_points": 2.0,
+                               "candidates": [{"value": 0.1, "drop": 1.0}]}))
+    assert main(["train-agent", *AGENT_TINY, "--timesteps", "8", "--calibration", str(cal), "--price-deployment",
+                 "--fix", "radius=0.1"]) == 2
+    assert "lets the agent choose radius: drop its --fix/--bound" in capsys.readouterr().err
+
+
 def _spy_on_export(monkeypatch: pytest.MonkeyPatch, look) -> None:
     """Call ``look(agent)`` on the trained SB3 agent when train-agent exports its policy."""
     import agents.export as ta

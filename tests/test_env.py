@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from defenses.params import ACTION_DIM
-from env import ENV_ID, EnvConfig, FaceAugmentEnv
+from env import ENV_ID, DeployPrice, EnvConfig, FaceAugmentEnv
 from recognition import DataConfig, soft_cross_entropy
 
 
@@ -62,7 +62,8 @@ def test_loss_aug_is_the_loss_of_the_augmented_batch_and_reward_is_the_sum_of_te
             recomputed = soft_cross_entropy(before(x)["logits"], y).item()
         assert info["loss_aug"] == pytest.approx(recomputed, rel=1e-4)
         assert reward == pytest.approx(info["reward_adv"] + info["reward_utility"] + info["reward_preserve"]
-                                       + info["reward_privacy"])
+                                       + info["reward_privacy"] + info["reward_deploy"])
+        assert info["reward_deploy"] == 0.0  # no deployment price configured
         assert info["reward_utility"] == pytest.approx(-1.0 * max(0.0, 0.9 - info["acc_val"]))
         assert info["reward_preserve"] == pytest.approx(-1.0 * max(0.0, 0.5 - info["acc_aug"]))
         assert info["acc_preserve"] == info["acc_aug"]  # preserve_on="batch": the step's own batch
@@ -97,6 +98,24 @@ def test_heldout_drop_preserve_scores_what_the_augmentation_costs_on_the_held_ou
     clean_val = env.trainer.evaluate(split.train_images[env.val_idx], split.train_labels[env.val_idx])["top1"]
     assert info["acc_preserve"] < 1.0 and info["acc_preserve"] >= 1.0 - clean_val  # 1 - (clean - augmented)
     assert info["reward_preserve"] == pytest.approx(-3.0 * (1.0 - info["acc_preserve"]))
+
+
+def test_heldout_drop_measures_the_clean_held_out_score_once_per_model_update(split, monkeypatch) -> None:
+    env = FaceAugmentEnv(_config(preserve_on="heldout-drop", val_every=0), split=split)
+    env.reset(seed=4)
+    calls = []
+    validate = env._validate
+    monkeypatch.setattr(env, "_validate", lambda: calls.append(env.total_steps) or validate())
+    phases = []
+    for _ in range(8):  # policy_steps=2, fr_steps=2: P P F F P P F F
+        phases.append(env.step(np.zeros(ACTION_DIM, dtype=np.float32))[4]["phase"])
+        fresh = env.trainer.evaluate(split.train_images[env.val_idx], split.train_labels[env.val_idx])["top1"]
+        if phases[-1] == "policy":  # the frozen model's score, reused, is the score of the model now
+            assert env._clean_heldout == pytest.approx(fresh)
+    assert phases == ["policy", "policy", "fr", "fr"] * 2
+    # total_steps as counted when scored: the first step, then each FR step (its model is new); the policy
+    # steps after an FR step reuse that step's score, as their model is the one it scored
+    assert calls == [1, 3, 4, 7, 8]
 
 
 def test_preserve_on_must_name_batch_or_heldout() -> None:
@@ -142,6 +161,25 @@ def test_bounded_params_stay_inside_the_box_whatever_the_action(split) -> None:
     env.reset(seed=3)
     radii = [env.step(np.full(ACTION_DIM, a, dtype=np.float32))[4]["params"]["radius"] for a in (-1.0, 0.0, 1.0)]
     assert radii == pytest.approx([0.0, 0.025, 0.05], abs=1e-6)
+
+
+def test_a_deployment_price_charges_each_step_its_radius_over_budget(split) -> None:
+    price = DeployPrice("radius", (0.1, 0.2), (0.0, 0.06), budget=0.02, weight=10.0)
+    env = FaceAugmentEnv(_config(fixed_params={"label_follow": 0.0}, param_bounds={"radius": (0.1, 0.2)},
+                                 deploy_price=price), split=split)
+    env.reset(seed=3)
+    _, reward, _, _, info = env.step(np.ones(ACTION_DIM, dtype=np.float32))  # radius 0.2: 6 points lost, 4 over
+    assert info["params"]["radius"] == pytest.approx(0.2)
+    assert info["reward_deploy"] == pytest.approx(-10.0 * 0.04)
+    assert reward == pytest.approx(info["reward_adv"] + info["reward_utility"] + info["reward_preserve"]
+                                   + info["reward_privacy"] + info["reward_deploy"])
+    info = env.step(np.full(ACTION_DIM, -1.0, dtype=np.float32))[4]  # radius 0.1: measured free
+    assert info["params"]["radius"] == pytest.approx(0.1) and info["reward_deploy"] == 0.0
+
+
+def test_a_priced_parameter_cannot_also_be_fixed() -> None:
+    with pytest.raises(ValueError, match="radius is fixed"):
+        _config(fixed_params={"radius": 0.1}, deploy_price=DeployPrice("radius", (0.1,), (0.0,)))
 
 
 def test_a_parameter_both_fixed_and_bounded_is_refused() -> None:
