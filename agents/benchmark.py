@@ -743,26 +743,37 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                                            "eval_model": ev.config.model, "eval_top1": round(ev.metrics["top1"], 4)},
                              "split": split.summary()})
         evaluator = ev.fingerprint
+
+        def state(d: str, s: int, quiet: bool = False) -> tuple[dict[str, Any] | None, list[str]]:
+            """The cell's saved record (None: not trained) and the attacks it still lacks."""
+            cell = out / "cells" / f"{d}-s{s}.json"
+            done = _read_cell(cell, out / "checkpoints" / f"{d}-s{s}.pt", split)
+            check_variant_cell(done, variant_of(args, d)[1], cell)  # built-ins: no options, always []
+            for a in [a for a in attacks if done is not None and a in done["attacks"]]:
+                scored_by = done["attacks"][a].get("evaluator")  # None: a cell from before this record
+                if scored_by is not None and scored_by != evaluator:
+                    if not quiet:
+                        print(f"cell {d} seed {s}: {a} was scored by another evaluation model ({scored_by}, now "
+                              f"{evaluator}); rerunning it so every row is judged by the same model")
+                    del done["attacks"][a]
+            return done, [a for a in attacks if done is None or a not in done["attacks"]]
+
         todo = []
         for d in defenses:
             for s in seeds:
-                cell = out / "cells" / f"{d}-s{s}.json"
-                done = _read_cell(cell, out / "checkpoints" / f"{d}-s{s}.pt", split)
-                check_variant_cell(done, variant_of(args, d)[1], cell)  # built-ins: no options, always []
-                for a in [a for a in attacks if done is not None and a in done["attacks"]]:
-                    scored_by = done["attacks"][a].get("evaluator")  # None: a cell from before this record
-                    if scored_by is not None and scored_by != evaluator:
-                        print(f"cell {d} seed {s}: {a} was scored by another evaluation model ({scored_by}, now "
-                              f"{evaluator}); rerunning it so every row is judged by the same model")
-                        del done["attacks"][a]
-                missing = [a for a in attacks if done is None or a not in done["attacks"]]
+                done, missing = state(d, s)
                 if not missing:
                     print(f"cell {d} seed {s}: done before, skipped")
                     records.append(done)
                 else:
-                    todo.append((d, s, done, missing))
+                    todo.append((d, s))
         t0 = time.perf_counter()
-        for i, (d, s, done, missing) in enumerate(todo):
+        for i, (d, s) in enumerate(todo):
+            done, missing = state(d, s, quiet=True)  # read again: another benchmark on this out-dir may have run it
+            if not missing:
+                print(f"\ncell {d} seed {s}: finished by another process meanwhile, skipped")
+                records.append(done)
+                continue
             print(f"\n== cell {d} seed {s} [{i + 1}/{len(todo)}{eta(i, len(todo), time.perf_counter() - t0)}]"
                   + ("" if done is None else f": target trained before; attacks {', '.join(missing)}"))
             records.append(run_cell(parser, args, d, s, split, ev, out, done))

@@ -315,6 +315,33 @@ def test_benchmark_writes_cells_tables_and_plot_and_resumes(tmp_path: Path, monk
     assert capsys.readouterr().out.count("done before, skipped") == 2
 
 
+def test_a_cell_finished_by_another_benchmark_meanwhile_is_not_run_again(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    import agents.benchmark as bm
+
+    monkeypatch.chdir(tmp_path)
+    other, out = tmp_path / "other", tmp_path / "bench"
+    assert main(["benchmark", *TINY, "--defenses", "re", "--seeds", "0", "--out-dir", str(other)]) == 0
+    real, ran = bm.run_cell, []
+
+    def run_cell(parser, args, defense, seed, *rest):  # while this one trains `none`, another finishes `re`
+        ran.append(defense)
+        record = real(parser, args, defense, seed, *rest)
+        for sub, name in (("checkpoints", "re-s0.pt"), ("cells", "re-s0.json")):
+            shutil.copy(other / sub / name, out / sub / name)
+        return record
+
+    monkeypatch.setattr(bm, "run_cell", run_cell)
+    capsys.readouterr()
+    assert main(["benchmark", *TINY, "--defenses", "none,re", "--seeds", "0", "--out-dir", str(out)]) == 0
+    assert ran == ["none"]
+    assert "cell re seed 0: finished by another process meanwhile, skipped" in capsys.readouterr().out
+    assert [r["defense"] for r in csv.DictReader((out / "results.csv").open())] == ["none", "re"]
+
+
 def test_a_rerun_with_more_attacks_attacks_the_saved_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
