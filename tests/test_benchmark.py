@@ -573,6 +573,7 @@ def test_the_committed_synthetic_price_cells_meet_the_gmi_target_and_no_better_t
         assert target_verdict(rows[name, "gmi"])[0] is True
         assert target_verdict(rows[name, "pca"])[0] is False  # 3 seeds: the interval reaches 0
     assert rows["re", "pca"]["vs_none_paired"] == "+0.4 ± 45.5" and rows["mixup", "pca"]["vs_none_paired"] == "+27.1 ± 44.1"
+    assert rows["re", "gmi"]["vs_none_paired"] == "-1.2 ± 9.3" and rows["mixup", "gmi"]["vs_none_paired"] == "+11.7 ± 14.7"
     five = _committed_rows("syn-price-30ep", ("pca",))  # seeds 3 and 4 ran for none and price only
     assert five["price", "pca"]["seeds"] == 5 and five["price", "pca"]["vs_none_paired"] == "-26.0 ± 19.0 *"
     assert target_verdict(five["price", "pca"])[0] is True
