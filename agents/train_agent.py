@@ -6,10 +6,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from env import DeployPrice
 
 
 def _plot_actions(history: list[dict[str, float]], path: Path) -> Path | None:
@@ -203,55 +206,62 @@ def parse_fixed(specs: list[str] | None) -> dict[str, float]:
     return out
 
 
-def fixes_from_calibration(path: str, chosen: bool = True) -> dict[str, float]:
-    """The fixes a ``veil calibrate`` run chose: the ones it was calibrated under plus its choice
-    (without the choice when ``chosen`` is false)."""
+def read_calibration(path: str) -> dict[str, Any]:
+    """A ``veil calibrate`` calibration.json, with the keys every use needs checked."""
     import json
 
     try:
         report = json.loads(Path(path).read_text())
-        param, choice, fixed = report["param"], report["chosen"], report["fixed"]
     except FileNotFoundError:
         raise FileNotFoundError(f"--calibration: no file {path}") from None
-    except (ValueError, KeyError, TypeError) as err:
+    except ValueError as err:
         raise ValueError(f"--calibration {path}: not a veil calibrate calibration.json ({err})") from None
+    if not (isinstance(report, dict) and {"param", "chosen", "fixed"} <= report.keys()
+            and isinstance(report["fixed"], dict)):
+        raise ValueError(f"--calibration {path}: not a veil calibrate calibration.json (needs param, chosen, fixed)")
+    return report
+
+
+def calibrated_fixes(report: dict[str, Any], path: str, chosen: bool = True) -> dict[str, float]:
+    """The fixes a calibration was run under, plus its choice unless ``chosen`` is false."""
+    out = {k: float(v) for k, v in report["fixed"].items()}
     if not chosen:
-        return {k: float(v) for k, v in fixed.items()}
-    if choice is None:
-        raise ValueError(f"--calibration {path}: that calibration chose no {param} (no value kept its budget of "
-                         f"{report.get('budget_points')} points); nothing to play at")
-    return {**{k: float(v) for k, v in fixed.items()}, param: float(choice)}
+        return out
+    if report["chosen"] is None:
+        raise ValueError(f"--calibration {path}: that calibration chose no {report['param']} (no value kept its "
+                         f"budget of {report.get('budget_points')} points); nothing to play at")
+    return {**out, report["param"]: float(report["chosen"])}
 
 
-def fixes(specs: list[str] | None, calibration: str | None) -> dict[str, float]:
-    """``--fix`` specs merged with a calibration's fixes; a name given both ways with different values is refused."""
-    out = parse_fixed(specs)
-    if calibration:
-        for name, value in fixes_from_calibration(calibration).items():
-            if name in out and out[name] != value:
-                raise ValueError(f"--fix {name}={out[name]:g} contradicts --calibration, which chose {name}={value:g}")
-            out[name] = value
+def merge_fixes(fixed: dict[str, float], calibrated: dict[str, float]) -> dict[str, float]:
+    """``--fix`` values merged with a calibration's; a name given both ways with different values is refused."""
+    out = dict(fixed)
+    for name, value in calibrated.items():
+        if name in out and out[name] != value:
+            raise ValueError(f"--fix {name}={out[name]:g} contradicts --calibration, which fixes {name}={value:g}")
+        out[name] = value
     return out
 
 
-def deploy_price_from_calibration(path: str, weight: float) -> Any:
-    """A calibration's measured drops as a ``DeployPrice`` on its parameter (budget from the file)."""
-    import json
+def fixes(specs: list[str] | None, calibration: str | None) -> dict[str, float]:
+    """``--fix`` specs merged with the fixes and the choice of a calibration file (if any)."""
+    calibrated = calibrated_fixes(read_calibration(calibration), calibration) if calibration else {}
+    return merge_fixes(parse_fixed(specs), calibrated)
 
+
+def deploy_price_from_calibration(report: dict[str, Any], path: str, weight: float) -> DeployPrice:
+    """A calibration's measured drops as a ``DeployPrice`` on its parameter (budget from the file)."""
     from env import DeployPrice
 
     try:
-        report = json.loads(Path(path).read_text())
         cands = sorted(report["candidates"], key=lambda c: float(c["value"]))
-        param, budget = report["param"], float(report["budget_points"]) / 100.0
+        budget = float(report["budget_points"]) / 100.0
         values, drops = [float(c["value"]) for c in cands], [float(c["drop"]) / 100.0 for c in cands]
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--calibration: no file {path}") from None
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"--calibration {path}: not a veil calibrate calibration.json ({err})") from None
-    price = DeployPrice(param, tuple(values), tuple(drops), budget=budget, weight=weight)
+    price = DeployPrice(report["param"], tuple(values), tuple(drops), budget=budget, weight=weight)
     if price.feasible() is None:
-        raise ValueError(f"--calibration {path}: no measured {param} kept the budget of {budget:.0%}; "
+        raise ValueError(f"--calibration {path}: no measured {price.param} kept the budget of {budget:.0%}; "
                          f"a price that binds everywhere leaves nothing to play")
     return price
 
@@ -265,15 +275,12 @@ def game_constraints(args: Any) -> dict[str, Any]:
         return {"fixed_params": fixes(args.fix, args.calibration), "param_bounds": bounds}
     if not args.calibration:
         raise ValueError("--price-deployment needs --calibration FILE (the measured drops it charges)")
-    price = deploy_price_from_calibration(args.calibration, args.deploy_weight)
+    report = read_calibration(args.calibration)
+    price = deploy_price_from_calibration(report, args.calibration, args.deploy_weight)
     fixed = parse_fixed(args.fix)
     if price.param in fixed or price.param in bounds:
         raise ValueError(f"--price-deployment lets the agent choose {price.param}: drop its --fix/--bound")
-    calibrated = fixes_from_calibration(args.calibration, chosen=False)
-    for name, value in calibrated.items():
-        if name in fixed and fixed[name] != value:
-            raise ValueError(f"--fix {name}={fixed[name]:g} contradicts --calibration, calibrated under {name}={value:g}")
-        fixed[name] = value
+    fixed = merge_fixes(fixed, calibrated_fixes(report, args.calibration, chosen=False))
     bounds[price.param] = (price.values[0], price.values[-1])
     lo, hi = price.feasible()
     print(f"deployment price on {price.param}: measured {dict(zip(price.values, price.drops))} (drop, fraction); "
