@@ -254,6 +254,35 @@ def _run_in_this_store(run_id: str, name: str) -> str:
     return run.info.run_id
 
 
+def retrain_lost_target(parser, args, defense: str, seed: int, split, record: dict[str, Any], ckpt: Path):
+    """Train a cell's lost target again with the cell's options and seed and return it, if it
+    reaches exactly the recorded natural accuracy (top-1 and top-5 on the same test images); else
+    set the new checkpoint aside and stop, since attacks on another model would be mixed into the
+    cell. One-thread training on the same torch and CPU reproduces; other setups may not."""
+    from attacks.harness import target_accuracy
+
+    from .attack_cli import load_target
+    from .cli import train_fr
+
+    print(f"target {ckpt} is gone: training it again (seed {seed}) and checking it against the cell")
+    fr_run = train_fr(_fr_args(parser, args, defense, seed))
+    target, _, _ = load_target(str(ckpt))
+    natural = target_accuracy(target, split)
+    tol = 0.5 / len(split.test_labels)  # less than one test image
+    got, want = (natural["top1"], natural["top5"]), (record["natural_top1"], record["natural_top5"])
+    if any(abs(g - w) > tol for g, w in zip(got, want)):
+        aside = ckpt.with_name(ckpt.stem + ".mismatch.pt")
+        ckpt.replace(aside)
+        raise ValueError(f"the retrained target of cell {defense} seed {seed} reaches top-1 {got[0]:.4f} / top-5 "
+                           f"{got[1]:.4f}, the cell recorded {want[0]:.4f} / {want[1]:.4f}: training did not reproduce "
+                           f"(another torch, CPU or thread count?), so it is not the model the cell measured. The "
+                           f"cell is unchanged; the new target is set aside at {aside}. Delete the cell to start "
+                           "its row over with fresh targets.")
+    record["retrained_from_run"], record["fr_run"] = record["fr_run"], fr_run
+    print(f"target {defense} seed {seed} reproduced (top-1 {got[0]:.4f}, top-5 {got[1]:.4f}); attacking it")
+    return target
+
+
 def run_cell(parser, args, defense: str, seed: int, split, ev, out: Path,
              record: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one target (unless ``record`` says it was trained) and run the attacks it lacks;
@@ -283,11 +312,15 @@ def run_cell(parser, args, defense: str, seed: int, split, ev, out: Path,
         if record["collapsed"]:
             print(f"warning: target {defense} seed {seed} collapsed (its output does not depend on the input); its "
                   "attack scores are those of a model that learned nothing. The table counts it and says so.")
-    else:
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"cell {cell} lacks attacks but its target {ckpt} is gone; delete the cell "
-                                    "file to retrain it")
+    elif ckpt.is_file():
         target, _, _ = load_target(str(ckpt))
+    elif getattr(args, "retrain_lost", False):
+        target = retrain_lost_target(parser, args, defense, seed, split, record, ckpt)
+        _write_json(record, cell)
+    else:
+        raise FileNotFoundError(f"cell {cell} lacks attacks but its target {ckpt} is gone; pass --retrain-lost to "
+                                "train it again with the same options and seed (kept only if it reaches the "
+                                "recorded accuracy), or delete the cell file to start the cell over")
     missing = [a for a in args.attacks.split(",") if a not in record["attacks"]]
     settings = attack_settings(args)
     record["fr_run"] = _run_in_this_store(record["fr_run"], f"{defense}-s{seed}")
@@ -829,6 +862,10 @@ def add_parser(sub, add_data_args, add_tracking_args) -> None:
     add_budget_args(b)
     b.add_argument("--summarize-only", action="store_true", help="rebuild the tables, plot and grids from the "
                    "finished cells in --out-dir without training or attacking anything")
+    b.add_argument("--retrain-lost", action="store_true",
+                   help="a cell that lacks attacks and whose target checkpoint is gone gets its target trained "
+                        "again with the same options and seed; it is attacked only if it reaches exactly the "
+                        "recorded natural accuracy (one-thread training on the same torch and CPU reproduces)")
     b.add_argument("--out-dir", default="benchmarks/results/run", help="cells, tables, plots (default: "
                                                                        "benchmarks/results/run)")
     add_data_args(b)

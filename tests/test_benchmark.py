@@ -361,6 +361,40 @@ def test_a_rerun_with_more_attacks_attacks_the_saved_target(tmp_path: Path, monk
     assert [(r["defense"], r["attack"]) for r in rows] == [("none", "pca"), ("none", "whitebox")]
 
 
+def test_a_lost_target_is_retrained_and_attacked_only_if_it_reproduces_the_cell(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    out, more = tmp_path / "bench", ["--defenses", "none", "--seeds", "0", "--attacks", "pca,whitebox"]
+    assert main(["benchmark", *TINY, "--defenses", "none", "--seeds", "0", "--out-dir", str(out)]) == 0
+    before = json.loads((out / "cells" / "none-s0.json").read_text())
+    (out / "checkpoints" / "none-s0.pt").unlink()  # the machine that held it is gone
+    assert main(["benchmark", *TINY, *more, "--out-dir", str(out)]) == 2
+    assert "is gone; pass --retrain-lost" in capsys.readouterr().err
+    assert main(["benchmark", *TINY, *more, "--retrain-lost", "--out-dir", str(out)]) == 0
+    after = json.loads((out / "cells" / "none-s0.json").read_text())
+    assert after["natural_top1"] == before["natural_top1"] and after["attacks"]["pca"] == before["attacks"]["pca"]
+    assert 0.0 <= after["attacks"]["whitebox"]["top1"] <= 1.0
+    assert after["retrained_from_run"] == before["fr_run"] != after["fr_run"]
+
+
+def test_a_retrained_target_that_does_not_reproduce_the_cell_is_set_aside(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench"
+    assert main(["benchmark", *TINY, "--defenses", "none", "--seeds", "0", "--out-dir", str(out)]) == 0
+    cell_file = out / "cells" / "none-s0.json"
+    cell = json.loads(cell_file.read_text())
+    cell["natural_top1"] = cell["natural_top1"] + 0.25 if cell["natural_top1"] < 0.5 else cell["natural_top1"] - 0.25
+    cell_file.write_text(json.dumps(cell))  # as if another machine had trained another model
+    (out / "checkpoints" / "none-s0.pt").unlink()
+    assert main(["benchmark", *TINY, "--defenses", "none", "--seeds", "0", "--attacks", "pca,whitebox",
+                 "--retrain-lost", "--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "did not reproduce" in err and f"recorded {cell['natural_top1']:.4f}" in err
+    assert json.loads(cell_file.read_text()) == cell  # no attack on the wrong model mixed in
+    assert not (out / "checkpoints" / "none-s0.pt").exists() and (out / "checkpoints" / "none-s0.mismatch.pt").is_file()
+
+
 def test_attacks_scored_by_another_evaluation_model_are_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                               capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
