@@ -611,3 +611,20 @@ def test_the_committed_synthetic_price_cells_meet_the_gmi_target_and_no_better_t
     five = _committed_rows("syn-price-30ep", ("pca",))  # seeds 3 and 4 ran for none and price only
     assert five["price", "pca"]["seeds"] == 5 and five["price", "pca"]["vs_none_paired"] == "-26.0 ± 19.0 *"
     assert target_verdict(five["price", "pca"])[0] is True
+
+
+def test_the_committed_synthetic_gan_cells_put_the_priced_policy_ahead_of_erasing_and_mixup() -> None:
+    """docs/RESULTS.md (0.15): under KEDMI the priced agents meet the target (3 seeds) and fixed
+    MixUp raises the attack beyond the spread; the radius-only agents (`edge`) meet the target under
+    GMI and under PCA on 5 seeds."""
+    rows = _committed_rows("syn-price-30ep", ("pca", "gmi", "kedmi", "plgmi"), seeds=(0, 1, 2))
+    assert rows["price", "kedmi"]["vs_none_paired"] == "-18.3 ± 12.6 *" and target_verdict(rows["price", "kedmi"])[0]
+    assert rows["price", "plgmi"]["vs_none_paired"] == "-24.6 ± 32.9"
+    assert target_verdict(rows["price", "plgmi"])[0] is False  # 81% down, but the interval reaches 0
+    assert rows["mixup", "kedmi"]["vs_none_paired"] == "+18.3 ± 9.5 *"
+    assert rows["re", "kedmi"]["vs_none_paired"] == "-3.3 ± 4.7" and rows["re", "plgmi"]["vs_none_paired"] == "-19.6 ± 15.9 *"
+    assert target_verdict(rows["re", "plgmi"])[0] is False  # 4.6 points of accuracy lost
+    assert rows["edge", "gmi"]["vs_none_paired"] == "-17.1 ± 12.6 *" and target_verdict(rows["edge", "gmi"])[0]
+    five = _committed_rows("syn-price-30ep", ("pca",))
+    assert five["edge", "pca"]["seeds"] == 5 and five["edge", "pca"]["vs_none_paired"] == "-34.3 ± 17.8 *"
+    assert target_verdict(five["edge", "pca"])[0] is True
