@@ -219,12 +219,15 @@ class Trainer:
     def fit(self, train_images: torch.Tensor, train_labels: torch.Tensor,
             test_images: torch.Tensor | None = None, test_labels: torch.Tensor | None = None,
             augment: Augment | None = None, on_epoch_end: Callable[[dict[str, float]], None] | None = None,
-            checkpoint_path: str | Path | None = None, progress: bool = True) -> list[dict[str, float]]:
+            checkpoint_path: str | Path | None = None, progress: bool = True,
+            checkpoint_extra: dict[str, Any] | None = None) -> list[dict[str, float]]:
         """Train for ``config.epochs`` epochs (continuing from ``self.epoch`` after a resume).
 
         Each batch: uint8 -> [0, 1], random flips, ``augment`` (a defense), then ``step``.
         After each epoch the test split is evaluated, ``on_epoch_end(metrics)`` is called and
-        the checkpoint (if a path is given) is written atomically.
+        the checkpoint (if a path is given) is written atomically, with ``checkpoint_extra`` (what
+        a reader needs beside the weights, e.g. the model config), so an interrupted run leaves a
+        checkpoint as readable as a finished one.
         """
         n = len(train_labels)
         if n == 0:
@@ -263,7 +266,7 @@ class Trainer:
                     metrics.update({"test_top1": ev["top1"], "test_top5": ev["top5"], "test_loss": ev["loss"]})
                 self.history.append(metrics)
                 if checkpoint_path is not None:
-                    self.save_checkpoint(checkpoint_path)
+                    self.save_checkpoint(checkpoint_path, checkpoint_extra)
                 if on_epoch_end is not None:
                     on_epoch_end(metrics)
                 if progress and "test_top1" in metrics:

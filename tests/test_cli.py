@@ -75,6 +75,31 @@ def test_resume_continues_the_same_run(tmp_path: Path, monkeypatch: pytest.Monke
     assert steps == [1, 2]
 
 
+def test_an_interrupted_run_leaves_a_checkpoint_that_resumes_its_run_and_can_be_attacked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agents.attack_cli import load_target
+
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "ck.pt"
+    real = tracking.log_metrics
+
+    def stop_after_epoch_1(metrics, step=None):
+        real(metrics, step=step)
+        if step == 1 and "train_loss" in metrics:
+            raise ValueError("machine went away")  # after epoch 1's checkpoint, before epoch 2
+
+    monkeypatch.setattr(tracking, "log_metrics", stop_after_epoch_1)
+    assert main(["train-fr", *TINY, "--epochs", "2", "--checkpoint", str(ckpt)]) == 2
+    monkeypatch.setattr(tracking, "log_metrics", real)
+    model, _, _ = load_target(str(ckpt))  # the epoch checkpoint carries the model config
+    assert isinstance(model, torch.nn.Module)
+    (failed,) = _runs()
+    assert torch.load(ckpt, weights_only=True)["extra"]["mlflow_run_id"] == failed.info.run_id
+    assert main(["train-fr", *TINY, "--epochs", "2", "--resume", str(ckpt)]) == 0
+    (run,) = _runs()  # resumed into the same run, not a new one
+    assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "test_top1")] == [1, 2]
+
+
 def test_resume_refuses_a_checkpoint_of_another_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
