@@ -254,20 +254,26 @@ def _run_in_this_store(run_id: str, name: str) -> str:
     return run.info.run_id
 
 
-def retrain_lost_target(parser, args, defense: str, seed: int, split, record: dict[str, Any], ckpt: Path):
-    """Train a cell's lost target again with the cell's options and seed and return it, if it
-    reaches exactly the recorded natural accuracy (top-1 and top-5 on the same test images); else
-    set the new checkpoint aside and stop, since attacks on another model would be mixed into the
-    cell. One-thread training on the same torch and CPU reproduces; other setups may not."""
+def _train_target(parser, args, defense: str, seed: int, split, ckpt: Path):
+    """Train one cell's target with its options and seed (``train-fr`` writes ``ckpt``); return the
+    FR run, the loaded model and its natural accuracy on the test split."""
     from attacks.harness import target_accuracy
 
     from .attack_cli import load_target
     from .cli import train_fr
 
-    print(f"target {ckpt} is gone: training it again (seed {seed}) and checking it against the cell")
     fr_run = train_fr(_fr_args(parser, args, defense, seed))
     target, _, _ = load_target(str(ckpt))
-    natural = target_accuracy(target, split)
+    return fr_run, target, target_accuracy(target, split)
+
+
+def retrain_lost_target(parser, args, defense: str, seed: int, split, record: dict[str, Any], ckpt: Path):
+    """Train a cell's lost target again with the cell's options and seed and return it, if it
+    reaches exactly the recorded natural accuracy (top-1 and top-5 on the same test images); else
+    set the new checkpoint aside and stop, since attacks on another model would be mixed into the
+    cell. One-thread training on the same torch and CPU reproduces; other setups may not."""
+    print(f"target {ckpt} is gone: training it again (seed {seed}) and checking it against the cell")
+    fr_run, target, natural = _train_target(parser, args, defense, seed, split, ckpt)
     tol = 0.5 / len(split.test_labels)  # less than one test image
     got, want = (natural["top1"], natural["top5"]), (record["natural_top1"], record["natural_top5"])
     if any(abs(g - w) > tol for g, w in zip(got, want)):
@@ -290,19 +296,16 @@ def run_cell(parser, args, defense: str, seed: int, split, ev, out: Path,
     at most and a rerun with more ``--attacks`` attacks the saved target instead of retraining."""
     import mlflow
 
-    from attacks.harness import HarnessConfig, run_attack, target_accuracy
+    from attacks.harness import HarnessConfig, run_attack
 
     from . import tracking
     from .attack_cli import attack_settings, load_target
-    from .cli import train_fr
 
     t0 = time.perf_counter()
     cell = out / "cells" / f"{defense}-s{seed}.json"
     ckpt = Path(args.out_dir) / "checkpoints" / f"{defense}-s{seed}.pt"
     if record is None:
-        fr_run = train_fr(_fr_args(parser, args, defense, seed))
-        target, _, _ = load_target(str(ckpt))
-        natural = target_accuracy(target, split)
+        fr_run, target, natural = _train_target(parser, args, defense, seed, split, ckpt)
         record = {"defense": defense, "seed": seed, "fr_run": fr_run, "natural_top1": natural["top1"],
                   "natural_top5": natural["top5"], "collapsed": bool(natural["collapsed"]), "attacks": {},
                   "split": split.kind,

@@ -448,14 +448,15 @@ def train_fr(args: argparse.Namespace) -> str:
                 metrics.update({f"policy.{k}": v for k, v in acted.items()})
             tracking.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=int(metrics["epoch"]))
 
-        t1 = time.perf_counter()
+        t1, start_epoch = time.perf_counter(), trainer.epoch
         # the checkpoint written at each epoch end records the run and the model too, so an
         # interrupted run is resumed into the same MLflow run and its checkpoint can be attacked
         ckpt_extra = {"mlflow_run_id": run_id, "model_config": asdict(model_cfg), "defense": defense.params()}
         trainer.fit(split.train_images, split.train_labels, split.test_images, split.test_labels,
                     augment=augment, on_epoch_end=on_epoch_end, checkpoint_path=ckpt, progress=True,
                     checkpoint_extra=ckpt_extra)
-        trainer.save_checkpoint(ckpt, extra=ckpt_extra)
+        if trainer.epoch == start_epoch:  # a resume with no epoch left: fit wrote nothing, write it here
+            trainer.save_checkpoint(ckpt, extra=ckpt_extra)
         fit_s = time.perf_counter() - t1
         final = trainer.evaluate(split.test_images, split.test_labels)
         tracking.log_metrics({"final_test_top1": final["top1"], "final_test_top5": final["top5"],

@@ -100,6 +100,25 @@ def test_an_interrupted_run_leaves_a_checkpoint_that_resumes_its_run_and_can_be_
     assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "test_top1")] == [1, 2]
 
 
+def test_the_checkpoint_is_written_once_per_epoch_and_once_by_a_resume_with_no_epoch_left(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agents.attack_cli import load_target
+    from recognition.trainer import Trainer
+
+    monkeypatch.chdir(tmp_path)
+    ckpt, writes = tmp_path / "ck.pt", []
+    real = Trainer.save_checkpoint
+    monkeypatch.setattr(Trainer, "save_checkpoint", lambda self, path, extra=None: (writes.append(self.epoch),
+                                                                                    real(self, path, extra))[1])
+    assert main(["train-fr", *TINY, "--epochs", "2", "--checkpoint", str(ckpt)]) == 0
+    assert writes == [1, 2]  # fit's epoch ends; no second write of epoch 2's state after it
+    writes.clear()
+    assert main(["train-fr", *TINY, "--epochs", "2", "--resume", str(ckpt)]) == 0
+    assert writes == [2]  # nothing left to train: the final checkpoint is still written, with its extra
+    assert torch.load(ckpt, weights_only=True)["extra"]["model_config"]["name"] == "cnn"
+    assert isinstance(load_target(str(ckpt))[0], torch.nn.Module)
+
+
 def test_resume_refuses_a_checkpoint_of_another_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
