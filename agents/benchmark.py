@@ -273,20 +273,50 @@ def retrain_lost_target(parser, args, defense: str, seed: int, split, record: di
     set the new checkpoint aside and stop, since attacks on another model would be mixed into the
     cell. One-thread training on the same torch and CPU reproduces; other setups may not."""
     print(f"target {ckpt} is gone: training it again (seed {seed}) and checking it against the cell")
-    fr_run, target, natural = _train_target(parser, args, defense, seed, split, ckpt)
-    tol = 0.5 / len(split.test_labels)  # less than one test image
-    got, want = (natural["top1"], natural["top5"]), (record["natural_top1"], record["natural_top5"])
-    if any(abs(g - w) > tol for g, w in zip(got, want)):
-        aside = ckpt.with_name(ckpt.stem + ".mismatch.pt")
+    fr_run, target, _ = _train_target(parser, args, defense, seed, split, ckpt)
+    aside = ckpt.with_name(ckpt.stem + ".mismatch.pt")
+    try:
+        got = _check_reproduces(target, split, record, f"the retrained target of cell {defense} seed {seed}",
+                                f"Training did not reproduce (another torch, CPU or thread count?). The cell is "
+                                f"unchanged; the new target is set aside at {aside}. Delete the cell to start its "
+                                "row over with fresh targets.")
+    except ValueError:
         ckpt.replace(aside)
-        raise ValueError(f"the retrained target of cell {defense} seed {seed} reaches top-1 {got[0]:.4f} / top-5 "
-                           f"{got[1]:.4f}, the cell recorded {want[0]:.4f} / {want[1]:.4f}: training did not reproduce "
-                           f"(another torch, CPU or thread count?), so it is not the model the cell measured. The "
-                           f"cell is unchanged; the new target is set aside at {aside}. Delete the cell to start "
-                           "its row over with fresh targets.")
+        raise
     record["retrained_from_run"], record["fr_run"] = record["fr_run"], fr_run
     print(f"target {defense} seed {seed} reproduced (top-1 {got[0]:.4f}, top-5 {got[1]:.4f}); attacking it")
     return target
+
+
+def _check_reproduces(target, split, record: dict[str, Any], what: str, advice: str) -> tuple[float, float]:
+    """Raise unless ``target`` reaches the cell's recorded natural top-1 and top-5 (within half a
+    test image): attacks on another model must not be mixed into the cell. Returns (top-1, top-5)."""
+    from attacks.harness import target_accuracy
+
+    natural = target_accuracy(target, split)
+    tol = 0.5 / len(split.test_labels)
+    got, want = (natural["top1"], natural["top5"]), (record["natural_top1"], record["natural_top5"])
+    if any(abs(g - w) > tol for g, w in zip(got, want)):
+        raise ValueError(f"{what} reaches top-1 {got[0]:.4f} / top-5 {got[1]:.4f}, the cell recorded "
+                         f"{want[0]:.4f} / {want[1]:.4f}: it is not the model the cell measured. {advice}")
+    return got
+
+
+def _set_aside_if_partial(ckpt: Path) -> Path | None:
+    """A checkpoint that stopped before its last epoch (a training interrupted after the cell was
+    recorded, e.g. a --retrain-lost run) is not the cell's target: move it to ``.partial.pt``, so
+    the cell counts as lost, and return the new path; None for a finished checkpoint."""
+    import torch
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    done, total = state.get("epoch"), (state.get("config") or {}).get("epochs")
+    if done is None or total is None or done >= total:
+        return None
+    aside = ckpt.with_name(ckpt.stem + ".partial.pt")
+    ckpt.replace(aside)
+    print(f"target {ckpt} stopped at epoch {done} of {total} (an interrupted training): set aside at {aside}; "
+          "the cell's target counts as lost")
+    return aside
 
 
 def run_cell(parser, args, defense: str, seed: int, split, ev, out: Path,
@@ -315,8 +345,10 @@ def run_cell(parser, args, defense: str, seed: int, split, ev, out: Path,
         if record["collapsed"]:
             print(f"warning: target {defense} seed {seed} collapsed (its output does not depend on the input); its "
                   "attack scores are those of a model that learned nothing. The table counts it and says so.")
-    elif ckpt.is_file():
+    elif ckpt.is_file() and _set_aside_if_partial(ckpt) is None:
         target, _, _ = load_target(str(ckpt))
+        _check_reproduces(target, split, record, f"the target {ckpt} of cell {defense} seed {seed}",
+                          "Delete the cell (or the checkpoint) to train it again.")
     elif getattr(args, "retrain_lost", False):
         target = retrain_lost_target(parser, args, defense, seed, split, record, ckpt)
         _write_json(record, cell)

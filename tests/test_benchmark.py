@@ -395,6 +395,42 @@ def test_a_retrained_target_that_does_not_reproduce_the_cell_is_set_aside(
     assert not (out / "checkpoints" / "none-s0.pt").exists() and (out / "checkpoints" / "none-s0.mismatch.pt").is_file()
 
 
+def test_a_target_whose_retraining_was_interrupted_is_not_attacked_as_the_cells(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    out, more = tmp_path / "bench", ["--defenses", "none", "--seeds", "0", "--attacks", "pca,whitebox"]
+    assert main(["benchmark", *TINY, "--defenses", "none", "--seeds", "0", "--out-dir", str(out)]) == 0
+    before = json.loads((out / "cells" / "none-s0.json").read_text())
+    ckpt = out / "checkpoints" / "none-s0.pt"
+    state = torch.load(ckpt, weights_only=True)
+    state["epoch"] = state["config"]["epochs"] - 1  # what a --retrain-lost run stopped mid-training leaves
+    torch.save(state, ckpt)
+    assert main(["benchmark", *TINY, *more, "--out-dir", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "stopped at epoch 1 of 2" in captured.out and "is gone; pass --retrain-lost" in captured.err
+    assert (out / "checkpoints" / "none-s0.partial.pt").is_file()
+    assert main(["benchmark", *TINY, *more, "--retrain-lost", "--out-dir", str(out)]) == 0
+    after = json.loads((out / "cells" / "none-s0.json").read_text())
+    assert after["retrained_from_run"] == before["fr_run"] and "whitebox" in after["attacks"]
+
+
+def test_a_saved_target_that_is_not_the_cells_model_is_not_attacked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench"
+    assert main(["benchmark", *TINY, "--defenses", "none", "--seeds", "0", "--out-dir", str(out)]) == 0
+    cell_file = out / "cells" / "none-s0.json"
+    cell = json.loads(cell_file.read_text())
+    cell["natural_top5"] = cell["natural_top5"] + 0.25 if cell["natural_top5"] < 0.5 else cell["natural_top5"] - 0.25
+    cell_file.write_text(json.dumps(cell))  # a checkpoint overwritten by another run's model
+    assert main(["benchmark", *TINY, "--defenses", "none", "--seeds", "0", "--attacks", "pca,whitebox",
+                 "--out-dir", str(out)]) == 2
+    assert "it is not the model the cell measured" in capsys.readouterr().err
+    assert json.loads(cell_file.read_text()) == cell and (out / "checkpoints" / "none-s0.pt").is_file()
+
+
 def test_attacks_scored_by_another_evaluation_model_are_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                               capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
