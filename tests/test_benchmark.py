@@ -678,3 +678,6 @@ def test_the_committed_cfp_gan_cells_put_label_preserving_mixing_below_the_targe
     assert [rows["mixup", a]["vs_none_paired"] for a in ("pca", "gmi", "kedmi")] == [
         "+34.2 ± 26.4 *", "+26.3 ± 11.2 *", "+21.3 ± 6.2 *"]
     assert not any(rows["re", a]["vs_none_paired"].endswith("*") for a in ("pca", "gmi", "kedmi", "plgmi"))
+    # the radius-only agents priced by the CFP calibration meet it under PCA and GMI at 0.3 points
+    assert rows["edge", "pca"]["vs_none_paired"] == "-41.2 ± 35.3 *" and target_verdict(rows["edge", "pca"])[0]
+    assert rows["edge", "gmi"]["vs_none_paired"] == "-45.4 ± 17.1 *" and target_verdict(rows["edge", "gmi"])[0]
