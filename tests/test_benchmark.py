@@ -681,3 +681,4 @@ def test_the_committed_cfp_gan_cells_put_label_preserving_mixing_below_the_targe
     # the radius-only agents priced by the CFP calibration meet it under PCA and GMI at 0.3 points
     assert rows["edge", "pca"]["vs_none_paired"] == "-41.2 ± 35.3 *" and target_verdict(rows["edge", "pca"])[0]
     assert rows["edge", "gmi"]["vs_none_paired"] == "-45.4 ± 17.1 *" and target_verdict(rows["edge", "gmi"])[0]
+    assert rows["edge", "kedmi"]["vs_none_paired"] == "-30.4 ± 20.0 *" and target_verdict(rows["edge", "kedmi"])[0]
