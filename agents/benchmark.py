@@ -273,10 +273,10 @@ def retrain_lost_target(parser, args, defense: str, seed: int, split, record: di
     set the new checkpoint aside and stop, since attacks on another model would be mixed into the
     cell. One-thread training on the same torch and CPU reproduces; other setups may not."""
     print(f"target {ckpt} is gone: training it again (seed {seed}) and checking it against the cell")
-    fr_run, target, _ = _train_target(parser, args, defense, seed, split, ckpt)
+    fr_run, target, natural = _train_target(parser, args, defense, seed, split, ckpt)
     aside = ckpt.with_name(ckpt.stem + ".mismatch.pt")
     try:
-        got = _check_reproduces(target, split, record, f"the retrained target of cell {defense} seed {seed}",
+        got = _check_reproduces(natural, split, record, f"the retrained target of cell {defense} seed {seed}",
                                 f"Training did not reproduce (another torch, CPU or thread count?). The cell is "
                                 f"unchanged; the new target is set aside at {aside}. Delete the cell to start its "
                                 "row over with fresh targets.")
@@ -288,12 +288,11 @@ def retrain_lost_target(parser, args, defense: str, seed: int, split, record: di
     return target
 
 
-def _check_reproduces(target, split, record: dict[str, Any], what: str, advice: str) -> tuple[float, float]:
-    """Raise unless ``target`` reaches the cell's recorded natural top-1 and top-5 (within half a
-    test image): attacks on another model must not be mixed into the cell. Returns (top-1, top-5)."""
-    from attacks.harness import target_accuracy
-
-    natural = target_accuracy(target, split)
+def _check_reproduces(natural: dict[str, Any], split, record: dict[str, Any], what: str,
+                      advice: str) -> tuple[float, float]:
+    """Raise unless a target's ``natural`` accuracy (``target_accuracy``) is the cell's recorded top-1
+    and top-5 (within half a test image): attacks on another model must not be mixed into the cell.
+    Returns (top-1, top-5)."""
     tol = 0.5 / len(split.test_labels)
     got, want = (natural["top1"], natural["top5"]), (record["natural_top1"], record["natural_top5"])
     if any(abs(g - w) > tol for g, w in zip(got, want)):
@@ -326,7 +325,7 @@ def run_cell(parser, args, defense: str, seed: int, split, ev, out: Path,
     at most and a rerun with more ``--attacks`` attacks the saved target instead of retraining."""
     import mlflow
 
-    from attacks.harness import HarnessConfig, run_attack
+    from attacks.harness import HarnessConfig, run_attack, target_accuracy
 
     from . import tracking
     from .attack_cli import attack_settings, load_target
@@ -347,7 +346,7 @@ def run_cell(parser, args, defense: str, seed: int, split, ev, out: Path,
                   "attack scores are those of a model that learned nothing. The table counts it and says so.")
     elif ckpt.is_file() and _set_aside_if_partial(ckpt) is None:
         target, _, _ = load_target(str(ckpt))
-        _check_reproduces(target, split, record, f"the target {ckpt} of cell {defense} seed {seed}",
+        _check_reproduces(target_accuracy(target, split), split, record, f"the target {ckpt} of cell {defense} seed {seed}",
                           "Delete the cell (or the checkpoint) to train it again.")
     elif getattr(args, "retrain_lost", False):
         target = retrain_lost_target(parser, args, defense, seed, split, record, ckpt)

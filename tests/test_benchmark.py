@@ -361,17 +361,31 @@ def test_a_rerun_with_more_attacks_attacks_the_saved_target(tmp_path: Path, monk
     assert [(r["defense"], r["attack"]) for r in rows] == [("none", "pca"), ("none", "whitebox")]
 
 
+def _one_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, dict]:
+    """A one-cell benchmark (none, seed 0, PCA) in tmp_path: its out-dir, cell file and record."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench"
+    assert main(["benchmark", *TINY, "--defenses", "none", "--seeds", "0", "--out-dir", str(out)]) == 0
+    cell_file = out / "cells" / "none-s0.json"
+    return out, cell_file, json.loads(cell_file.read_text())
+
+
+def _off_by_a_quarter(x: float) -> float:
+    """An accuracy another model would reach: ``x`` moved by 0.25, staying in [0, 1]."""
+    return x + 0.25 if x < 0.5 else x - 0.25
+
+
+MORE = ["--defenses", "none", "--seeds", "0", "--attacks", "pca,whitebox"]
+
+
 def test_a_lost_target_is_retrained_and_attacked_only_if_it_reproduces_the_cell(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    monkeypatch.chdir(tmp_path)
-    out, more = tmp_path / "bench", ["--defenses", "none", "--seeds", "0", "--attacks", "pca,whitebox"]
-    assert main(["benchmark", *TINY, "--defenses", "none", "--seeds", "0", "--out-dir", str(out)]) == 0
-    before = json.loads((out / "cells" / "none-s0.json").read_text())
+    out, cell_file, before = _one_cell(tmp_path, monkeypatch)
     (out / "checkpoints" / "none-s0.pt").unlink()  # the machine that held it is gone
-    assert main(["benchmark", *TINY, *more, "--out-dir", str(out)]) == 2
+    assert main(["benchmark", *TINY, *MORE, "--out-dir", str(out)]) == 2
     assert "is gone; pass --retrain-lost" in capsys.readouterr().err
-    assert main(["benchmark", *TINY, *more, "--retrain-lost", "--out-dir", str(out)]) == 0
-    after = json.loads((out / "cells" / "none-s0.json").read_text())
+    assert main(["benchmark", *TINY, *MORE, "--retrain-lost", "--out-dir", str(out)]) == 0
+    after = json.loads(cell_file.read_text())
     assert after["natural_top1"] == before["natural_top1"] and after["attacks"]["pca"] == before["attacks"]["pca"]
     assert 0.0 <= after["attacks"]["whitebox"]["top1"] <= 1.0
     assert after["retrained_from_run"] == before["fr_run"] != after["fr_run"]
@@ -379,16 +393,11 @@ def test_a_lost_target_is_retrained_and_attacked_only_if_it_reproduces_the_cell(
 
 def test_a_retrained_target_that_does_not_reproduce_the_cell_is_set_aside(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    monkeypatch.chdir(tmp_path)
-    out = tmp_path / "bench"
-    assert main(["benchmark", *TINY, "--defenses", "none", "--seeds", "0", "--out-dir", str(out)]) == 0
-    cell_file = out / "cells" / "none-s0.json"
-    cell = json.loads(cell_file.read_text())
-    cell["natural_top1"] = cell["natural_top1"] + 0.25 if cell["natural_top1"] < 0.5 else cell["natural_top1"] - 0.25
+    out, cell_file, cell = _one_cell(tmp_path, monkeypatch)
+    cell["natural_top1"] = _off_by_a_quarter(cell["natural_top1"])
     cell_file.write_text(json.dumps(cell))  # as if another machine had trained another model
     (out / "checkpoints" / "none-s0.pt").unlink()
-    assert main(["benchmark", *TINY, "--defenses", "none", "--seeds", "0", "--attacks", "pca,whitebox",
-                 "--retrain-lost", "--out-dir", str(out)]) == 2
+    assert main(["benchmark", *TINY, *MORE, "--retrain-lost", "--out-dir", str(out)]) == 2
     err = capsys.readouterr().err
     assert "did not reproduce" in err and f"recorded {cell['natural_top1']:.4f}" in err
     assert json.loads(cell_file.read_text()) == cell  # no attack on the wrong model mixed in
@@ -399,34 +408,26 @@ def test_a_target_whose_retraining_was_interrupted_is_not_attacked_as_the_cells(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     import torch
 
-    monkeypatch.chdir(tmp_path)
-    out, more = tmp_path / "bench", ["--defenses", "none", "--seeds", "0", "--attacks", "pca,whitebox"]
-    assert main(["benchmark", *TINY, "--defenses", "none", "--seeds", "0", "--out-dir", str(out)]) == 0
-    before = json.loads((out / "cells" / "none-s0.json").read_text())
+    out, cell_file, before = _one_cell(tmp_path, monkeypatch)
     ckpt = out / "checkpoints" / "none-s0.pt"
     state = torch.load(ckpt, weights_only=True)
     state["epoch"] = state["config"]["epochs"] - 1  # what a --retrain-lost run stopped mid-training leaves
     torch.save(state, ckpt)
-    assert main(["benchmark", *TINY, *more, "--out-dir", str(out)]) == 2
+    assert main(["benchmark", *TINY, *MORE, "--out-dir", str(out)]) == 2
     captured = capsys.readouterr()
     assert "stopped at epoch 1 of 2" in captured.out and "is gone; pass --retrain-lost" in captured.err
     assert (out / "checkpoints" / "none-s0.partial.pt").is_file()
-    assert main(["benchmark", *TINY, *more, "--retrain-lost", "--out-dir", str(out)]) == 0
-    after = json.loads((out / "cells" / "none-s0.json").read_text())
+    assert main(["benchmark", *TINY, *MORE, "--retrain-lost", "--out-dir", str(out)]) == 0
+    after = json.loads(cell_file.read_text())
     assert after["retrained_from_run"] == before["fr_run"] and "whitebox" in after["attacks"]
 
 
 def test_a_saved_target_that_is_not_the_cells_model_is_not_attacked(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    monkeypatch.chdir(tmp_path)
-    out = tmp_path / "bench"
-    assert main(["benchmark", *TINY, "--defenses", "none", "--seeds", "0", "--out-dir", str(out)]) == 0
-    cell_file = out / "cells" / "none-s0.json"
-    cell = json.loads(cell_file.read_text())
-    cell["natural_top5"] = cell["natural_top5"] + 0.25 if cell["natural_top5"] < 0.5 else cell["natural_top5"] - 0.25
+    out, cell_file, cell = _one_cell(tmp_path, monkeypatch)
+    cell["natural_top5"] = _off_by_a_quarter(cell["natural_top5"])
     cell_file.write_text(json.dumps(cell))  # a checkpoint overwritten by another run's model
-    assert main(["benchmark", *TINY, "--defenses", "none", "--seeds", "0", "--attacks", "pca,whitebox",
-                 "--out-dir", str(out)]) == 2
+    assert main(["benchmark", *TINY, *MORE, "--out-dir", str(out)]) == 2
     assert "it is not the model the cell measured" in capsys.readouterr().err
     assert json.loads(cell_file.read_text()) == cell and (out / "checkpoints" / "none-s0.pt").is_file()
 
