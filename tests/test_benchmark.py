@@ -706,3 +706,6 @@ def test_the_committed_cfp_cells_leave_every_published_defense_short_of_the_targ
     assert round(100 * rows["dp", "pca"]["natural_top1"][0], 1) == 1.6
     assert round(100 * (rows["c20", "pca"]["natural_top1"][0] - rows["none", "pca"]["natural_top1"][0]), 1) == -4.8
     assert all(target_verdict(rows["edge", a])[0] for a in ("pca", "gmi"))
+    gan = _committed_rows("cfp-label-follow-60ep", ("kedmi", "plgmi"), seeds=(0, 1, 2))
+    assert [gan["negls", a]["vs_none_paired"] for a in ("kedmi", "plgmi")] == ["-20.0 ± 23.4", "-1.3 ± 56.9"]
+    assert gan["mid", "kedmi"]["vs_none_paired"] == "+4.6 ± 36.3"
