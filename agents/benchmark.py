@@ -654,6 +654,9 @@ def plot(rows: list[dict[str, Any]], attacks: list[str], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(attacks), figsize=(5.2 * len(attacks), 4.4), squeeze=False)
+    # one colour and marker per defense, the same in every panel (ten colours, then a new marker)
+    names = list(dict.fromkeys(r["defense"] for r in rows if not CURVE_NAME.match(r["defense"])))
+    style = {d: dict(color=f"C{i % 10}", marker="osD^v"[i // 10 % 5]) for i, d in enumerate(names)}
     for ax, a in zip(axes[0], attacks):
         a_rows = [r for r in rows if r["attack"] == a and not math.isnan(r["top1"][0])]
         undefended = sorted((100 * r["natural_top1"][0], 100 * r["top1"][0]) for r in a_rows
@@ -665,7 +668,7 @@ def plot(rows: list[dict[str, Any]], attacks: list[str], path: Path) -> Path:
         for r, (u, p) in zip(rs, pts):
             xe = 0 if math.isnan(r["natural_top1"][1]) else 100 * r["natural_top1"][1]
             ye = 0 if math.isnan(r["top1"][1]) else 100 * r["top1"][1]
-            ax.errorbar(u, p, xerr=xe, yerr=ye, fmt="o", capsize=3)
+            ax.errorbar(u, p, xerr=xe, yerr=ye, linestyle="none", capsize=3, **style[r["defense"]])
             ax.annotate(r["defense"], (u, p), textcoords="offset points", xytext=(4, 4), fontsize=8)
         front = pareto_front(pts)
         if len(front) > 1:

@@ -709,3 +709,26 @@ def test_the_committed_cfp_cells_leave_every_published_defense_short_of_the_targ
     gan = _committed_rows("cfp-label-follow-60ep", ("kedmi", "plgmi"), seeds=(0, 1, 2))
     assert [gan["negls", a]["vs_none_paired"] for a in ("kedmi", "plgmi")] == ["-20.0 ± 23.4", "-1.3 ± 56.9"]
     assert gan["mid", "kedmi"]["vs_none_paired"] == "+4.6 ± 36.3"
+
+
+def test_a_defense_keeps_its_colour_and_marker_in_every_panel_of_the_plot(tmp_path, monkeypatch) -> None:
+    """Twelve rows: the eleventh and twelfth reuse the first colours with a new marker, and a row
+    missing from one attack does not shift the others' colours in that panel."""
+    import matplotlib.pyplot as plt
+
+    from agents.benchmark import plot
+
+    figs = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    names = [f"d{i}" for i in range(12)]
+    rows = [dict(defense=d, attack=a, natural_top1=(0.5 + 0.01 * i, 0.01), top1=(0.3, 0.02))
+            for a in ("pca", "gmi") for i, d in enumerate(names) if not (a == "gmi" and d == "d0")]
+    plot(rows, ["pca", "gmi"], tmp_path / "p.png")
+    styles = []
+    for ax in figs[0].axes:
+        points = [c for c in ax.get_lines() if c.get_marker() in tuple("osD^v") and len(c.get_xdata()) == 1]
+        styles.append({round(float(ln.get_xdata()[0]), 3): (ln.get_color(), ln.get_marker()) for ln in points})
+    pca, gmi = styles
+    assert pca[51.0] == gmi[51.0] == ("C1", "o")
+    assert pca[60.0] == ("C0", "s") and pca[50.0] == ("C0", "o")
+    assert gmi[61.0] == ("C1", "s")
