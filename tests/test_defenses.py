@@ -382,8 +382,9 @@ def test_hybrid_with_k_one_and_p_zero_is_the_identity() -> None:
 
 
 def test_the_centre_of_the_action_box_with_labels_and_band_fixed_is_the_documented_fixed_hybrid() -> None:
-    """RESULTS' `center` row (and docs/deploy.md's fixed example) is the action an untrained policy
-    takes under --fix label_follow=0 --fix high_band=0: the benchmark flags must decode from it."""
+    """RESULTS' `center` row is the action an untrained policy takes under --fix label_follow=0
+    --fix high_band=0 (docs/deploy.md's fixed example is the same with the radius at 0.125, `c125`):
+    the benchmark flags must decode from it."""
     p = with_fixed(decode(np.zeros(ACTION_DIM)), {"label_follow": 0.0, "high_band": 0.0})
     assert (p.k, p.alpha, p.radius, p.erase_p, p.high_band, p.label_follow) == (4, 1.0, 0.5, 0.5, False, 0.0)
     assert p.erase_scale == pytest.approx((0.065, 0.26)) and p.erase_aspect == pytest.approx(1.817, abs=1e-3)
