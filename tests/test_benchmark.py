@@ -775,3 +775,24 @@ def test_the_readme_status_table_is_what_the_committed_cells_give() -> None:
     five = _committed_rows("syn-price-30ep", ("pca",), seeds=(0, 1, 2, 3, 4))["price", "pca"]
     assert five["seeds"] == 5 and target_verdict(five)[0]
     assert f"5 seeds {five['vs_none_paired']} ({100 * five['relative_drop']:.0f}%, met)" in table[5][3]
+
+
+def test_the_committed_cfp_cells_run_every_defense_under_every_attack() -> None:
+    """docs/RESULTS.md (0.16.1), "The GAN attacks and the white-box attack on every row": every
+    defense of the issue's list under all five attacks on 3 seeds; none of the published ones
+    meets the target under KEDMI or PLG-MI; MID halves PLG-MI (lower on every seed, interval
+    reaching 0); the white-box attack recovers nothing, so every row equals `none` there."""
+    attacks = ("pca", "gmi", "kedmi", "plgmi", "whitebox")
+    rows = _committed_rows("cfp-label-follow-60ep", attacks, seeds=(0, 1, 2))
+    issue_list = ("none", "re", "mixup", "hybrid", "tldmi", "negls", "mid", "bido", "dp", "edge", "edge-tl")
+    assert all(rows[d, a]["seeds"] == 3 for d in issue_list for a in attacks)
+    published = ("hybrid", "tldmi", "negls", "mid", "bido", "dp", "edge-tl")
+    assert not any(target_verdict(rows[d, a])[0] for d in published for a in ("kedmi", "plgmi"))
+    assert [rows[d, "kedmi"]["vs_none_paired"] for d in ("hybrid", "tldmi", "bido", "dp", "edge-tl")] == [
+        "+14.2 ± 48.2", "-12.1 ± 34.9", "-3.3 ± 18.7", "-41.7 ± 10.9 *", "-16.2 ± 17.3"]
+    mid = rows["mid", "plgmi"]
+    assert mid["vs_none_paired"] == "-26.7 ± 52.4" and round(100 * mid["relative_drop"]) == 52
+    assert round(100 * rows["none", "whitebox"]["top1"][0], 1) == 1.7
+    assert rows["none", "whitebox"]["sink_share"][0] > 0.9
+    assert all(abs(rows[d, "whitebox"]["top1"][0] - rows["none", "whitebox"]["top1"][0]) <= 0.02
+               for d in issue_list)
