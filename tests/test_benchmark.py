@@ -785,7 +785,8 @@ def test_the_committed_cfp_cells_run_every_defense_under_every_attack() -> None:
     attacks = ("pca", "gmi", "kedmi", "plgmi", "whitebox")
     rows = _committed_rows("cfp-label-follow-60ep", attacks, seeds=(0, 1, 2))
     issue_list = ("none", "re", "mixup", "hybrid", "tldmi", "negls", "mid", "bido", "dp", "edge", "edge-tl")
-    assert all(rows[d, a]["seeds"] == 3 for d in issue_list for a in attacks)
+    assert all(rows[d, a]["seeds"] == 3 for d in issue_list + ("mlf0-r05-k5", "center", "c125", "c20") for a in attacks)
+    assert rows["c20", "kedmi"]["vs_none_paired"] == "-35.0 ± 18.6 *"
     published = ("hybrid", "tldmi", "negls", "mid", "bido", "dp", "edge-tl")
     assert not any(target_verdict(rows[d, a])[0] for d in published for a in ("kedmi", "plgmi"))
     assert [rows[d, "kedmi"]["vs_none_paired"] for d in ("hybrid", "tldmi", "bido", "dp", "edge-tl")] == [
