@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from pathlib import Path
 
@@ -533,10 +534,12 @@ def test_policy_defense_without_a_policy_is_a_clear_error(tmp_path: Path, monkey
     assert "--policy FILE" in capsys.readouterr().err
 
 
+@functools.lru_cache(maxsize=None)
 def _committed_rows(section: str, attacks: tuple[str, ...] = ("pca", "gmi"),
                     seeds: tuple[int, ...] | None = None) -> dict[tuple[str, str], dict]:
     """``summarize`` of the cells committed in docs/results/<section>/cells (those of ``seeds``,
-    default all), by (defense, attack)."""
+    default all), by (defense, attack); read and summarized once per argument set (callers only
+    read the rows)."""
     cells = Path(__file__).resolve().parents[1] / "docs" / "results" / section / "cells"
     records = [json.loads(p.read_text()) for p in sorted(cells.glob("*.json"))]
     records = [r for r in records if seeds is None or r["seed"] in seeds]
