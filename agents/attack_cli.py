@@ -77,8 +77,8 @@ def model_from_checkpoint(path: Path) -> tuple[nn.Module, str | None]:
     MLflow run it names."""
     from dataclasses import fields as dc_fields
 
-    from defenses.baselines import MIDConfig, MIDModel
-    from recognition import build_model, model_config_from_checkpoint
+    from veil.defenses.baselines import MIDConfig, MIDModel
+    from veil.recognition import build_model, model_config_from_checkpoint
 
     from .fr_defenses import embedding_dim
 
@@ -132,7 +132,7 @@ def load_target(spec: str) -> tuple[nn.Module, str | None, dict[str, str]]:
 
 def load_eval_model(spec: str | None, split, args: argparse.Namespace, target_arch: str | None):
     """The evaluation model: a given file (a cached eval-model ``.pt``), or trained and cached."""
-    from attacks.evaluation import EvalModel, EvalModelConfig, build_eval_model, train_eval_model
+    from veil.attacks.evaluation import EvalModel, EvalModelConfig, build_eval_model, train_eval_model
 
     if spec:
         path = Path(spec)
@@ -189,9 +189,9 @@ def attack_settings(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_attack(args: argparse.Namespace) -> int:
     import mlflow
 
-    from attacks.harness import ATTACKS, HarnessConfig, run_attack, target_accuracy
-    from attacks.report import AttackReport
-    from recognition import load_faces, split_identities
+    from veil.attacks.harness import ATTACKS, HarnessConfig, run_attack, target_accuracy
+    from veil.attacks.report import AttackReport
+    from veil.recognition import load_faces, split_identities
 
     from . import tracking
     from .cli import data_configs

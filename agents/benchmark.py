@@ -210,7 +210,7 @@ def _read_cell(cell: Path, ckpt: Path, split) -> dict[str, Any] | None:
         raise ValueError(f"cell {cell} was scored on the {record.get('split', 'test')} split and this run scores on "
                          f"the {split.kind} split; use another --out-dir (or drop --validation to match)")
     if "collapsed" not in record and ckpt.is_file():
-        from attacks.harness import target_accuracy
+        from veil.attacks.harness import target_accuracy
 
         from .attack_cli import load_target
 
@@ -257,7 +257,7 @@ def _run_in_this_store(run_id: str, name: str) -> str:
 def _train_target(parser, args, defense: str, seed: int, split, ckpt: Path):
     """Train one cell's target with its options and seed (``train-fr`` writes ``ckpt``); return the
     FR run, the loaded model and its natural accuracy on the test split."""
-    from attacks.harness import target_accuracy
+    from veil.attacks.harness import target_accuracy
 
     from .attack_cli import load_target
     from .cli import train_fr
@@ -325,7 +325,7 @@ def run_cell(parser, args, defense: str, seed: int, split, ev, out: Path,
     at most and a rerun with more ``--attacks`` attacks the saved target instead of retraining."""
     import mlflow
 
-    from attacks.harness import HarnessConfig, run_attack, target_accuracy
+    from veil.attacks.harness import HarnessConfig, run_attack, target_accuracy
 
     from . import tracking
     from .attack_cli import attack_settings, load_target
@@ -758,9 +758,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     import mlflow
     import torch
 
-    from attacks.evaluation import EvalModelConfig, train_eval_model
-    from attacks.harness import ATTACKS
-    from recognition import load_faces, split_identities
+    from veil.attacks.evaluation import EvalModelConfig, train_eval_model
+    from veil.attacks.harness import ATTACKS
+    from veil.recognition import load_faces, split_identities
 
     from . import tracking
     from .cli import build_parser, data_configs

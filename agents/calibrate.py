@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from defenses.params import ACTION_TABLE, AugmentParams, decode, with_fixed
+from veil.defenses.params import ACTION_TABLE, AugmentParams, decode, with_fixed
 
 CALIBRATABLE = ("k", "alpha", "radius", "erase_p", "erase_area", "erase_aspect", "label_follow")
 DEFAULT_VALUES = {"radius": "0.0125,0.025,0.05,0.1,0.2", "k": "1,2,3,4,5,6", "alpha": "0.2,0.5,1,2,5",
@@ -179,7 +179,7 @@ def parse_values(text: str, param: str) -> list[float]:
 def same_band_radii(values: list[float], size: int) -> list[tuple[float, float]]:
     """Pairs of low-band radii that mix exactly the same rfft2 bins at ``size`` px (bins sit
     1/(size/2) of Nyquist apart, so at 64 px r < 0.0125 and r < 0.025 both hold the DC term alone)."""
-    from defenses.mixup import radial_frequency
+    from veil.defenses.mixup import radial_frequency
 
     grid = radial_frequency(size, size)
     seen: dict[int, float] = {}

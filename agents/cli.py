@@ -53,7 +53,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def data_configs(args: argparse.Namespace):
     """The ``DataConfig`` and ``SplitConfig`` that the shared data options describe."""
-    from recognition import DataConfig, SplitConfig
+    from veil.recognition import DataConfig, SplitConfig
 
     data = DataConfig(source=args.data, image_size=args.image_size, channels=args.channels, align=args.align,
                       strict=args.strict, pose=args.pose, max_identities=args.max_identities,
@@ -118,11 +118,11 @@ def _add_defense_args(p: argparse.ArgumentParser) -> None:
 def _defense_options(args: argparse.Namespace):
     import math
 
-    from defenses.baselines import BiDOConfig, MIDConfig, NegLSConfig
-    from defenses.dp import DPConfig
-    from defenses.erasing import EraseConfig
-    from defenses.mixup import MixConfig
-    from defenses.tldmi import TLDMIConfig
+    from veil.defenses.baselines import BiDOConfig, MIDConfig, NegLSConfig
+    from veil.defenses.dp import DPConfig
+    from veil.defenses.erasing import EraseConfig
+    from veil.defenses.mixup import MixConfig
+    from veil.defenses.tldmi import TLDMIConfig
 
     from .fr_defenses import DefenseOptions, parse_defenses
 
@@ -339,7 +339,7 @@ def train_fr(args: argparse.Namespace) -> str:
     import mlflow
     import torch
 
-    from recognition import (ModelConfig, Trainer, TrainerConfig, build_model, load_faces,
+    from veil.recognition import (ModelConfig, Trainer, TrainerConfig, build_model, load_faces,
                              model_config_from_checkpoint, one_hot, split_identities, to_float)
 
     from . import fr_defenses, tracking
@@ -368,7 +368,7 @@ def train_fr(args: argparse.Namespace) -> str:
     if "tldmi" in defense.names and not args.resume:
         model, pretrain_history = _tldmi_pretrain(model, model_cfg, train_cfg, defense, split)
     elif "tldmi" in defense.names:  # resuming: the checkpoint holds the weights; freeze the same layers
-        from defenses.tldmi import freeze_until
+        from veil.defenses.tldmi import freeze_until
 
         freeze_until(model, defense.tldmi.freeze)
     model = fr_defenses.wrap_model(model, defense, fr_defenses.embedding_dim(model, args.channels, args.image_size),
@@ -387,7 +387,7 @@ def train_fr(args: argparse.Namespace) -> str:
         augment = fr_defenses.with_label_defenses(policy_augment, defense)
     ledger = None
     if "dp" in defense.names:
-        from defenses.dp import make_private
+        from veil.defenses.dp import make_private
 
         if args.resume:
             raise ValueError("--resume is not supported with the dp defense: its privacy accountant would restart")
@@ -462,7 +462,7 @@ def train_fr(args: argparse.Namespace) -> str:
         tracking.log_metrics({"final_test_top1": final["top1"], "final_test_top5": final["top5"],
                               "fit_seconds": fit_s}, step=trainer.epoch)
         tracking.log_file(ckpt, "checkpoint")
-        from defenses.dp import unwrap
+        from veil.defenses.dp import unwrap
 
         tracking.log_fr_model(unwrap(trainer.model), to_float(split.test_images[:2]))
         uri = mlflow.get_tracking_uri()
@@ -504,8 +504,8 @@ def _policy_augment(path: str, trainer, seed: int, warmup: int | None = None, pl
 
 def _tldmi_pretrain(model, model_cfg, train_cfg, defense, split):
     """TL-DMI: train a copy on the public identities, move its backbone into ``model``, freeze."""
-    from defenses.tldmi import freeze_until
-    from recognition import Trainer, build_model
+    from veil.defenses.tldmi import freeze_until
+    from veil.recognition import Trainer, build_model
 
     from . import fr_defenses
 

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from defenses.hybrid import HybridConfig
-from defenses.hybrid import apply as apply_augment
-from defenses.hybrid import sample as sample_augment
-from defenses.params import ACTION_DIM, ACTION_TABLE, decode, with_fixed
+from veil.defenses.hybrid import HybridConfig
+from veil.defenses.hybrid import apply as apply_augment
+from veil.defenses.hybrid import sample as sample_augment
+from veil.defenses.params import ACTION_DIM, ACTION_TABLE, decode, with_fixed
 
 FORMAT = "veil-policy-1"
 OBS_STATE = 8  # the observation's training-state entries before the last action (env.OBS_NAMES)
@@ -311,8 +311,8 @@ def log_policy_model(policy_path: str | Path, name: str = "policy_model") -> Non
     import mlflow
     from mlflow.models import infer_signature
 
-    import agents
-    import defenses
+    from veil import agents
+    from veil import defenses
 
     augmenter = PolicyAugmenter.load(policy_path)
     example = np.zeros((1, augmenter.obs_width), dtype=np.float32)

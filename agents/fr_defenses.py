@@ -11,13 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from defenses.baselines import (BiDOConfig, MIDConfig, MIDModel, NegLSConfig, bido_regularizer, mid_regularizer,
+from veil.defenses.baselines import (BiDOConfig, MIDConfig, MIDModel, NegLSConfig, bido_regularizer, mid_regularizer,
                                 smooth_targets)
-from defenses.dp import DPConfig
-from defenses.erasing import EraseConfig
-from defenses.hybrid import HybridConfig, augment
-from defenses.mixup import MixConfig
-from defenses.tldmi import TLDMIConfig
+from veil.defenses.dp import DPConfig
+from veil.defenses.erasing import EraseConfig
+from veil.defenses.hybrid import HybridConfig, augment
+from veil.defenses.mixup import MixConfig
+from veil.defenses.tldmi import TLDMIConfig
 
 DEFENSES = ("none", "re", "mixup", "hybrid", "tldmi", "negls", "mid", "bido", "dp")
 

@@ -148,8 +148,8 @@ def log_fr_model(model: nn.Module, example: torch.Tensor, name: str = "model") -
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
-    import recognition
-    from recognition.models import LogitsOnly
+    from veil import recognition
+    from veil.recognition.models import LogitsOnly
 
     wrapped = LogitsOnly(model).eval()
     with torch.no_grad():

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from env import DeployPrice
+    from veil.env import DeployPrice
 
 
 def _plot_actions(history: list[dict[str, float]], path: Path) -> Path | None:
@@ -44,7 +44,7 @@ def make_env_fn(env_cfg: Any, split: Any, rank: int, threads: int | None, probe:
     def _make():
         from dataclasses import replace
 
-        from env import FaceAugmentEnv
+        from veil.env import FaceAugmentEnv
 
         if threads:
             torch.set_num_threads(threads)
@@ -57,8 +57,8 @@ def make_probe(args: Any, split: Any):
     model (trained here the first time, which takes a few minutes), or ``None``."""
     if not getattr(args, "probe_every", 0):
         return None, None
-    from attacks import PrivacyProbe, ProbeConfig
-    from attacks.evaluation import EvalModelConfig, train_eval_model
+    from veil.attacks import PrivacyProbe, ProbeConfig
+    from veil.attacks.evaluation import EvalModelConfig, train_eval_model
 
     ev = train_eval_model(split, EvalModelConfig(epochs=args.eval_epochs, seed=args.seed))
     print(f"probe: evaluation model {ev.config.model} at {ev.metrics['top1']:.1%} private test top-1"
@@ -77,8 +77,8 @@ def train(args: Any) -> Path | None:
     import mlflow
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
-    from env import EnvConfig
-    from recognition import load_faces, split_identities
+    from veil.env import EnvConfig
+    from veil.recognition import load_faces, split_identities
 
     from . import tracking
     from .cli import data_configs
@@ -251,7 +251,7 @@ def fixes(specs: list[str] | None, calibration: str | None) -> dict[str, float]:
 
 def deploy_price_from_calibration(report: dict[str, Any], path: str, weight: float) -> DeployPrice:
     """A calibration's measured drops as a ``DeployPrice`` on its parameter (budget from the file)."""
-    from env import DeployPrice
+    from veil.env import DeployPrice
 
     try:
         cands = sorted(report["candidates"], key=lambda c: float(c["value"]))
@@ -306,8 +306,8 @@ def parse_bounds(specs: list[str] | None) -> dict[str, tuple[float, float]]:
 def _run_baseline(args: Any, env: Any, baseline_action, tracking, split) -> None:
     """Run a baseline policy through the same env for ``timesteps`` steps, logging the same terms."""
     rng = np.random.default_rng(args.seed)
-    from defenses.params import full_action
-    from env.face_augment import REWARD_TERMS
+    from veil.defenses.params import full_action
+    from veil.env.face_augment import REWARD_TERMS
 
     fixed = full_action(args.fixed_action).astype(np.float32) if args.fixed_action else None
     env.reset(seed=args.seed)

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recognition import ModelConfig, Trainer, TrainerConfig, build_model
-from recognition.io import atomic_torch_save, cache_dir
+from veil.recognition import ModelConfig, Trainer, TrainerConfig, build_model
+from veil.recognition.io import atomic_torch_save, cache_dir
 
 EVAL_CACHE_VERSION = "1"
 

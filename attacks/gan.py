@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from recognition.io import atomic_torch_save, cache_dir
+from veil.recognition.io import atomic_torch_save, cache_dir
 
 GAN_VERSION = "1"
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recognition.models import ModelConfig, build_model
+from veil.recognition.models import ModelConfig, build_model
 
 from .gan import (cache_key, frozen, load_cached, model_fingerprint, run_loop, sample_batch, save_cached, seeded,
                   tensor_fingerprint, to_unit)

@@ -16,10 +16,10 @@ from collections.abc import Callable
 import torch
 from torchvision.transforms import v2
 
-from defenses.erasing import EraseConfig, random_erasing
-from defenses.hybrid import HybridConfig, augment
-from defenses.mixup import MixConfig, frequency_mixup
-from recognition import ModelConfig, Trainer, TrainerConfig, build_model
+from veil.defenses.erasing import EraseConfig, random_erasing
+from veil.defenses.hybrid import HybridConfig, augment
+from veil.defenses.mixup import MixConfig, frequency_mixup
+from veil.recognition import ModelConfig, Trainer, TrainerConfig, build_model
 
 
 def timeit(fn: Callable[[], object], repeat: int = 30, warmup: int = 3) -> float:

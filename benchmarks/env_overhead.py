@@ -14,10 +14,10 @@ import time
 import numpy as np
 import torch
 
-from defenses.hybrid import HybridConfig, apply, sample
-from defenses.params import ACTION_DIM, decode
-from env import EnvConfig, FaceAugmentEnv
-from recognition import DataConfig
+from veil.defenses.hybrid import HybridConfig, apply, sample
+from veil.defenses.params import ACTION_DIM, decode
+from veil.env import EnvConfig, FaceAugmentEnv
+from veil.recognition import DataConfig
 
 
 def main() -> None:

@@ -17,9 +17,9 @@ import time
 import numpy as np
 import torch
 
-from agents.cli import build_parser, data_configs
-from agents.rl import PARAM_NAMES
-from env import EnvConfig, FaceAugmentEnv
+from veil.agents.cli import build_parser, data_configs
+from veil.agents.rl import PARAM_NAMES
+from veil.env import EnvConfig, FaceAugmentEnv
 
 TERMS = ("reward", "reward_adv", "reward_preserve", "reward_utility", "acc_aug")
 

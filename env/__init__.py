@@ -14,6 +14,6 @@ from .face_augment import OBS_DIM, OBS_NAMES, EnvConfig, FaceAugmentEnv
 
 ENV_ID = "veil/FaceAugment-v0"
 if ENV_ID not in gym.registry:
-    gym.register(id=ENV_ID, entry_point="env.face_augment:FaceAugmentEnv")
+    gym.register(id=ENV_ID, entry_point="veil.env.face_augment:FaceAugmentEnv")
 
 __all__ = ["DeployPrice", "ENV_ID", "EnvConfig", "FaceAugmentEnv", "OBS_DIM", "OBS_NAMES"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from defenses.params import ACTION_TABLE
+from veil.defenses.params import ACTION_TABLE
 
 
 @dataclass(frozen=True)

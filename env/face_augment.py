@@ -14,11 +14,11 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from defenses.hybrid import HybridConfig
-from defenses.hybrid import apply as apply_augment
-from defenses.hybrid import sample as sample_augment
-from defenses.params import ACTION_DIM, AugmentParams, check_bounds, decode, with_fixed
-from recognition import (DataConfig, FaceSplit, ModelConfig, SplitConfig, Trainer, TrainerConfig, build_model,
+from veil.defenses.hybrid import HybridConfig
+from veil.defenses.hybrid import apply as apply_augment
+from veil.defenses.hybrid import sample as sample_augment
+from veil.defenses.params import ACTION_DIM, AugmentParams, check_bounds, decode, with_fixed
+from veil.recognition import (DataConfig, FaceSplit, ModelConfig, SplitConfig, Trainer, TrainerConfig, build_model,
                          load_faces, one_hot, random_hflip, split_identities, to_float)
 
 from .deploy_price import DeployPrice

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from facenet_pytorch import MTCNN, InceptionResnetV1
 from PIL import Image
 
-from agents.export import PolicyAugmenter
-from recognition.data import default_data_root
+from veil.agents.export import PolicyAugmenter
+from veil.recognition.data import default_data_root
 
 
 def load_aligned(root: Path, identities: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recognition.data import default_data_root
+from veil.recognition.data import default_data_root
 
 
 @pytest.fixture(autouse=True)

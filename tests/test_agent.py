@@ -13,12 +13,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from agents import tracking
-from agents.cli import main
-from agents.export import OBS_WIDTH, PolicyAugmenter, export_policy
-from defenses.params import ACTION_DIM
-from env import EnvConfig, FaceAugmentEnv
-from recognition import DataConfig, load_faces, one_hot, split_identities
+from veil.agents import tracking
+from veil.agents.cli import main
+from veil.agents.export import OBS_WIDTH, PolicyAugmenter, export_policy
+from veil.defenses.params import ACTION_DIM
+from veil.env import EnvConfig, FaceAugmentEnv
+from veil.recognition import DataConfig, load_faces, one_hot, split_identities
 
 TINY_DATA = DataConfig(synthetic_identities=8, synthetic_images=10, image_size=32)
 
@@ -32,7 +32,7 @@ def env() -> FaceAugmentEnv:
 @pytest.mark.parametrize("algo", ["ppo", "sac", "td3"])
 def test_exported_policy_gives_the_same_deterministic_actions_as_sb3(algo: str, env: FaceAugmentEnv,
                                                                     tmp_path: Path) -> None:
-    from agents.rl import ALGOS
+    from veil.agents.rl import ALGOS
 
     agent = ALGOS[algo]("MlpPolicy", env, seed=0, device="cpu")
     path = export_policy(agent, tmp_path / "p.safetensors", env.config, {"acc_val": 0.5, "grad_norm": 1.0})
@@ -107,7 +107,7 @@ def test_a_policy_exported_before_label_follow_still_loads_and_mixes_targets_as_
 
     from safetensors.torch import save_file
 
-    from defenses.params import ACTION_TABLE
+    from veil.defenses.params import ACTION_TABLE
 
     torch.manual_seed(0)
     weight = torch.zeros(7, 15)
@@ -176,7 +176,7 @@ def test_a_policy_with_labels_fixed_to_stay_acts_from_the_first_batch_unless_tol
 
 
 def test_train_agent_fix_flags_parse_to_fixed_params_and_refuse_bad_specs() -> None:
-    from agents.train_agent import parse_fixed
+    from veil.agents.train_agent import parse_fixed
 
     assert parse_fixed(["label_follow=0", "high_band=0"]) == {"label_follow": 0.0, "high_band": 0.0}
     for bad in ("label_follow", "label_follow=low"):
@@ -185,7 +185,7 @@ def test_train_agent_fix_flags_parse_to_fixed_params_and_refuse_bad_specs() -> N
 
 
 def test_train_agent_bound_flags_parse_to_ranges_and_refuse_bad_specs() -> None:
-    from agents.train_agent import parse_bounds
+    from veil.agents.train_agent import parse_bounds
 
     assert parse_bounds(["radius=0:0.05", "k=2:4"]) == {"radius": (0.0, 0.05), "k": (2.0, 4.0)}
     for bad in ("radius", "radius=0.05", "radius=a:b"):
@@ -238,7 +238,7 @@ def test_train_fr_warns_when_the_policy_never_acts_or_the_run_is_short(tmp_path:
                                                                        capsys: pytest.CaptureFixture) -> None:
     from stable_baselines3 import PPO
 
-    from agents.cli import _policy_augment
+    from veil.agents.cli import _policy_augment
 
     cfg = EnvConfig(data=TINY_DATA, width=8, batch_size=16, warmup_steps=50, horizon=400)
     env = FaceAugmentEnv(cfg, split=split_identities(load_faces(cfg.data), cfg.split))
@@ -298,7 +298,7 @@ def test_train_agent_logs_sb3_metrics_env_terms_policy_and_plot(tmp_path: Path,
     assert run.data.params["agent.algo"] == "ppo" and run.data.params["env.batch_size"] == "16"
     arts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
     assert {"policy", "plots", "action_history.json", "checkpoint"} <= arts
-    from agents.attack_cli import data_from_params, load_target
+    from veil.agents.attack_cli import data_from_params, load_target
 
     game_fr, run_id, params = load_target(run.info.run_id)  # the game's FR model, as veil attack sees it
     assert run_id == run.info.run_id and game_fr(torch.rand(2, 3, 32, 32))["logits"].shape == (2, 4)
@@ -390,7 +390,7 @@ def test_a_deployment_price_needs_a_calibration_and_a_free_parameter(tmp_path: P
 
 def _spy_on_export(monkeypatch: pytest.MonkeyPatch, look) -> None:
     """Call ``look(agent)`` on the trained SB3 agent when train-agent exports its policy."""
-    import agents.export as ta
+    import veil.agents.export as ta
 
     export = ta.export_policy
 
@@ -485,7 +485,7 @@ def test_action_spread_reports_the_std_of_each_chosen_parameter_and_none_without
         env: FaceAugmentEnv) -> None:
     from stable_baselines3 import PPO, TD3
 
-    from agents.rl import PARAM_NAMES, action_spread
+    from veil.agents.rl import PARAM_NAMES, action_spread
 
     agent = PPO("MlpPolicy", env, seed=0, device="cpu")
     with torch.no_grad():
@@ -497,7 +497,7 @@ def test_action_spread_reports_the_std_of_each_chosen_parameter_and_none_without
 
 
 def test_commitment_warning_names_the_widest_parameter_only_above_the_threshold() -> None:
-    from agents.rl import commitment_warning
+    from veil.agents.rl import commitment_warning
 
     wide = commitment_warning({"k": 0.9, "radius": 1.1, "erase_p": 0.8})
     assert wide is not None and "0.93" in wide and "radius 1.10" in wide and "--log-std-init" in wide

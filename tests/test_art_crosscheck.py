@@ -38,10 +38,10 @@ _NO_ART = "adversarial-robustness-toolbox (ART) is not importable; pip install -
 art_classification = pytest.importorskip("art.estimators.classification", reason=_NO_ART, exc_type=ImportError)
 art_mi = pytest.importorskip("art.attacks.inference.model_inversion", reason=_NO_ART, exc_type=ImportError)
 
-from attacks.whitebox import WhiteBoxConfig, whitebox_attack  # noqa: E402
-from recognition import (DataConfig, ModelConfig, SplitConfig, Trainer, TrainerConfig, build_model,  # noqa: E402
+from veil.attacks.whitebox import WhiteBoxConfig, whitebox_attack  # noqa: E402
+from veil.recognition import (DataConfig, ModelConfig, SplitConfig, Trainer, TrainerConfig, build_model,  # noqa: E402
                          load_faces, split_identities)
-from recognition.models import LogitsOnly  # noqa: E402
+from veil.recognition.models import LogitsOnly  # noqa: E402
 
 
 class KnownProbability(nn.Module):

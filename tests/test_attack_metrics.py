@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from attacks.ddcs import _class_median_pairwise, ddcs, ddcs_veil
-from attacks.metrics import (evaluate_reconstructions, feature_frechet, frechet_distance, per_identity, ssim,
+from veil.attacks.ddcs import _class_median_pairwise, ddcs, ddcs_veil
+from veil.attacks.metrics import (evaluate_reconstructions, feature_frechet, frechet_distance, per_identity, ssim,
                              summarize)
-from attacks.whitebox import WhiteBoxConfig, mean_face, total_variation, whitebox_attack
-from recognition import (DataConfig, ModelConfig, SplitConfig, Trainer, TrainerConfig, build_model, load_faces,
+from veil.attacks.whitebox import WhiteBoxConfig, mean_face, total_variation, whitebox_attack
+from veil.recognition import (DataConfig, ModelConfig, SplitConfig, Trainer, TrainerConfig, build_model, load_faces,
                          split_identities)
 
 

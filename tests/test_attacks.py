@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from attacks.metrics import evaluate_reconstructions, psnr
-from attacks.pca import FacePrior, PCAAttackConfig, pca_attack
-from attacks.probe import PrivacyProbe, ProbeConfig
-from recognition import (DataConfig, ModelConfig, SplitConfig, Trainer, TrainerConfig, build_model, load_faces,
+from veil.attacks.metrics import evaluate_reconstructions, psnr
+from veil.attacks.pca import FacePrior, PCAAttackConfig, pca_attack
+from veil.attacks.probe import PrivacyProbe, ProbeConfig
+from veil.recognition import (DataConfig, ModelConfig, SplitConfig, Trainer, TrainerConfig, build_model, load_faces,
                          split_identities)
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents.fr_defenses import DefenseOptions, make_augment, parse_defenses, transfer_backbone
-from defenses.baselines import (BiDOConfig, MIDModel, bido_regularizer, hsic, mid_regularizer, smooth_targets)
-from defenses.tldmi import freeze_until
-from recognition import ModelConfig, Trainer, TrainerConfig, build_model, one_hot
+from veil.agents.fr_defenses import DefenseOptions, make_augment, parse_defenses, transfer_backbone
+from veil.defenses.baselines import (BiDOConfig, MIDModel, bido_regularizer, hsic, mid_regularizer, smooth_targets)
+from veil.defenses.tldmi import freeze_until
+from veil.recognition import ModelConfig, Trainer, TrainerConfig, build_model, one_hot
 
 
 def _model(classes: int = 4) -> torch.nn.Module:
@@ -36,7 +36,7 @@ def test_hsic_is_large_for_dependent_and_small_for_independent_features() -> Non
     g = torch.Generator().manual_seed(0)
     a = torch.randn(64, 5, generator=g)
     b = torch.randn(64, 5, generator=g)
-    from defenses.baselines import _gaussian_gram
+    from veil.defenses.baselines import _gaussian_gram
     assert hsic(_gaussian_gram(a), _gaussian_gram(a)) > 5 * hsic(_gaussian_gram(a), _gaussian_gram(b))
 
 
@@ -97,7 +97,7 @@ def test_make_augment_applies_erasing_and_smoothing_and_none_is_none() -> None:
 
 
 def test_label_smoothing_chains_after_any_image_augmentation_such_as_a_policy() -> None:
-    from agents.fr_defenses import with_label_defenses
+    from veil.agents.fr_defenses import with_label_defenses
 
     def policy_like(images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return images.flip(0), 0.5 * targets + 0.5 * targets.flip(0)  # a MixUp-like pairing
@@ -112,7 +112,7 @@ def test_label_smoothing_chains_after_any_image_augmentation_such_as_a_policy() 
 
 
 def test_dp_sgd_trains_and_spends_privacy() -> None:
-    from defenses.dp import DPConfig, make_private, unwrap
+    from veil.defenses.dp import DPConfig, make_private, unwrap
 
     trainer = Trainer(_model(), TrainerConfig(batch_size=8, lr=1e-3), num_classes=4)
     ledger = make_private(trainer, DPConfig(epsilon=None, noise_multiplier=1.0), n_train=64, epochs=1)
@@ -126,7 +126,7 @@ def test_dp_sgd_trains_and_spends_privacy() -> None:
 
 
 def test_dp_target_epsilon_sets_the_noise() -> None:
-    from defenses.dp import DPConfig, make_private
+    from veil.defenses.dp import DPConfig, make_private
 
     loose = make_private(Trainer(_model(), TrainerConfig(batch_size=8), 4), DPConfig(epsilon=50.0), 64, 5)
     tight = make_private(Trainer(_model(), TrainerConfig(batch_size=8), 4), DPConfig(epsilon=1.0), 64, 5)
@@ -134,7 +134,7 @@ def test_dp_target_epsilon_sets_the_noise() -> None:
 
 
 def test_dp_refuses_batchnorm_models() -> None:
-    from defenses.dp import DPConfig, make_private
+    from veil.defenses.dp import DPConfig, make_private
 
     model = build_model(ModelConfig(name="resnet18", num_classes=4))
     with pytest.raises(ValueError, match="BatchNorm"):
@@ -142,7 +142,7 @@ def test_dp_refuses_batchnorm_models() -> None:
 
 
 def test_dp_spends_no_more_than_the_target_epsilon_over_the_planned_steps() -> None:
-    from defenses.dp import DPConfig, make_private
+    from veil.defenses.dp import DPConfig, make_private
 
     trainer = Trainer(_model(), TrainerConfig(batch_size=8), num_classes=4)
     ledger = make_private(trainer, DPConfig(epsilon=4.0), n_train=20, epochs=2)  # 2 x ceil(20/8) = 6 steps

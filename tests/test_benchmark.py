@@ -12,10 +12,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from agents import tracking
-from agents.benchmark import (_fr_args, _save_cell, curve_variants, dominated_by, eta, headline, markdown, mean_ci,
+from veil.agents import tracking
+from veil.agents.benchmark import (_fr_args, _save_cell, curve_variants, dominated_by, eta, headline, markdown, mean_ci,
                               parse_variants, pareto_front, policy_for_seed, summarize, target_verdict)
-from agents.cli import main
+from veil.agents.cli import main
 
 TINY = ["--data", "synthetic", "--synthetic-identities", "8", "--synthetic-images", "8", "--image-size", "32",
         "--batch-size", "16", "--threads", "2", "--epochs", "2", "--attacks", "pca", "--steps", "10", "--restarts", "1",
@@ -45,7 +45,7 @@ def test_seed_file_pairs_pick_each_seeds_policy_whatever_seeds_the_run_covers() 
 
 
 def test_sampled_policy_cell_trains_with_the_policy_drawn_not_its_mean() -> None:
-    from agents.cli import build_parser
+    from veil.agents.cli import build_parser
 
     parser = build_parser()
     args = parser.parse_args(["benchmark", "--policy", "p.safetensors", "--defenses", "policy-sampled+tldmi"])
@@ -57,7 +57,7 @@ def test_sampled_policy_cell_trains_with_the_policy_drawn_not_its_mean() -> None
 
 
 def test_a_variant_is_a_named_defense_with_its_own_train_fr_options() -> None:
-    from agents.cli import build_parser
+    from veil.agents.cli import build_parser
 
     parser = build_parser()
     args = parser.parse_args(["benchmark", "--policy", "p.safetensors"])
@@ -72,7 +72,7 @@ def test_a_variant_is_a_named_defense_with_its_own_train_fr_options() -> None:
 
 def test_a_variant_may_join_train_fr_defenses_with_plus() -> None:
     """``tldmi+mixup``: TL-DMI's public pre-training, then label-preserving MixUp on the private fine-tuning."""
-    from agents.cli import build_parser
+    from veil.agents.cli import build_parser
 
     parser = build_parser()
     args = parser.parse_args(["benchmark"])
@@ -111,7 +111,7 @@ def test_a_variant_cell_is_not_resumed_under_other_options(tmp_path: Path, monke
 
 
 def test_the_undefended_curve_is_none_trained_for_fewer_epochs() -> None:
-    from agents.cli import build_parser
+    from veil.agents.cli import build_parser
 
     parser = build_parser()
     args = parser.parse_args(["benchmark", "--epochs", "30"])
@@ -321,7 +321,7 @@ def test_a_cell_finished_by_another_benchmark_meanwhile_is_not_run_again(tmp_pat
                                                                          capsys: pytest.CaptureFixture) -> None:
     import shutil
 
-    import agents.benchmark as bm
+    import veil.agents.benchmark as bm
 
     monkeypatch.chdir(tmp_path)
     other, out = tmp_path / "other", tmp_path / "bench"
@@ -475,7 +475,7 @@ def test_collapsed_targets_are_counted_and_named() -> None:
 def test_target_accuracy_flags_a_model_whose_output_ignores_the_input() -> None:
     from types import SimpleNamespace
 
-    from attacks.harness import target_accuracy
+    from veil.attacks.harness import target_accuracy
 
     class Head(torch.nn.Module):
         def __init__(self, scale: float) -> None:
@@ -718,7 +718,7 @@ def test_a_defense_keeps_its_colour_and_marker_in_every_panel_of_the_plot(tmp_pa
     missing from one attack does not shift the others' colours in that panel."""
     import matplotlib.pyplot as plt
 
-    from agents.benchmark import plot
+    from veil.agents.benchmark import plot
 
     figs = []
     monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))

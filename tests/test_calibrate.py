@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from agents.calibrate import (Candidate, candidate_name, centre_params, choose, evaluate, fr_options, parse_values,
+from veil.agents.calibrate import (Candidate, candidate_name, centre_params, choose, evaluate, fr_options, parse_values,
                               same_band_radii)
-from agents.cli import build_parser, main
-from defenses.params import AugmentParams, with_fixed
+from veil.agents.cli import build_parser, main
+from veil.defenses.params import AugmentParams, with_fixed
 
 TINY = ["--data", "synthetic", "--synthetic-identities", "8", "--synthetic-images", "8", "--image-size", "32",
         "--batch-size", "16", "--threads", "2", "--epochs", "1", "--steps", "10", "--restarts", "1",
@@ -122,7 +122,7 @@ def test_on_three_seeds_the_committed_calibration_chooses_nothing() -> None:
 
 
 def test_train_agent_plays_at_what_a_calibration_chose(tmp_path: Path) -> None:
-    from agents.train_agent import fixes
+    from veil.agents.train_agent import fixes
 
     committed = Path(__file__).resolve().parents[1] / "docs" / "results" / "att-calibrate-90ep" / "calibration.json"
     assert fixes(["k=3"], str(committed)) == {"k": 3.0, "label_follow": 0.0, "high_band": 0.0, "radius": 0.05}

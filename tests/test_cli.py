@@ -9,8 +9,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from agents import tracking
-from agents.cli import build_parser, main
+from veil.agents import tracking
+from veil.agents.cli import build_parser, main
 
 TINY = ["--data", "synthetic", "--synthetic-identities", "8", "--synthetic-images", "6", "--image-size", "32",
         "--batch-size", "16", "--threads", "2"]
@@ -77,7 +77,7 @@ def test_resume_continues_the_same_run(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_an_interrupted_run_leaves_a_checkpoint_that_resumes_its_run_and_can_be_attacked(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agents.attack_cli import load_target
+    from veil.agents.attack_cli import load_target
 
     monkeypatch.chdir(tmp_path)
     ckpt = tmp_path / "ck.pt"
@@ -102,8 +102,8 @@ def test_an_interrupted_run_leaves_a_checkpoint_that_resumes_its_run_and_can_be_
 
 def test_the_checkpoint_is_written_once_per_epoch_and_once_by_a_resume_with_no_epoch_left(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agents.attack_cli import load_target
-    from recognition.trainer import Trainer
+    from veil.agents.attack_cli import load_target
+    from veil.recognition.trainer import Trainer
 
     monkeypatch.chdir(tmp_path)
     ckpt, writes = tmp_path / "ck.pt", []
@@ -135,7 +135,7 @@ def test_failure_inside_training_marks_the_run_failed(tmp_path: Path, monkeypatc
     def diverge(self: object, images: torch.Tensor, targets: torch.Tensor) -> None:
         raise FloatingPointError("non-finite loss nan at step 0")
 
-    monkeypatch.setattr("recognition.trainer.Trainer.step", diverge)
+    monkeypatch.setattr("veil.recognition.trainer.Trainer.step", diverge)
     assert main(["train-fr", *TINY, "--epochs", "1"]) == 2
     assert "non-finite loss" in capsys.readouterr().err
     (run,) = _runs()
@@ -203,8 +203,7 @@ def test_commands_started_together_on_a_fresh_store_all_get_it(tmp_path: Path) -
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
-    code = (f"import sys; sys.path.insert(0, {str(root)!r}); from agents import tracking; "
+    code = (f"from veil.agents import tracking; "
             f"print(tracking.setup('sqlite:///{tmp_path}/fresh.db', 'race'))")
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(3)]

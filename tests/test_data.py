@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from recognition.data import (DataConfig, DataError, SplitConfig, _folder_entries, load_faces, split_identities)
+from veil.recognition.data import (DataConfig, DataError, SplitConfig, _folder_entries, load_faces, split_identities)
 
 
 def _write_face(path: Path, value: int, size: tuple[int, int] = (40, 50), mode: str = "RGB") -> None:
@@ -95,7 +95,7 @@ def test_second_load_comes_from_the_cache(folder_set: Path, tmp_path: Path,
     def no_decoding(*args: object, **kwargs: object) -> None:
         raise AssertionError("images were decoded again instead of read from the cache")
 
-    monkeypatch.setattr("recognition.data._read_images", no_decoding)
+    monkeypatch.setattr("veil.recognition.data._read_images", no_decoding)
     second = load_faces(cfg)
     assert torch.equal(first.images, second.images) and first.names == second.names
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from defenses.erasing import EraseConfig, apply_erasing, random_erasing, sample_erasing
-from defenses.mixup import MODES, MixConfig, apply_mixup, radial_frequency, sample_mixup
-from defenses.params import ACTION_DIM, AugmentParams, decode, encode, with_fixed
+from veil.defenses.erasing import EraseConfig, apply_erasing, random_erasing, sample_erasing
+from veil.defenses.mixup import MODES, MixConfig, apply_mixup, radial_frequency, sample_mixup
+from veil.defenses.params import ACTION_DIM, AugmentParams, decode, encode, with_fixed
 
 
 def _batch(b: int = 16, classes: int = 5, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,14 +81,14 @@ def test_bounds_squeeze_a_dimension_onto_the_given_range_on_its_own_scale() -> N
                                              ({"blur": (0, 1)}, "cannot bound 'blur'"),
                                              ({"k": (1, 9)}, "k_max=6")])
 def test_bad_bounds_are_refused_with_the_parameter_named(bounds: dict, message: str) -> None:
-    from defenses.params import check_bounds
+    from veil.defenses.params import check_bounds
 
     with pytest.raises(ValueError, match=message):
         check_bounds(bounds, 6)
 
 
 def test_fixed_parameters_override_the_decoded_ones_and_keep_the_rest() -> None:
-    from defenses.params import with_fixed
+    from veil.defenses.params import with_fixed
 
     p = decode(np.zeros(ACTION_DIM))
     q = with_fixed(p, {"k": 2.4, "high_band": 1, "label_follow": 0})
@@ -345,7 +345,7 @@ def test_k_larger_than_the_batch_is_a_clear_error() -> None:
 # ----------------------------------------------------------------------------- hybrid
 
 def test_hybrid_from_params_mixes_then_erases_and_replays() -> None:
-    from defenses.hybrid import HybridConfig, apply, sample
+    from veil.defenses.hybrid import HybridConfig, apply, sample
 
     x, y = _batch()
     params = AugmentParams(k=3, alpha=1.0, radius=0.4, high_band=False, erase_p=1.0, erase_area=0.3,
@@ -363,7 +363,7 @@ def test_hybrid_from_params_mixes_then_erases_and_replays() -> None:
 
 
 def test_hybrid_caps_k_at_the_batch_size_and_keeps_every_other_mix_setting() -> None:
-    from defenses.hybrid import HybridConfig, sample
+    from veil.defenses.hybrid import HybridConfig, sample
 
     x, _ = _batch(b=4)
     mix = MixConfig(k=6, alpha=2.0, band=(0.1, 0.6), mode="amplitude", label_follow=0.25)
@@ -374,7 +374,7 @@ def test_hybrid_caps_k_at_the_batch_size_and_keeps_every_other_mix_setting() -> 
 
 
 def test_hybrid_with_k_one_and_p_zero_is_the_identity() -> None:
-    from defenses.hybrid import HybridConfig, augment
+    from veil.defenses.hybrid import HybridConfig, augment
 
     x, y = _batch()
     out, t = augment(x, y, HybridConfig.from_params(AugmentParams(k=1, erase_p=0.0)))

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from env import DeployPrice
+from veil.env import DeployPrice
 
 # the synthetic default's radius calibration (docs/results/syn-calibrate-30ep), drops as fractions
 SYN = DeployPrice("radius", (0.025, 0.05, 0.1, 0.2), (0.0033, -0.0333, 0.0011, 0.0233), budget=0.02, weight=30.0)

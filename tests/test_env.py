@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from defenses.params import ACTION_DIM
-from env import ENV_ID, DeployPrice, EnvConfig, FaceAugmentEnv
-from recognition import DataConfig, soft_cross_entropy
+from veil.defenses.params import ACTION_DIM
+from veil.env import ENV_ID, DeployPrice, EnvConfig, FaceAugmentEnv
+from veil.recognition import DataConfig, soft_cross_entropy
 
 
 def _config(**kw: object) -> EnvConfig:
@@ -23,7 +23,7 @@ def _config(**kw: object) -> EnvConfig:
 
 @pytest.fixture(scope="module")
 def split():
-    from recognition import load_faces, split_identities
+    from veil.recognition import load_faces, split_identities
 
     cfg = _config()
     return split_identities(load_faces(cfg.data), cfg.split)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attacks.evaluation import EvalModelConfig, random_crop_shift, train_eval_model
-from recognition import DataConfig, SplitConfig, load_faces, split_identities
+from veil.attacks.evaluation import EvalModelConfig, random_crop_shift, train_eval_model
+from veil.recognition import DataConfig, SplitConfig, load_faces, split_identities
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from stable_baselines3 import PPO
 
-from agents.export import export_policy
-from env import EnvConfig, FaceAugmentEnv
-from recognition import DataConfig, load_faces, split_identities
+from veil.agents.export import export_policy
+from veil.env import EnvConfig, FaceAugmentEnv
+from veil.recognition import DataConfig, load_faces, split_identities
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import attacks.gan as gan_module
-from attacks.gan import Discriminator, GANConfig, Generator, train_gan
-from attacks.gmi import GMIConfig, gmi_attack
-from attacks.kedmi import KEDMIConfig, kedmi_attack, kedmi_prior_loss, soft_labels, train_kedmi_gan
-from attacks.lomma import LOMMAConfig, LOMMAKit, identity_loss, max_margin_loss, prepare_lomma
-from attacks.plgmi import PLGMIConfig, augment, plgmi_attack, pseudo_label, train_plgmi_gan
-from recognition import (DataConfig, ModelConfig, SplitConfig, Trainer, TrainerConfig, build_model, load_faces,
+import veil.attacks.gan as gan_module
+from veil.attacks.gan import Discriminator, GANConfig, Generator, train_gan
+from veil.attacks.gmi import GMIConfig, gmi_attack
+from veil.attacks.kedmi import KEDMIConfig, kedmi_attack, kedmi_prior_loss, soft_labels, train_kedmi_gan
+from veil.attacks.lomma import LOMMAConfig, LOMMAKit, identity_loss, max_margin_loss, prepare_lomma
+from veil.attacks.plgmi import PLGMIConfig, augment, plgmi_attack, pseudo_label, train_plgmi_gan
+from veil.recognition import (DataConfig, ModelConfig, SplitConfig, Trainer, TrainerConfig, build_model, load_faces,
                          split_identities)
 
 TINY_GAN = GANConfig(latent_dim=16, width=8, steps=20, batch_size=16, n_critic=2, max_seconds=None)
@@ -138,7 +138,7 @@ def test_training_stops_at_the_time_cap(split) -> None:
 
 @pytest.mark.parametrize("max_seconds,capped", [(None, False), (0.2, True)])
 def test_a_gan_attack_report_says_how_many_gan_steps_it_trained(split, target, max_seconds, capped: bool) -> None:
-    from attacks.harness import HarnessConfig, run_attack
+    from veil.attacks.harness import HarnessConfig, run_attack
 
     settings = {"seeds": 1, "steps": 3, "gan_latent_dim": 16, "gan_width": 8, "gan_batch_size": 16,
                 "gan_steps": 10**6 if capped else 4, "max_seconds": max_seconds}
@@ -155,7 +155,7 @@ def test_a_gan_attack_report_says_how_many_gan_steps_it_trained(split, target, m
 def test_gan_seconds_zero_lifts_the_time_cap() -> None:
     from types import SimpleNamespace
 
-    from agents.attack_cli import attack_settings
+    from veil.agents.attack_cli import attack_settings
 
     args = SimpleNamespace(restarts=2, steps=None, lomma=False, gan_seconds=0, gan_steps=500)
     assert attack_settings(args) == {"seeds": 2, "max_seconds": None, "gan_steps": 500}

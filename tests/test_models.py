@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from recognition.models import ModelConfig, build_model
+from veil.recognition.models import ModelConfig, build_model
 
 
 @pytest.mark.parametrize("name,size", [("cnn", 32), ("resnet18", 32), ("inception", 80)])
@@ -84,7 +84,7 @@ def test_cnn_head_reads_the_embedding_even_when_every_unit_is_negative() -> None
 def test_checkpoint_without_head_relu_key_rebuilds_the_legacy_head() -> None:
     from dataclasses import asdict
 
-    from recognition import model_config_from_checkpoint
+    from veil.recognition import model_config_from_checkpoint
 
     stored = asdict(ModelConfig(num_classes=4, in_channels=1))
     assert model_config_from_checkpoint(stored).head_relu is False

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from attacks.harness import ATTACKS, HarnessConfig, pick_identities, register, run_attack
-from recognition import DataConfig, SplitConfig, load_faces, split_identities
+from veil.attacks.harness import ATTACKS, HarnessConfig, pick_identities, register, run_attack
+from veil.recognition import DataConfig, SplitConfig, load_faces, split_identities
 from test_attacks import Oracle  # the evaluation model that knows the private images
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from recognition.data import DataConfig, load_faces
-from recognition.synthetic import SyntheticConfig, generate_faces
+from veil.recognition.data import DataConfig, load_faces
+from veil.recognition.synthetic import SyntheticConfig, generate_faces
 
 
 def test_shapes_dtype_and_identity_major_order() -> None:

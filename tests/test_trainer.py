@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recognition import ModelConfig, Trainer, TrainerConfig, build_model, one_hot
+from veil.recognition import ModelConfig, Trainer, TrainerConfig, build_model, one_hot
 
 
 def _trainer(name: str = "cnn", classes: int = 4, seed: int = 0, **cfg: object) -> Trainer:
@@ -151,7 +151,7 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     def crash(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("recognition.io.torch.save", crash)
+    monkeypatch.setattr("veil.recognition.io.torch.save", crash)
     with pytest.raises(OSError):
         t.save_checkpoint(path)
     assert path.read_bytes() == good
