@@ -736,50 +736,6 @@ def test_a_defense_keeps_its_colour_and_marker_in_every_panel_of_the_plot(tmp_pa
     assert gmi[61.0] == ("C1", "s")
 
 
-def _status_table(doc: str = "README.md", anchor: str = "### Where it stands") -> list[list[str]]:
-    """The README's "Where it stands" table, one list of cells per row, markup stripped."""
-    text = (Path(__file__).resolve().parents[1] / doc).read_text()
-    lines = text[text.index(anchor):].splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
-    table = []
-    for line in lines[start + 2:]:  # past the header and its rule
-        if not line.startswith("|"):
-            break
-        table.append([c.strip().replace("**", "").replace("\\*", "*") for c in line.strip("|").split("|")])
-    return table
-
-
-def test_the_readme_status_table_is_what_the_committed_cells_give() -> None:
-    """Every figure in the README's status table (and RESULTS' at-a-glance table, the same) is
-    recomputed from the cells committed beside RESULTS: accuracy change, paired change with its
-    interval, and the relative drop, per attack."""
-    attacks = ("pca", "gmi", "kedmi", "plgmi")
-    sources = {"CFP": ("cfp-label-follow-60ep", (0, 1, 2)), "synthetic": ("syn-price-30ep", (0, 1, 2)),
-               "AT&T": ("att-label-follow-90ep", (0, 1, 2))}
-    names = {"learned policy `edge`": "edge", "its fixed start `c125`": "c125", "fixed random erasing": "re",
-             "fixed frequency MixUp": "mixup", "negative label smoothing (best published)": "negls",
-             "learned policy `price`": "price", "learned policy `fr05`": "fr05"}
-    table = _status_table()
-    assert len(table) == 11 and table == _status_table("docs/RESULTS.md", "**At a glance (0.16.1)")
-    data = ""
-    for row in table:
-        data = row[0].split(",")[0].split(" ")[0] or data
-        section, seeds = sources[data]
-        rows = _committed_rows(section, attacks, seeds=seeds)
-        defense = names[row[1]]
-        assert row[2] == f"{100 * rows[defense, 'pca']['natural_vs_none']:+.1f}", (data, defense)
-        for a, cell in zip(attacks, row[3:]):
-            r = rows[defense, a]
-            assert r["seeds"] == 3 and cell.startswith(r["vs_none_paired"]), (data, defense, a, cell)
-            first = cell.split(";")[0]
-            if "%" in first:
-                assert f"({100 * r['relative_drop']:.0f}%" in first, (data, defense, a, cell)
-            assert ("met" in first) == target_verdict(r)[0], (data, defense, a, cell)
-    five = _committed_rows("syn-price-30ep", ("pca",), seeds=(0, 1, 2, 3, 4))["price", "pca"]
-    assert five["seeds"] == 5 and target_verdict(five)[0]
-    assert f"5 seeds {five['vs_none_paired']} ({100 * five['relative_drop']:.0f}%, met)" in table[5][3]
-
-
 def test_the_committed_cfp_cells_run_every_defense_under_every_attack() -> None:
     """docs/RESULTS.md (0.16.1), "The GAN attacks and the white-box attack on every row": every
     defense of the issue's list under all five attacks on 3 seeds; none of the published ones
