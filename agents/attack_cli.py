@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from veil.attacks.settings import AttackSettings
+
 
 class DictOutputs(nn.Module):
     """Adapts a model that returns a logits tensor (an MLflow-logged ``LogitsOnly``) to veil's
@@ -174,7 +176,7 @@ def _log_eval_model(ev, split_summary: dict) -> str:
         return run.info.run_id
 
 
-def attack_settings(args: argparse.Namespace) -> dict[str, Any]:
+def attack_settings(args: argparse.Namespace) -> AttackSettings:
     """The harness settings the attack options describe (``veil attack`` and ``veil benchmark``)."""
     settings: dict[str, Any] = {"seeds": args.restarts}
     for option, key in (("steps", "steps"), ("lomma", "lomma"), ("gan_seconds", "max_seconds"),
@@ -183,7 +185,7 @@ def attack_settings(args: argparse.Namespace) -> dict[str, Any]:
             settings[key] = getattr(args, option)
     if getattr(args, "gan_seconds", None) == 0:  # 0: no time cap, the GAN trains all its steps
         settings["max_seconds"] = None
-    return settings
+    return AttackSettings.from_mapping(settings, where="the attack options")
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
@@ -234,7 +236,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
             with mlflow.start_run(run_name=f"attack-{name}", nested=True) as child:
                 mlflow.set_tags({"veil.kind": "attack", "veil.attack": name, "veil.eval_run": eval_run})
                 tracking.log_params({"attack": {"name": name, "identities": len(report.classes),
-                                                "attack_seeds": args.attack_seeds, **settings}})
+                                                "attack_seeds": args.attack_seeds, **settings.to_dict()}})
                 metrics = {f"attack.{k}": v for k, v in report.summary.items() if isinstance(v, float)}
                 metrics.update({f"attack.{k}_std": s for k, (_, s) in report.spread.items()})
                 metrics.update({"attack.seconds": sum(report.seconds), "target.top1": acc["top1"]})

@@ -4,55 +4,49 @@ and score it with the evaluation model into an ``AttackReport``.
 Attacks are looked up by name in ``ATTACKS``; each is a function
 ``(target, split, classes, settings, generator) -> (images in [0, 1], labels[, budget])`` so a
 new attack is one entry; the optional ``budget`` dict (e.g. GAN steps done under a time cap) goes
-to the report's ``extra["budget"]``. Settings not given take each attack's own defaults.
+to the report's ``extra["budget"]``. ``settings`` is an ``AttackSettings`` (``attacks.settings``),
+which derives each attack's config; settings not given take each attack's own defaults.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from .metrics import evaluate_reconstructions
+from .gan import GANBundle, train_gan
+from .gmi import GMIConfig, gmi_attack
+from .kedmi import KEDMIConfig, kedmi_attack, train_kedmi_gan
+from .metrics import _forward, evaluate_reconstructions
+from .pca import FacePrior, PCAAttackConfig, pca_attack
+from .plgmi import PLGMIConfig, plgmi_attack, train_plgmi_gan
 from .report import AttackReport
+from .settings import AttackSettings
+from .whitebox import WhiteBoxConfig, whitebox_attack
 
-AttackFn = Callable[[nn.Module, Any, torch.Tensor, dict[str, Any], torch.Generator], tuple]
-
-
-def _settings(cls, settings: dict[str, Any]):
-    """Build config ``cls`` from the keys of ``settings`` it knows (the rest belong to others)."""
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in settings.items() if k in names})
+AttackFn = Callable[[nn.Module, Any, torch.Tensor, AttackSettings, torch.Generator], tuple]
 
 
-def _pca(target, split, classes, settings, generator):
-    from .pca import FacePrior, PCAAttackConfig, pca_attack
-
-    cfg = _settings(PCAAttackConfig, settings)
+def _pca(target: nn.Module, split, classes: torch.Tensor, settings: AttackSettings,
+         generator: torch.Generator) -> tuple:
+    """The PCA-prior attack, its prior fitted on the public images."""
+    cfg = settings.attack_config(PCAAttackConfig)
     prior = FacePrior.fit(split.public_images, cfg.components)
     return pca_attack(target, prior, classes, cfg, generator)
 
 
-def _whitebox(target, split, classes, settings, generator):
-    from .whitebox import WhiteBoxConfig, whitebox_attack
-
-    return whitebox_attack(target, split.public_images, classes, _settings(WhiteBoxConfig, settings), generator)
-
-
-def _gan_config(settings: dict[str, Any], **defaults: Any):
-    from .gan import GANConfig
-
-    cfg = {**defaults, **{k.removeprefix("gan_"): v for k, v in settings.items() if k.startswith("gan_")}}
-    if "max_seconds" in settings:
-        cfg["max_seconds"] = settings["max_seconds"]
-    return GANConfig(**cfg)
+def _whitebox(target: nn.Module, split, classes: torch.Tensor, settings: AttackSettings,
+              generator: torch.Generator) -> tuple:
+    """White-box inversion from the public mean face."""
+    return whitebox_attack(target, split.public_images, classes, settings.attack_config(WhiteBoxConfig), generator)
 
 
-def gan_budget(gan) -> dict[str, Any]:
+def gan_budget(gan: GANBundle) -> dict[str, Any]:
     """What a GAN prior cost: steps done of steps asked, seconds, and whether the time cap cut it
     short. A time-capped GAN trains fewer steps on a busier or slower machine, so two results are
     comparable only when their steps are."""
@@ -61,37 +55,27 @@ def gan_budget(gan) -> dict[str, Any]:
             "gan_time_capped": bool(gan.steps_done < gan.config.steps), "gan_from_cache": bool(gan.from_cache)}
 
 
-def _lomma(settings: dict[str, Any]):
-    from .lomma import LOMMAConfig
-
-    return LOMMAConfig() if settings.get("lomma") else None
-
-
-def _gmi(target, split, classes, settings, generator):
+def _gmi(target: nn.Module, split, classes: torch.Tensor, settings: AttackSettings,
+         generator: torch.Generator) -> tuple:
     """GMI: the WGAN-GP prior is trained once per public set and config (cached), not per target."""
-    from .gan import train_gan
-    from .gmi import GMIConfig, gmi_attack
-
-    gan = train_gan(split.public_images, _gan_config(settings), source=split.source)
-    cfg = _settings(GMIConfig, {**settings, "lomma": _lomma(settings)})
+    gan = train_gan(split.public_images, settings.gan_config(), source=split.source)
+    cfg = settings.attack_config(GMIConfig)
     return (*gmi_attack(target, gan, classes, cfg, generator, public_images=split.public_images), gan_budget(gan))
 
 
-def _kedmi(target, split, classes, settings, generator):
+def _kedmi(target: nn.Module, split, classes: torch.Tensor, settings: AttackSettings,
+           generator: torch.Generator) -> tuple:
     """KEDMI: its GAN learns from the target's soft labels, so it trains per target (cached by weights)."""
-    from .kedmi import KEDMIConfig, kedmi_attack, train_kedmi_gan
-
-    gan = train_kedmi_gan(target, split.public_images, _gan_config(settings, n_critic=1), source=split.source)
-    cfg = _settings(KEDMIConfig, {**settings, "lomma": _lomma(settings)})
+    gan = train_kedmi_gan(target, split.public_images, settings.gan_config(n_critic=1), source=split.source)
+    cfg = settings.attack_config(KEDMIConfig)
     return (*kedmi_attack(target, gan, classes, cfg, generator, public_images=split.public_images), gan_budget(gan))
 
 
-def _plgmi(target, split, classes, settings, generator):
+def _plgmi(target: nn.Module, split, classes: torch.Tensor, settings: AttackSettings,
+           generator: torch.Generator) -> tuple:
     """PLG-MI: a conditional GAN on public images pseudo-labelled by the target, per target."""
-    from .plgmi import PLGMIConfig, plgmi_attack, train_plgmi_gan
-
-    gan = train_plgmi_gan(target, split.public_images, _gan_config(settings), source=split.source)
-    cfg = _settings(PLGMIConfig, {**settings, "lomma": _lomma(settings)})
+    gan = train_plgmi_gan(target, split.public_images, settings.gan_config(), source=split.source)
+    cfg = settings.attack_config(PLGMIConfig)
     return (*plgmi_attack(target, gan, classes, cfg, generator, public_images=split.public_images), gan_budget(gan))
 
 
@@ -109,17 +93,20 @@ class HarnessConfig:
         identities: private identities attacked (the first N of a seeded permutation; 0 = all).
         attack_seeds: independent runs of the attack (each with its own restarts); the report
             gives mean ± std over them.
-        settings: the attack's own options (e.g. ``steps``, ``seeds`` = restarts per identity,
-            ``lomma``), passed to its config.
+        settings: the attack's options (``AttackSettings``: restarts per identity, steps, LOMMA,
+            the GAN prior's budget); those not given keep each attack's own defaults.
         seed: fixes the identities and the attack seeds.
     """
 
     identities: int = 0
     attack_seeds: int = 2
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: AttackSettings = field(default_factory=AttackSettings)
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.settings, AttackSettings):
+            raise TypeError(f"settings must be an AttackSettings, got {type(self.settings).__name__} (build one "
+                            "from a dict with AttackSettings.from_mapping(d, where=...))")
         if self.identities < 0 or self.attack_seeds < 1:
             raise ValueError(f"identities must be >= 0 and attack_seeds >= 1, got {self.identities}, "
                              f"{self.attack_seeds}")
@@ -143,13 +130,11 @@ def run_attack(name: str, target: nn.Module, split, eval_model: nn.Module, confi
     priv_x, priv_y = split.train_images[keep], split.train_labels[keep]
     images, labels, per_seed, seconds = [], [], [], []
     budget: dict[str, Any] = {}
-    from tqdm.auto import tqdm
-
     for s in tqdm(range(config.attack_seeds), desc=f"attack {name}", unit="seed", disable=None if progress else True):
         g = torch.Generator().manual_seed(config.seed * 1000 + s)
         torch.manual_seed(config.seed * 1000 + s)
         t0 = time.perf_counter()
-        out = ATTACKS[name](target, split, classes, dict(config.settings), g)
+        out = ATTACKS[name](target, split, classes, config.settings, g)
         x, y = out[0], out[1]
         if len(out) > 2 and not budget:  # the first seed trains what later seeds reuse
             budget = dict(out[2])
@@ -162,7 +147,7 @@ def run_attack(name: str, target: nn.Module, split, eval_model: nn.Module, confi
         per_seed.append(evaluate_reconstructions(x, y, eval_model, priv_x, priv_y))
     recons, rec_labels = torch.cat(images), torch.cat(labels)
     report = AttackReport.build(name, recons, rec_labels, eval_model, split, priv_x, priv_y, per_seed,
-                                settings=dict(config.settings), seconds=seconds, classes=classes)
+                                settings=config.settings.to_dict(), seconds=seconds, classes=classes)
     if budget:
         report.extra["budget"] = budget
     return report
@@ -171,8 +156,6 @@ def run_attack(name: str, target: nn.Module, split, eval_model: nn.Module, confi
 def target_accuracy(target: nn.Module, split) -> dict[str, float]:
     """Clean top-1/top-5 of the target on the private test split, and ``collapsed`` (1.0 when its
     logits do not depend on the input: a model that never learned, whose 'privacy' is no defense)."""
-    from .metrics import _forward
-
     logits, _ = _forward(target, split.test_images)
     k = min(5, logits.shape[1])
     topk = logits.topk(k, 1).indices

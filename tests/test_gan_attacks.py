@@ -139,10 +139,12 @@ def test_training_stops_at_the_time_cap(split) -> None:
 @pytest.mark.parametrize("max_seconds,capped", [(None, False), (0.2, True)])
 def test_a_gan_attack_report_says_how_many_gan_steps_it_trained(split, target, max_seconds, capped: bool) -> None:
     from veil.attacks.harness import HarnessConfig, run_attack
+    from veil.attacks.settings import AttackSettings
 
     settings = {"seeds": 1, "steps": 3, "gan_latent_dim": 16, "gan_width": 8, "gan_batch_size": 16,
                 "gan_steps": 10**6 if capped else 4, "max_seconds": max_seconds}
-    report = run_attack("kedmi", target, split, target, HarnessConfig(identities=2, attack_seeds=2, settings=settings),
+    report = run_attack("kedmi", target, split, target, HarnessConfig(identities=2, attack_seeds=2,
+                                                                settings=AttackSettings.from_mapping(settings, "test")),
                         progress=False)
     b = report.extra["budget"]
     assert b["gan_time_capped"] is capped and b["gan_steps"] == settings["gan_steps"]
@@ -158,8 +160,8 @@ def test_gan_seconds_zero_lifts_the_time_cap() -> None:
     from veil.agents.attack_cli import attack_settings
 
     args = SimpleNamespace(restarts=2, steps=None, lomma=False, gan_seconds=0, gan_steps=500)
-    assert attack_settings(args) == {"seeds": 2, "max_seconds": None, "gan_steps": 500}
-    assert attack_settings(SimpleNamespace(**{**vars(args), "gan_seconds": 60.0}))["max_seconds"] == 60.0
+    assert attack_settings(args).to_dict() == {"seeds": 2, "max_seconds": None, "gan_steps": 500}
+    assert attack_settings(SimpleNamespace(**{**vars(args), "gan_seconds": 60.0})).max_seconds == 60.0
 
 
 # ----------------------------------------------------------------------------------- GMI

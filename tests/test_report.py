@@ -8,7 +8,13 @@ import pytest
 import torch
 from torch import nn
 
+from veil.attacks.gan import GANConfig
+from veil.attacks.gmi import GMIConfig
 from veil.attacks.harness import ATTACKS, HarnessConfig, pick_identities, register, run_attack
+from veil.attacks.kedmi import KEDMIConfig
+from veil.attacks.lomma import LOMMAConfig
+from veil.attacks.pca import PCAAttackConfig
+from veil.attacks.settings import UNSET, AttackSettings
 from veil.recognition import DataConfig, SplitConfig, load_faces, split_identities
 from test_attacks import Oracle  # the evaluation model that knows the private images
 
@@ -82,3 +88,46 @@ def test_saved_reconstructions_round_trip_as_uint8(report, split, tmp_path) -> N
 def test_unknown_attack_is_refused(split) -> None:
     with pytest.raises(ValueError, match="unknown attack 'nope'"):
         run_attack("nope", nn.Identity(), split, nn.Identity())
+
+
+# ----------------------------------------------------------------------------------- settings
+
+def test_an_unknown_setting_is_refused_naming_the_key_and_where_it_came_from() -> None:
+    with pytest.raises(ValueError, match="'gan_stpes' in the benchmark options"):
+        AttackSettings.from_mapping({"seeds": 2, "gan_stpes": 500}, where="the benchmark options")
+    with pytest.raises(TypeError, match="AttackSettings.from_mapping"):  # a plain dict is no longer taken
+        HarnessConfig(settings={"seeds": 2})
+
+
+def test_settings_reach_each_attacks_config_and_unset_ones_keep_its_defaults() -> None:
+    s = AttackSettings(seeds=3, lomma=True, max_seconds=None, gan_steps=50)
+    gan = s.gan_config(n_critic=1)
+    assert (gan.steps, gan.max_seconds, gan.n_critic) == (50, None, 1)
+    assert gan.latent_dim == GANConfig().latent_dim and gan.batch_size == GANConfig().batch_size
+    assert AttackSettings().gan_config() == GANConfig()  # max_seconds UNSET keeps the 180 s cap; None lifts it
+    assert s.attack_config(GMIConfig) == GMIConfig(seeds=3, lomma=LOMMAConfig())
+    assert s.attack_config(PCAAttackConfig) == PCAAttackConfig(seeds=3)  # no LOMMA outside the GAN attacks
+    assert AttackSettings(steps=7, lomma=False).attack_config(KEDMIConfig) == KEDMIConfig(steps=7)
+    assert AttackSettings().attack_config(KEDMIConfig) == KEDMIConfig()
+    # logged as given: unset settings are left out, None is kept
+    assert s.to_dict() == {"seeds": 3, "lomma": True, "max_seconds": None, "gan_steps": 50}
+    assert AttackSettings.from_mapping(s.to_dict(), where="a report") == s and s.steps is UNSET
+
+
+def test_the_harness_hands_attacks_the_settings_and_records_what_was_given(split) -> None:
+    seen = []
+
+    def spy(target, split, classes, settings, generator):
+        seen.append(settings)
+        return _replay(target, split, classes, settings, generator)
+
+    register("spy", spy)
+    settings = AttackSettings(seeds=1, max_seconds=None)
+    try:
+        oracle = Oracle(split.train_images.float() / 255, split.train_labels, split.num_private)
+        report = run_attack("spy", nn.Identity(), split, oracle,
+                            HarnessConfig(identities=2, attack_seeds=1, settings=settings), progress=False)
+    finally:
+        ATTACKS.pop("spy")
+    assert seen == [settings] and report.settings == {"seeds": 1, "max_seconds": None}
+    assert json.loads(report.to_json())["settings"] == {"seeds": 1, "max_seconds": None}
