@@ -15,6 +15,8 @@ from torch import nn
 
 from veil.attacks.settings import AttackSettings
 
+from .options import add_data_args, add_tracking_args, data_configs
+
 
 class DictOutputs(nn.Module):
     """Adapts a model that returns a logits tensor (an MLflow-logged ``LogitsOnly``) to veil's
@@ -196,7 +198,6 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from veil.recognition import load_faces, split_identities
 
     from . import tracking
-    from .cli import data_configs
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -254,7 +255,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub, add_data_args, add_tracking_args) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """The ``veil attack`` sub-command."""
     a = sub.add_parser("attack", help="run model-inversion attacks on a trained FR model and report the leak",
                        description="Attack a trained FR model (an MLflow run ID of veil train-fr, a veil checkpoint "
@@ -283,5 +284,5 @@ def add_parser(sub, add_data_args, add_tracking_args) -> None:
     a.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     a.add_argument("--out-dir", default="reports", help="where reports are written (default: reports)")
     add_data_args(a)
-    a.set_defaults(data=None)  # None: take the data options from the target's run
+    a.set_defaults(data=None, handler=cmd_attack)  # data None: take the data options from the target's run
     add_tracking_args(a)

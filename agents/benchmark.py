@@ -1,33 +1,65 @@
 """``veil benchmark``: every defense under every attack, same data, budget and seeds.
 
-Each cell (defense x target seed) trains a target with ``veil train-fr``'s code, measures its
-natural accuracy, runs every attack through the harness and writes ``cells/<defense>-s<seed>.json``
-atomically after training and after each attack, so an interrupted benchmark resumes where it
-stopped and a rerun with more attacks attacks the saved targets instead of retraining them. The
-summary (Markdown, CSV, a privacy-utility plot with the Pareto front, reconstruction grids) is
-rebuilt from the cells. In MLflow: one parent run, one nested training run per cell, one nested
-attack run under it.
+What runs is a plan (``plan.py``: a TOML file given with ``--config``, flags over it). Each cell
+(row x target seed) trains a target with ``veil train-fr``'s code, measures its natural accuracy,
+runs every attack through the harness and writes ``cells/<row>-s<seed>.json`` atomically after
+training and after each attack, so an interrupted benchmark resumes where it stopped and a rerun
+with more attacks attacks the saved targets instead of retraining them. The summary (Markdown,
+CSV, a privacy-utility plot with the Pareto front, reconstruction grids) is rebuilt from the
+cells. In MLflow: one parent run, one nested training run per cell, one nested attack run under it.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import json
 import math
 import os
-import re
-import shlex
 import tempfile
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-DEFENSE_CHOICES = ("none", "re", "mixup", "hybrid", "tldmi", "negls", "mid", "bido", "dp", "policy", "policy+tldmi",
-                   "policy+negls", "policy-sampled", "policy-sampled+tldmi", "policy-sampled+negls")
-DEFAULT_DEFENSES = "none,re,mixup,hybrid,tldmi,negls,mid,bido,dp"
+import mlflow
+import numpy as np
+import torch
+from mlflow.exceptions import MlflowException
+from safetensors.torch import load_file
+from torchvision.utils import make_grid
+
+from veil.attacks.evaluation import EvalModelConfig, train_eval_model
+from veil.attacks.harness import ATTACKS, HarnessConfig, run_attack, target_accuracy
+from veil.recognition import TrainerConfig, load_faces, split_identities
+
+from . import tracking
+from .attack_cli import attack_settings, load_target
+from .options import (
+    EPILOG_DATA,
+    add_data_args,
+    add_tracking_args,
+    command_parser,
+    defense_options,
+    given_options,
+    row_namespace,
+    row_options_from_argv,
+)
+from .plan import CURVE_NAME, DEFENSE_CHOICES, Plan, Row, calibration_plan, is_undefended, load_plan
+from .train_fr import FRJob, PolicyUse, Tracking, train_fr
+
 METRICS = ("top1", "top5", "knn_dist", "nn_feature_acc", "nn_pixel_acc", "psnr", "ssim", "sink_share", "frechet")
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+@dataclass
+class RunOptions:
+    """How a plan is run (not what it measures): where it is logged, rebuild-only, retraining."""
+
+    tracking: Tracking
+    summarize_only: bool = False
+    retrain_lost: bool = False
 
 
 def _write_json(obj: Any, path: Path) -> None:
@@ -51,129 +83,38 @@ def mean_ci(values: list[float]) -> tuple[float, float, float]:
     return m, sd, T95.get(len(v) - 1, 1.96) * sd / math.sqrt(len(v))
 
 
-def _fr_args(parser: argparse.ArgumentParser, args: argparse.Namespace, defense: str, seed: int) -> argparse.Namespace:
-    """The ``veil train-fr`` arguments of one cell: the benchmark's data and budget, this defense."""
-    argv = ["train-fr", "--epochs", str(args.epochs), "--seed", str(seed), "--run-name", f"{defense}-s{seed}",
-            "--experiment", args.experiment, "--checkpoint", str(Path(args.out_dir) / "checkpoints" / f"{defense}-s{seed}.pt")]
-    base, extra = variant_of(args, defense)
-    names = base.split("+")
+def cell_job(plan: Plan, name: str, seed: int, track: Tracking) -> FRJob:
+    """The ``veil train-fr`` run of one cell: the plan's data and budget, this row's defense and options."""
+    row = plan.row(name)
+    options = dict(row.options)
+    epochs = options.pop("epochs", None) or plan.budget.epochs
+    names = row.use.split("+")
+    policy = None
     for pol in ("policy", "policy-sampled"):
         if pol in names:
-            if not args.policy:
-                raise ValueError(f"defense {defense!r} needs --policy FILE (an exported policy from veil train-agent)")
-            argv += ["--policy", policy_for_seed(args.policy, args.seeds, seed)]
-            argv += ["--policy-sample"] if pol == "policy-sampled" else []
+            sample = pol == "policy-sampled" or bool(options.get("policy_sample"))
+            policy = PolicyUse(plan.policy_for_seed(seed, name), options.get("policy_warmup"), sample)
             names.remove(pol)
-    if names:
-        argv += ["--defense", ",".join(names)]
-    for opt, value in (("--batch-size", args.batch_size), ("--lr", args.lr), ("--model", args.model),
-                       ("--threads", args.threads), ("--tracking-uri", args.tracking_uri)):
-        if value is not None:
-            argv += [opt, str(value)]
-    ns = parser.parse_args(argv + extra)
-    for key in ("data", "data_root", "image_size", "channels", "align", "pose", "strict", "max_identities", "n_private",
-                "test_fraction", "split_seed", "no_cache", "synthetic_identities", "synthetic_images", "validation"):
-        setattr(ns, key, getattr(args, key))
-    return ns
+    ns = row_namespace({**options, "defense": ",".join(names) or "none"})
+    train = TrainerConfig(epochs=epochs, batch_size=plan.budget.batch_size, lr=plan.budget.lr, seed=seed)
+    return FRJob(data=plan.data, split=plan.split, train=train, model=plan.budget.model,
+                 defense=defense_options(ns, seed), policy=policy, threads=plan.budget.threads,
+                 checkpoint=str(Path(plan.out_dir) / "checkpoints" / f"{name}-s{seed}.pt"),
+                 tracking=replace(track, run_name=f"{name}-s{seed}"))
 
 
-def policy_for_seed(policy: str, seeds: str, seed: int) -> str:
-    """``--policy`` is one file for every seed, a comma list with one file per seed (an agent
-    trained with each target seed) matched to ``--seeds`` in order, or ``SEED=FILE`` pairs, which
-    stay valid when a rerun covers only some of the seeds."""
-    files = [f.strip() for f in policy.split(",") if f.strip()]
-    order = [int(x) for x in str(seeds).split(",") if x.strip()]
-    pairs = [f.partition("=") for f in files]
-    if any(sep for _, sep, _ in pairs):
-        if not all(sep and k.strip().lstrip("-").isdigit() for k, sep, _ in pairs):
-            raise ValueError(f"--policy mixes SEED=FILE pairs with plain files: {policy!r}")
-        by_seed = {int(k): v.strip() for k, _, v in pairs}
-        if seed not in by_seed:
-            raise ValueError(f"--policy names no file for seed {seed} (it has seeds {sorted(by_seed)})")
-        return by_seed[seed]
-    if len(files) == 1:
-        return files[0]
-    if len(files) != len(order):
-        raise ValueError(f"--policy lists {len(files)} files for {len(order)} seeds; give one file, or one per seed")
-    return files[order.index(seed)]
+def cell_options(record: dict[str, Any]) -> dict[str, Any]:
+    """The row options a cell's target was trained with (cells before plan files kept them as argv)."""
+    if "options" in record:
+        return record["options"]
+    return row_options_from_argv(record.get("train_args", []), f"cell {record.get('defense')}-s{record.get('seed')}")
 
 
-VARIANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-CURVE_NAME = re.compile(r"^none-e(\d+)$")
-
-
-def is_undefended(defense: str) -> bool:
-    """``none`` or a ``none-e<E>`` row of the undefended curve."""
-    return defense == "none" or CURVE_NAME.match(defense) is not None
-
-
-def parse_variants(specs: list[str] | None) -> dict[str, tuple[str, list[str]]]:
-    """``--variant "mixup-high=mixup --mix-band high"`` -> ``{"mixup-high": ("mixup", [...])}``: a
-    named defense with its own ``veil train-fr`` options, benchmarked as a row of its own."""
-    from .cli import build_parser
-
-    parser = build_parser()
-    out: dict[str, tuple[str, list[str]]] = {}
-    for spec in specs or []:
-        name, sep, rest = spec.partition("=")
-        name, words = name.strip(), shlex.split(rest)
-        if not sep or not words:
-            raise ValueError(f"--variant {spec!r}: write NAME=DEFENSE [train-fr options], e.g. "
-                             "'mixup-high=mixup --mix-band high'")
-        if not VARIANT_NAME.match(name) or name in DEFENSE_CHOICES or CURVE_NAME.match(name):
-            raise ValueError(f"--variant {spec!r}: the name {name!r} must be new (not a built-in defense, not "
-                             "none-e<E>, which names --undefended-curve rows) and made of lower-case letters, digits, "
-                             "'-', '_' or '.'")
-        base, extra = words[0], words[1:]
-        if not is_known_base(base):
-            raise ValueError(f"--variant {spec!r}: unknown defense {base!r}; choose from {', '.join(DEFENSE_CHOICES)}, "
-                             "or join train-fr defenses with '+' (e.g. tldmi+mixup)")
-        if any(w in ("--defense", "--policy", "--seed", "--epochs", "--checkpoint") for w in extra):
-            raise ValueError(f"--variant {spec!r}: give defense options only; the benchmark sets --defense, --policy, "
-                             "--seed, --epochs and --checkpoint itself")
-        try:
-            parser.parse_args(["train-fr", *extra])
-        except SystemExit as err:
-            raise ValueError(f"--variant {spec!r}: veil train-fr does not take {' '.join(extra)!r}") from err
-        out[name] = (base, extra)
-    return out
-
-
-def is_known_base(base: str) -> bool:
-    """A built-in row, or train-fr defenses joined with '+' (at most one policy among them), e.g. ``tldmi+mixup``."""
-    from .fr_defenses import DEFENSES
-
-    if base in DEFENSE_CHOICES:
-        return True
-    parts = base.split("+")
-    policies = [p for p in parts if p in ("policy", "policy-sampled")]
-    return (len(policies) <= 1 and len(set(parts)) == len(parts) and "none" not in parts
-            and all(p in DEFENSES or p in policies for p in parts))
-
-
-def variant_of(args: argparse.Namespace, defense: str) -> tuple[str, list[str]]:
-    """The built-in defense a cell trains and its extra ``train-fr`` options (none for a built-in)."""
-    return getattr(args, "variants", {}).get(defense, (defense, []))
-
-
-def curve_variants(spec: str | None, epochs: int) -> dict[str, tuple[str, list[str]]]:
-    """``--undefended-curve 3,6,12`` -> rows ``none-e3``, ``none-e6``, ``none-e12``: undefended
-    targets trained for fewer epochs. With ``none`` they trace what accuracy alone buys in privacy,
-    so a defense can be judged against an undefended model *of its own accuracy*."""
-    out: dict[str, tuple[str, list[str]]] = {}
-    for word in filter(None, (w.strip() for w in (spec or "").split(","))):
-        if not word.isdigit() or not 0 < int(word) < epochs:
-            raise ValueError(f"--undefended-curve {spec!r}: give epoch counts between 1 and --epochs - 1 ({epochs - 1}), "
-                             f"e.g. 3,6,12; got {word!r}")
-        out[f"none-e{int(word)}"] = ("none", ["--epochs", str(int(word))])
-    return out
-
-
-def check_variant_cell(record: dict[str, Any] | None, extra: list[str], cell: Path) -> None:
-    """A resumed cell must have been trained with the options its defense has now (none for a built-in)."""
-    if record is not None and record.get("train_args", []) != extra:
-        raise ValueError(f"cell {cell} was trained with {record.get('train_args', [])} but its defense now means "
-                         f"{extra}; give the variant a new name or delete the cell to retrain it")
+def check_row_cell(record: dict[str, Any] | None, row: Row, cell: Path) -> None:
+    """A resumed cell must have been trained with the options its row has now (none for a built-in)."""
+    if record is not None and cell_options(record) != row.options:
+        raise ValueError(f"cell {cell} was trained with {cell_options(record)} but its defense now means "
+                         f"{row.options}; give the defense a new name or delete the cell to retrain it")
 
 
 def _save_cell(record: dict[str, Any], cell: Path) -> dict[str, Any]:
@@ -182,15 +123,14 @@ def _save_cell(record: dict[str, Any], cell: Path) -> dict[str, Any]:
     one target would otherwise each overwrite the other's). A file lock makes the read-merge-write
     one step (the lock is on the cells folder itself, so it leaves no files); a cell file of another
     target (retrained in between) is overwritten, as before."""
-    import fcntl
-
     cell.parent.mkdir(parents=True, exist_ok=True)
     folder = os.open(cell.parent, os.O_RDONLY)
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)
         if cell.is_file():
             on_disk = json.loads(cell.read_text())
-            same = all(on_disk.get(k) == record.get(k) for k in ("defense", "seed", "natural_top1", "train_args"))
+            same = all(on_disk.get(k) == record.get(k) for k in ("defense", "seed", "natural_top1")) \
+                and cell_options(on_disk) == cell_options(record)
             if same:
                 for attack, result in on_disk.get("attacks", {}).items():
                     record["attacks"].setdefault(attack, result)
@@ -208,12 +148,8 @@ def _read_cell(cell: Path, ckpt: Path, split) -> dict[str, Any] | None:
     record = json.loads(cell.read_text())
     if record.get("split", "test") != split.kind:
         raise ValueError(f"cell {cell} was scored on the {record.get('split', 'test')} split and this run scores on "
-                         f"the {split.kind} split; use another --out-dir (or drop --validation to match)")
+                         f"the {split.kind} split; use another out_dir (or drop validation to match)")
     if "collapsed" not in record and ckpt.is_file():
-        from veil.attacks.harness import target_accuracy
-
-        from .attack_cli import load_target
-
         record["collapsed"] = bool(target_accuracy(load_target(str(ckpt))[0], split)["collapsed"])
         _save_cell(record, cell)
     return record
@@ -239,9 +175,6 @@ def _run_in_this_store(run_id: str, name: str) -> str:
     """``run_id`` if the active experiment holds it, else a new nested run for the cell: a target
     trained under another MLflow store or experiment (an out-dir moved, ``--tracking-uri``
     changed) gets its new attacks logged here instead of failing."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
     try:
         if mlflow.get_run(run_id).info.experiment_id == mlflow.active_run().info.experiment_id:
             return run_id
@@ -254,26 +187,22 @@ def _run_in_this_store(run_id: str, name: str) -> str:
     return run.info.run_id
 
 
-def _train_target(parser, args, defense: str, seed: int, split, ckpt: Path):
-    """Train one cell's target with its options and seed (``train-fr`` writes ``ckpt``); return the
+def _train_target(plan: Plan, track: Tracking, defense: str, seed: int, split, ckpt: Path):
+    """Train one cell's target with its options and seed (``train_fr`` writes ``ckpt``); return the
     FR run, the loaded model and its natural accuracy on the test split."""
-    from veil.attacks.harness import target_accuracy
-
-    from .attack_cli import load_target
-    from .cli import train_fr
-
-    fr_run = train_fr(_fr_args(parser, args, defense, seed))
+    fr_run = train_fr(cell_job(plan, defense, seed, track))
     target, _, _ = load_target(str(ckpt))
     return fr_run, target, target_accuracy(target, split)
 
 
-def retrain_lost_target(parser, args, defense: str, seed: int, split, record: dict[str, Any], ckpt: Path):
+def retrain_lost_target(plan: Plan, track: Tracking, defense: str, seed: int, split, record: dict[str, Any],
+                        ckpt: Path):
     """Train a cell's lost target again with the cell's options and seed and return it, if it
     reaches exactly the recorded natural accuracy (top-1 and top-5 on the same test images); else
     set the new checkpoint aside and stop, since attacks on another model would be mixed into the
     cell. One-thread training on the same torch and CPU reproduces; other setups may not."""
     print(f"target {ckpt} is gone: training it again (seed {seed}) and checking it against the cell")
-    fr_run, target, natural = _train_target(parser, args, defense, seed, split, ckpt)
+    fr_run, target, natural = _train_target(plan, track, defense, seed, split, ckpt)
     aside = ckpt.with_name(ckpt.stem + ".mismatch.pt")
     try:
         got = _check_reproduces(natural, split, record, f"the retrained target of cell {defense} seed {seed}",
@@ -305,8 +234,6 @@ def _set_aside_if_partial(ckpt: Path) -> Path | None:
     """A checkpoint that stopped before its last epoch (a training interrupted after the cell was
     recorded, e.g. a --retrain-lost run) is not the cell's target: move it to ``.partial.pt``, so
     the cell counts as lost, and return the new path; None for a finished checkpoint."""
-    import torch
-
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     done, total = state.get("epoch"), (state.get("config") or {}).get("epochs")
     if done is None or total is None or done >= total:
@@ -318,27 +245,20 @@ def _set_aside_if_partial(ckpt: Path) -> Path | None:
     return aside
 
 
-def run_cell(parser, args, defense: str, seed: int, split, ev, out: Path,
+def run_cell(plan: Plan, opts: RunOptions, defense: str, seed: int, split, ev,
              record: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one target (unless ``record`` says it was trained) and run the attacks it lacks;
     the record is rewritten to ``cells/`` after each attack, so an interruption loses one attack
-    at most and a rerun with more ``--attacks`` attacks the saved target instead of retraining."""
-    import mlflow
-
-    from veil.attacks.harness import HarnessConfig, run_attack, target_accuracy
-
-    from . import tracking
-    from .attack_cli import attack_settings, load_target
-
+    at most and a rerun with more attacks attacks the saved target instead of retraining."""
     t0 = time.perf_counter()
+    out = Path(plan.out_dir)
     cell = out / "cells" / f"{defense}-s{seed}.json"
-    ckpt = Path(args.out_dir) / "checkpoints" / f"{defense}-s{seed}.pt"
+    ckpt = out / "checkpoints" / f"{defense}-s{seed}.pt"
     if record is None:
-        fr_run, target, natural = _train_target(parser, args, defense, seed, split, ckpt)
+        fr_run, target, natural = _train_target(plan, opts.tracking, defense, seed, split, ckpt)
         record = {"defense": defense, "seed": seed, "fr_run": fr_run, "natural_top1": natural["top1"],
                   "natural_top5": natural["top5"], "collapsed": bool(natural["collapsed"]), "attacks": {},
-                  "split": split.kind,
-                  "train_args": variant_of(args, defense)[1],
+                  "split": split.kind, "options": plan.row(defense).options,
                   "seconds": time.perf_counter() - t0}
         _write_json(record, cell)
         if record["collapsed"]:
@@ -348,21 +268,21 @@ def run_cell(parser, args, defense: str, seed: int, split, ev, out: Path,
         target, _, _ = load_target(str(ckpt))
         _check_reproduces(target_accuracy(target, split), split, record, f"the target {ckpt} of cell {defense} seed {seed}",
                           "Delete the cell (or the checkpoint) to train it again.")
-    elif getattr(args, "retrain_lost", False):
-        target = retrain_lost_target(parser, args, defense, seed, split, record, ckpt)
+    elif opts.retrain_lost:
+        target = retrain_lost_target(plan, opts.tracking, defense, seed, split, record, ckpt)
         _write_json(record, cell)
     else:
         raise FileNotFoundError(f"cell {cell} lacks attacks but its target {ckpt} is gone; pass --retrain-lost to "
                                 "train it again with the same options and seed (kept only if it reaches the "
                                 "recorded accuracy), or delete the cell file to start the cell over")
-    missing = [a for a in args.attacks.split(",") if a not in record["attacks"]]
-    settings = attack_settings(args)
+    missing = [a for a in plan.attacks.names if a not in record["attacks"]]
+    settings = attack_settings(plan.attacks)
     record["fr_run"] = _run_in_this_store(record["fr_run"], f"{defense}-s{seed}")
     with mlflow.start_run(run_id=record["fr_run"], nested=True):
         for attack in missing:
             t1 = time.perf_counter()
             report = run_attack(attack, target, split, ev.model,
-                                HarnessConfig(identities=args.identities, attack_seeds=args.attack_seeds,
+                                HarnessConfig(identities=plan.attacks.identities, attack_seeds=plan.attacks.attack_seeds,
                                               settings=settings, seed=seed))
             report.context.update({"target": str(ckpt), "defense": defense, "seed": seed,
                                    "target_top1": record["natural_top1"]})
@@ -489,7 +409,6 @@ def _vs_curve(records: list[dict[str, Any]], defense: str, attack: str) -> str:
     accuracy*, read off the seed's undefended curve (``none`` and the ``none-e<E>`` rows, linearly
     interpolated in natural accuracy), with the 95% t interval over seeds. A seed whose target lies
     outside its curve's accuracy range is left out rather than extrapolated. Empty without a curve."""
-    import numpy as np
 
     diffs = []
     for c in records:
@@ -691,9 +610,6 @@ def defense_grid(records: list[dict[str, Any]], defenses: list[str], attack: str
     of each of the first ``identities`` attacked identities; the top row holds the nearest private
     training image of each. Returns None when no cell saved reconstructions for ``attack``."""
     import matplotlib
-    import torch
-    from safetensors.torch import load_file
-    from torchvision.utils import make_grid
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -754,62 +670,45 @@ def write_outputs(records: list[dict[str, Any]], defenses: list[str], attacks: l
     return md
 
 
-def cmd_benchmark(args: argparse.Namespace) -> int:
-    import mlflow
-    import torch
-
-    from veil.attacks.evaluation import EvalModelConfig, train_eval_model
-    from veil.attacks.harness import ATTACKS
-    from veil.recognition import load_faces, split_identities
-
-    from . import tracking
-    from .cli import build_parser, data_configs
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
-    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
-    args.variants = parse_variants(args.variant)
-    curve = curve_variants(args.undefended_curve, args.epochs)  # parse_variants refuses none-e<E> names
-    args.variants.update(curve)
-    defenses += [d for d in curve if d not in defenses]
-    bad = [d for d in defenses if d not in DEFENSE_CHOICES and d not in args.variants and not args.summarize_only] \
-        + [a for a in attacks if a not in ATTACKS]  # --summarize-only reads what the cells say they are
+def run_benchmark(plan: Plan, opts: RunOptions) -> list[dict[str, Any]]:
+    """Run (or, with ``summarize_only``, only summarize) every cell of ``plan``; returns the records."""
+    if plan.budget.threads:
+        torch.set_num_threads(plan.budget.threads)
+    defenses, attacks, seeds = plan.row_names(), plan.attacks.names, plan.seeds
+    named = plan.all_rows()
+    bad = [d for d in defenses if d not in DEFENSE_CHOICES and d not in named and not opts.summarize_only] \
+        + [a for a in attacks if a not in ATTACKS]  # summarize-only reads what the cells say they are
     if bad:
-        raise ValueError(f"unknown defense/attack {bad}; defenses: {', '.join(DEFENSE_CHOICES)} and the --variant "
-                         f"names; attacks: {', '.join(sorted(ATTACKS))}")
-    out = Path(args.out_dir)
-    if args.summarize_only:
+        raise ValueError(f"unknown defense/attack {bad}; defenses: {', '.join(DEFENSE_CHOICES)} and the plan's "
+                         f"[defenses.NAME]; attacks: {', '.join(sorted(ATTACKS))}")
+    out = Path(plan.out_dir)
+    if opts.summarize_only:
         records = read_cells(out, defenses, seeds)
         if not records:
             raise FileNotFoundError(f"--summarize-only: no finished cells of {', '.join(defenses)} in {out / 'cells'}")
         md = write_outputs(records, defenses, attacks, out)
         print(md)
         print(f"results (from {len(records)} cells; nothing run): {out / 'results.md'}")
-        return 0
-    if any("policy" in variant_of(args, d)[0] for d in defenses):
-        if not args.policy:
-            raise ValueError("the policy defenses need --policy FILE (export one with veil train-agent)")
+        return records
+    for d in [d for d in defenses if "policy" in plan.row(d).use]:
         for s in seeds:
-            path = Path(policy_for_seed(args.policy, args.seeds, s))
+            path = Path(plan.policy_for_seed(s, d))
             if not path.is_file():
-                raise FileNotFoundError(f"--policy: no file {path}")
-    parser = build_parser()
-    data_cfg, split_cfg = data_configs(args)
-    split = split_identities(load_faces(data_cfg), split_cfg)
-    ev = train_eval_model(split, EvalModelConfig(epochs=args.eval_epochs))
+                raise FileNotFoundError(f"policy: no file {path}")
+    split = split_identities(load_faces(plan.data), plan.split)
+    ev = train_eval_model(split, EvalModelConfig(epochs=plan.attacks.eval_epochs))
     print(f"benchmark: {split.source}, {split.num_private} private identities; evaluation model {ev.config.model} "
           f"{ev.metrics['top1']:.1%}; {len(defenses)} defenses x {len(seeds)} seeds x {len(attacks)} attacks")
-    tracking.setup(args.tracking_uri, args.experiment)
+    tracking.setup(opts.tracking.uri, opts.tracking.experiment)
     records: list[dict[str, Any]] = []
-    with mlflow.start_run(run_name=args.run_name or f"benchmark-{Path(str(args.data)).name}"):
+    with mlflow.start_run(run_name=opts.tracking.run_name or f"benchmark-{Path(str(plan.data.source)).name}"):
         mlflow.set_tags({"veil.kind": "benchmark"})
         tracking.log_params({"benchmark": {"defenses": ",".join(defenses), "attacks": ",".join(attacks),
-                                           "seeds": ",".join(map(str, seeds)), "epochs": args.epochs,
-                                           "variants": "; ".join(f"{k}={v[0]} {shlex.join(v[1])}"
-                                                                 for k, v in args.variants.items()),
-                                           "identities": args.identities, "attack_seeds": args.attack_seeds,
+                                           "seeds": ",".join(map(str, seeds)), "epochs": plan.budget.epochs,
+                                           "variants": "; ".join(f"{k}={v.use} {json.dumps(v.options)}"
+                                                                 for k, v in named.items()),
+                                           "identities": plan.attacks.identities,
+                                           "attack_seeds": plan.attacks.attack_seeds,
                                            "eval_model": ev.config.model, "eval_top1": round(ev.metrics["top1"], 4)},
                              "split": split.summary()})
         evaluator = ev.fingerprint
@@ -818,7 +717,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             """The cell's saved record (None: not trained) and the attacks it still lacks."""
             cell = out / "cells" / f"{d}-s{s}.json"
             done = _read_cell(cell, out / "checkpoints" / f"{d}-s{s}.pt", split)
-            check_variant_cell(done, variant_of(args, d)[1], cell)  # built-ins: no options, always []
+            check_row_cell(done, plan.row(d), cell)  # built-ins: no options, always {}
             for a in [a for a in attacks if done is not None and a in done["attacks"]]:
                 scored_by = done["attacks"][a].get("evaluator")  # None: a cell from before this record
                 if scored_by is not None and scored_by != evaluator:
@@ -846,64 +745,97 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                 continue
             print(f"\n== cell {d} seed {s} [{i + 1}/{len(todo)}{eta(i, len(todo), time.perf_counter() - t0)}]"
                   + ("" if done is None else f": target trained before; attacks {', '.join(missing)}"))
-            records.append(run_cell(parser, args, d, s, split, ev, out, done))
+            records.append(run_cell(plan, opts, d, s, split, ev, done))
         md = write_outputs(records, defenses, attacks, out)
         for f in ["results.md", "results.csv", "privacy_utility.png", *(f"grid-{a}.png" for a in attacks)]:
             if (out / f).is_file():
                 tracking.log_file(out / f, "benchmark")
     print("\n" + md)
     print(f"results: {out / 'results.md'}, {out / 'results.csv'}, {out / 'privacy_utility.png'}; veil ui to compare")
+    return records
+
+
+def plan_from_args(args: argparse.Namespace, add: Any) -> Plan:
+    """The plan a command runs: its ``--config`` file (or the defaults), with the flags given over it;
+    a calibration plan runs as its rows (``none`` and one per value, on the validation split)."""
+    plan = load_plan(args.config) if args.config else Plan()
+    given = given_options(command_parser(add), args.argv) if hasattr(args, "argv") else set(vars(args))
+    return calibration_plan(plan.with_flags(args, given - {"config"}))
+
+
+def run_options(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(Tracking(args.tracking_uri, args.experiment, args.run_name),
+                      summarize_only=getattr(args, "summarize_only", False), retrain_lost=args.retrain_lost)
+
+
+def run(args: argparse.Namespace) -> int:
+    """CLI entry of ``veil benchmark``."""
+    run_benchmark(plan_from_args(args, add_parser), run_options(args))
     return 0
 
 
-def add_budget_args(b: argparse.ArgumentParser) -> None:
-    """The options every cell shares (target budget, attack settings, evaluation model, threads);
-    ``veil calibrate`` takes the same ones."""
-    b.add_argument("--epochs", type=int, default=30, help="target training epochs (default: 30)")
-    b.add_argument("--batch-size", type=int, default=None, help="target batch size (default: train-fr's)")
-    b.add_argument("--lr", type=float, default=None, help="target learning rate (default: train-fr's)")
-    b.add_argument("--model", default=None, help="target backbone (default: train-fr's)")
-    b.add_argument("--identities", type=int, default=0, help="identities attacked (default: 0 = all)")
-    b.add_argument("--attack-seeds", type=int, default=2, help="attack runs per target (default: 2)")
-    b.add_argument("--restarts", type=int, default=2, help="reconstructions per identity per run (default: 2)")
-    b.add_argument("--steps", type=int, default=None, help="attack optimization steps (default: each attack's)")
-    b.add_argument("--gan-seconds", type=float, default=None,
+def add_plan_args(b: argparse.ArgumentParser) -> None:
+    """The options every cell shares (target budget, attack settings, evaluation model, threads),
+    defaults from ``Plan``; ``veil calibrate`` takes the same ones."""
+    p = Plan()
+    b.add_argument("--config", default=None, metavar="PLAN.toml",
+                   help="an experiment plan (TOML; see docs/reference.md); the options given here override it")
+    b.add_argument("--epochs", type=int, default=p.budget.epochs, help=f"target training epochs (default: {p.budget.epochs})")
+    b.add_argument("--batch-size", type=int, default=p.budget.batch_size,
+                   help=f"target batch size (default: {p.budget.batch_size})")
+    b.add_argument("--lr", type=float, default=p.budget.lr, help=f"target learning rate (default: {p.budget.lr:g})")
+    b.add_argument("--model", default=p.budget.model, help=f"target backbone (default: {p.budget.model})")
+    a = p.attacks
+    b.add_argument("--identities", type=int, default=a.identities, help="identities attacked (default: 0 = all)")
+    b.add_argument("--attack-seeds", type=int, default=a.attack_seeds,
+                   help=f"attack runs per target (default: {a.attack_seeds})")
+    b.add_argument("--restarts", type=int, default=a.restarts,
+                   help=f"reconstructions per identity per run (default: {a.restarts})")
+    b.add_argument("--steps", type=int, default=a.steps, help="attack optimization steps (default: each attack's)")
+    b.add_argument("--gan-seconds", type=float, default=a.gan_seconds,
                    help="time cap per GAN; 0 = none (default: 180 s). A capped GAN trains fewer steps on a "
                         "busier machine: for results that compare across runs, fix --gan-steps and pass 0")
-    b.add_argument("--gan-steps", type=int, default=None, help="generator updates per GAN (default: 2000)")
-    b.add_argument("--eval-epochs", type=int, default=40, help="evaluation model epochs (default: 40; cached)")
-    b.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-
-
-def add_parser(sub, add_data_args, add_tracking_args) -> None:
-    b = sub.add_parser("benchmark", help="every defense under every attack: the privacy-utility table",
-                       description="Train a target per defense and seed with the same budget, attack each with "
-                                   "every attack, and write a Markdown/CSV table (mean ± std over seeds), a "
-                                   "privacy-utility plot with the Pareto front and reconstruction grids; one MLflow "
-                                   "parent run with a nested run per cell. Finished cells are skipped on a rerun; a "
-                                   "rerun with more --attacks attacks the saved targets instead of retraining.")
-    b.add_argument("--defenses", default=DEFAULT_DEFENSES, help=f"comma list of {', '.join(DEFENSE_CHOICES)} "
-                                                                f"(default: {DEFAULT_DEFENSES})")
-    b.add_argument("--attacks", default="pca,whitebox,gmi", help="comma list of attacks (default: pca,whitebox,gmi)")
-    b.add_argument("--seeds", default="0,1,2", help="target-training seeds (default: 0,1,2)")
-    b.add_argument("--policy", default=None, metavar="FILE",
-                   help="exported policy for the policy defenses; a comma list gives one per seed, in --seeds order; "
-                        "SEED=FILE pairs (0=a.safetensors,1=b.safetensors) name each seed's file")
-    b.add_argument("--variant", action="append", default=None, metavar="NAME=DEFENSE [OPTIONS]",
-                   help="a named defense with its own veil train-fr options, usable in --defenses; repeatable, e.g. "
-                        "--variant 'mixup-high=mixup --mix-band high' --variant 're-half=re --re-p 0.5'")
-    b.add_argument("--undefended-curve", default=None, metavar="E1,E2,...",
-                   help="also train undefended targets for these fewer epochs (rows none-eE): the curve of what lower "
-                        "accuracy alone buys, drawn on the plot; the table then compares each defense with an "
-                        "undefended target of its own accuracy (e.g. 3,6,12)")
-    add_budget_args(b)
-    b.add_argument("--summarize-only", action="store_true", help="rebuild the tables, plot and grids from the "
-                   "finished cells in --out-dir without training or attacking anything")
+    b.add_argument("--gan-steps", type=int, default=a.gan_steps, help="generator updates per GAN (default: 2000)")
+    b.add_argument("--eval-epochs", type=int, default=a.eval_epochs,
+                   help=f"evaluation model epochs (default: {a.eval_epochs}; cached)")
+    b.add_argument("--threads", type=int, default=p.budget.threads, help="torch CPU threads")
     b.add_argument("--retrain-lost", action="store_true",
                    help="a cell that lacks attacks and whose target checkpoint is gone gets its target trained "
                         "again with the same options and seed; it is attacked only if it reaches exactly the "
                         "recorded natural accuracy (one-thread training on the same torch and CPU reproduces)")
-    b.add_argument("--out-dir", default="benchmarks/results/run", help="cells, tables, plots (default: "
-                                                                       "benchmarks/results/run)")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``veil benchmark`` sub-command."""
+    p = Plan()
+    b = sub.add_parser("benchmark", help="every defense under every attack: the privacy-utility table",
+                       description="Run an experiment plan: train a target per defense and seed with the same "
+                                   "budget, attack each with every attack, and write a Markdown/CSV table (mean ± std "
+                                   "over seeds), a privacy-utility plot with the Pareto front and reconstruction "
+                                   "grids; one MLflow parent run with a nested run per cell. Finished cells are "
+                                   "skipped on a rerun; a rerun with more attacks attacks the saved targets instead "
+                                   "of retraining.", epilog=EPILOG_DATA, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("--defenses", default=",".join(p.rows), help=f"comma list of rows: {', '.join(DEFENSE_CHOICES)} "
+                   f"and the plan's [defenses.NAME] (default: {','.join(p.rows)})")
+    b.add_argument("--attacks", default=",".join(p.attacks.names),
+                   help=f"comma list of attacks (default: {','.join(p.attacks.names)})")
+    b.add_argument("--seeds", default=",".join(map(str, p.seeds)),
+                   help=f"target-training seeds (default: {','.join(map(str, p.seeds))})")
+    b.add_argument("--policy", default=None, metavar="FILE",
+                   help="exported policy for the policy defenses; a comma list gives one per seed, in --seeds order; "
+                        "SEED=FILE pairs (0=a.safetensors,1=b.safetensors) name each seed's file")
+    b.add_argument("--variant", action="append", default=None, metavar="NAME=DEFENSE [OPTIONS]",
+                   help="deprecated: a named defense with its own veil train-fr options; name it in the plan file "
+                        "instead ([defenses.NAME])")
+    b.add_argument("--undefended-curve", default=None, metavar="E1,E2,...",
+                   help="also train undefended targets for these fewer epochs (rows none-eE): the curve of what lower "
+                        "accuracy alone buys, drawn on the plot; the table then compares each defense with an "
+                        "undefended target of its own accuracy (e.g. 3,6,12)")
+    add_plan_args(b)
+    b.add_argument("--summarize-only", action="store_true", help="rebuild the tables, plot and grids from the "
+                   "finished cells in the out dir without training or attacking anything")
+    b.add_argument("--out-dir", default=p.out_dir, help=f"cells, tables, plots (default: {p.out_dir}; a plan's "
+                                                        "out_dir is relative to the plan file)")
     add_data_args(b)
     add_tracking_args(b)
+    b.set_defaults(handler=run)

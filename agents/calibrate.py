@@ -9,7 +9,8 @@ and the candidate value) next to undefended ones with the same seeds, scores nat
 validation split carved from the private *training* images (the test split stays unseen) and runs
 the probe attack(s); then it picks the value with the lowest attack top-1 among those whose mean
 paired accuracy drop is within the budget, and prints the ``veil train-agent --fix`` that plays the
-game at that value. Cells are ``veil benchmark`` cells: an interrupted calibration resumes.
+game at that value. It runs a ``veil benchmark`` plan (``calibration_plan``), so its cells resume
+like any benchmark's, and a plan file's ``[calibrate]`` table holds its settings.
 """
 
 from __future__ import annotations
@@ -17,42 +18,27 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 
-from veil.defenses.params import ACTION_TABLE, AugmentParams, decode, with_fixed
+from veil.defenses.mixup import radial_frequency
+from veil.defenses.params import AugmentParams
+from veil.env.actions import with_fixed
+
+from . import tracking
+from .benchmark import RunOptions, add_plan_args, mean_ci, read_cells, run_benchmark, run_options
+from .options import EPILOG_DATA, add_data_args, add_tracking_args, command_parser, given_options
+from .plan import AttackPlan, CalibratePlan, Plan, calibration_plan, candidate_name, load_plan
+from .train_agent import parse_fixed
 
 CALIBRATABLE = ("k", "alpha", "radius", "erase_p", "erase_area", "erase_aspect", "label_follow")
 DEFAULT_VALUES = {"radius": "0.0125,0.025,0.05,0.1,0.2", "k": "1,2,3,4,5,6", "alpha": "0.2,0.5,1,2,5",
                   "erase_p": "0,0.25,0.5,0.75,1", "erase_area": "0.05,0.1,0.2,0.3,0.5",
                   "erase_aspect": "1,1.8,3.3", "label_follow": "0,0.5,1"}
-
-
-def fr_options(params: AugmentParams, erase_fill: str = "mean") -> tuple[str, list[str]]:
-    """The ``veil train-fr`` defense and options that apply ``params`` to every batch (the fixed
-    augmentation a policy with this constant action would be): ``hybrid`` when it mixes and
-    erases, ``mixup`` or ``re`` alone, ``none`` when it does neither."""
-    mix = params.k > 1
-    erase = params.erase_p > 0
-    opts: list[str] = []
-    if mix:
-        opts += ["--mix-k", str(params.k), "--mix-alpha", f"{params.alpha:g}", "--mix-radius", f"{params.radius:g}",
-                 "--mix-band", "high" if params.high_band else "low", "--mix-label-follow", f"{params.label_follow:g}"]
-    if erase:
-        lo, hi = params.erase_scale
-        opts += ["--re-p", f"{params.erase_p:g}", "--re-area", f"{lo:g}", f"{hi:g}",
-                 "--re-aspect", f"{params.erase_aspect:g}", "--re-fill", erase_fill]
-    defense = "hybrid" if mix and erase else "mixup" if mix else "re" if erase else "none"
-    return defense, opts
-
-
-def centre_params(fixed: dict[str, float] | None, k_max: int = 6) -> AugmentParams:
-    """The action an untrained agent takes (the centre of its box, action 0) with ``fixed`` applied."""
-    return with_fixed(decode(np.zeros(len(ACTION_TABLE), dtype=np.float32), k_max), fixed)
 
 
 @dataclass
@@ -69,10 +55,6 @@ class Candidate:
     within_budget: bool
 
 
-def candidate_name(param: str, value: float) -> str:
-    return f"cal-{param}-{value:g}"
-
-
 def choose(candidates: list[Candidate], attacks: list[str]) -> Candidate | None:
     """The within-budget candidate with the lowest mean top-1 over ``attacks`` (ties: the smaller
     drop); None when no candidate keeps the budget."""
@@ -86,8 +68,6 @@ def evaluate(records: list[dict[str, Any]], param: str, values: list[float], att
              budget: float) -> list[Candidate]:
     """Per value: paired natural-accuracy drop against ``none`` on the same seeds (points) and the
     mean attack top-1, from finished benchmark cells."""
-    from .benchmark import mean_ci
-
     base = {r["seed"]: r["natural_top1"] for r in records if r["defense"] == "none"}
     out = []
     for v in values:
@@ -130,6 +110,7 @@ def plot(candidates: list[Candidate], base: dict[str, float], param: str, budget
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     xs = [c.value for c in candidates]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -146,8 +127,6 @@ def plot(candidates: list[Candidate], base: dict[str, float], param: str, budget
         for ax in (ax1, ax2):
             ax.axvline(chosen.value, color="green", lw=1, alpha=0.6)
     ax2.set_xlabel(param), ax2.set_ylabel("attack top-1 (%); dotted: none"), ax2.legend(fontsize=8)
-    from matplotlib.ticker import NullFormatter
-
     for ax in (ax1, ax2):
         if min(xs) > 0 and max(xs) / min(xs) >= 8:
             ax.set_xscale("log")
@@ -162,10 +141,16 @@ def plot(candidates: list[Candidate], base: dict[str, float], param: str, budget
 
 
 def parse_values(text: str, param: str) -> list[float]:
+    """``--values 0.05,0.1`` as checked, sorted values."""
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"--values {text!r}: write a comma list of numbers, e.g. 0.025,0.05,0.1") from None
+    return check_values(values, param)
+
+
+def check_values(values: list[float], param: str) -> list[float]:
+    """Values to calibrate: at least one, finite, each in the parameter's range; sorted, unique."""
     if not values:
         raise ValueError("--values: give at least one value")
     bad = [v for v in values if not math.isfinite(v)]
@@ -179,8 +164,6 @@ def parse_values(text: str, param: str) -> list[float]:
 def same_band_radii(values: list[float], size: int) -> list[tuple[float, float]]:
     """Pairs of low-band radii that mix exactly the same rfft2 bins at ``size`` px (bins sit
     1/(size/2) of Nyquist apart, so at 64 px r < 0.0125 and r < 0.025 both hold the DC term alone)."""
-    from veil.defenses.mixup import radial_frequency
-
     grid = radial_frequency(size, size)
     seen: dict[int, float] = {}
     pairs = []
@@ -193,103 +176,119 @@ def same_band_radii(values: list[float], size: int) -> list[tuple[float, float]]
     return pairs
 
 
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    import mlflow
-
-    from . import tracking
-    from .benchmark import cmd_benchmark, read_cells
-    from .train_agent import parse_fixed
-
-    if args.param not in CALIBRATABLE:
-        raise ValueError(f"--param {args.param!r}: choose from {', '.join(CALIBRATABLE)}")
-    fixed = parse_fixed(args.fix if args.fix is not None else ["label_follow=0", "high_band=0"])
-    if args.param in fixed:
-        raise ValueError(f"--param {args.param} is also given as --fix {args.param}={fixed[args.param]:g}; "
+def check_calibration(c: CalibratePlan, image_size: int) -> CalibratePlan:
+    """The calibration's parameter, fixes, budget and values checked; the default values filled in."""
+    if c.param not in CALIBRATABLE:
+        raise ValueError(f"--param {c.param!r}: choose from {', '.join(CALIBRATABLE)}")
+    if c.param in c.fix:
+        raise ValueError(f"--param {c.param} is also given as --fix {c.param}={c.fix[c.param]:g}; "
                          "calibrate a parameter the agent would otherwise choose")
-    if not math.isfinite(args.budget) or args.budget < 0:
-        raise ValueError(f"--budget must be a number of points >= 0, got {args.budget}")
-    values = parse_values(args.values or DEFAULT_VALUES[args.param], args.param)
-    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    if args.param == "radius" and fixed.get("high_band", 0) < 0.5:
-        for a, b in same_band_radii(values, args.image_size):
-            print(f"warning: radius {a:g} and {b:g} mix the same frequency bins at {args.image_size} px (bins sit "
-                  f"{2 / args.image_size:.3g} of Nyquist apart): their cells will be the same augmentation")
-    variants = []
-    for v in values:
-        defense, opts = fr_options(with_fixed(centre_params(fixed, args.k_max), {args.param: v}), args.erase_fill)
-        variants.append(f"{candidate_name(args.param, v)}={defense} {shlex.join(opts)}".strip())
-    args.defenses = ",".join(["none"] + [candidate_name(args.param, v) for v in values])
-    args.variant, args.policy, args.undefended_curve, args.summarize_only = variants, None, None, False
-    args.validation = True
-    args.run_name = args.run_name or f"calibrate-{args.param}"
-    print(f"calibrate {args.param} over {', '.join(f'{v:g}' for v in values)}: each a fixed augmentation (the "
-          f"agent's untrained action{' with ' + ', '.join(f'{k}={v:g}' for k, v in fixed.items()) if fixed else ''}), "
-          f"{args.epochs}-epoch targets, seeds {args.seeds}, scored on the validation split")
-    cmd_benchmark(args)
+    if not math.isfinite(c.budget) or c.budget < 0:
+        raise ValueError(f"--budget must be a number of points >= 0, got {c.budget}")
+    with_fixed(AugmentParams(), c.fix)
+    values = check_values(c.values or parse_values(DEFAULT_VALUES[c.param], c.param), c.param)
+    if c.param == "radius" and c.fix.get("high_band", 0) < 0.5:
+        for a, b in same_band_radii(values, image_size):
+            print(f"warning: radius {a:g} and {b:g} mix the same frequency bins at {image_size} px (bins sit "
+                  f"{2 / image_size:.3g} of Nyquist apart): their cells will be the same augmentation")
+    return replace(c, values=values)
 
-    out = Path(args.out_dir)
-    seeds = {int(s) for s in str(args.seeds).split(",") if s.strip()}
-    names = {"none"} | {candidate_name(args.param, v) for v in values}
-    records = read_cells(out, names, seeds)
+
+def calibrate(plan: Plan, opts: RunOptions) -> Candidate | None:
+    """Run (or summarize) the calibration ``plan`` and write its report; returns the chosen value."""
+    c = check_calibration(plan.calibrate or CalibratePlan(), plan.data.image_size)
+    bench = calibration_plan(replace(plan, calibrate=c))
+    opts = replace(opts, tracking=replace(opts.tracking, run_name=opts.tracking.run_name or f"calibrate-{c.param}"))
+    attacks = bench.attacks.names
+    print(f"calibrate {c.param} over {', '.join(f'{v:g}' for v in c.values)}: each a fixed augmentation (the "
+          f"agent's untrained action{' with ' + ', '.join(f'{k}={v:g}' for k, v in c.fix.items()) if c.fix else ''}), "
+          f"{bench.budget.epochs}-epoch targets, seeds {','.join(map(str, bench.seeds))}, scored on the validation split")
+    run_benchmark(bench, opts)
+
+    out = Path(bench.out_dir)
+    records = read_cells(out, set(bench.rows), set(bench.seeds))
     none = [r for r in records if r["defense"] == "none"]
     base = {a: float(np.mean([r["attacks"][a]["top1"] for r in none])) for a in attacks
             if none and all(a in r["attacks"] for r in none)}
-    candidates = evaluate(records, args.param, values, attacks, args.budget)
+    candidates = evaluate(records, c.param, c.values, attacks, c.budget)
     chosen = choose(candidates, attacks)
-    md = markdown(candidates, base, args.param, args.budget, chosen, attacks)
-    fix_line = " ".join(f"--fix {k}={v:g}" for k, v in {**fixed, **({args.param: chosen.value} if chosen else {})}.items())
+    md = markdown(candidates, base, c.param, c.budget, chosen, attacks)
+    fix_line = " ".join(f"--fix {k}={v:g}" for k, v in {**c.fix, **({c.param: chosen.value} if chosen else {})}.items())
     if chosen:
         md += f"\nPlay the game there: `veil train-agent ... {fix_line}`\n"
     (out / "calibration.md").write_text(md)
     (out / "calibration.json").write_text(json.dumps(
-        {"param": args.param, "budget_points": args.budget, "fixed": fixed, "attacks": attacks,
-         "none_top1": base, "candidates": [asdict(c) for c in candidates],
+        {"param": c.param, "budget_points": c.budget, "fixed": c.fix, "attacks": attacks,
+         "none_top1": base, "candidates": [asdict(x) for x in candidates],
          "chosen": chosen.value if chosen else None, "train_agent_fix": fix_line}, indent=2))
-    png = plot(candidates, base, args.param, args.budget, attacks, chosen, out / "calibration.png") \
-        if candidates else None
-    run = mlflow.last_active_run()
+    png = plot(candidates, base, c.param, c.budget, attacks, chosen, out / "calibration.png") if candidates else None
+    run = None if opts.summarize_only else mlflow.last_active_run()
     if run is not None:
         with mlflow.start_run(run_id=run.info.run_id):
-            tracking.log_params({"calibrate": {"param": args.param, "values": ",".join(f"{v:g}" for v in values),
-                                               "budget_points": args.budget,
+            tracking.log_params({"calibrate": {"param": c.param, "values": ",".join(f"{v:g}" for v in c.values),
+                                               "budget_points": c.budget,
                                                "chosen": "none" if chosen is None else f"{chosen.value:g}"}})
-            for c in candidates:
-                tracking.log_metrics({f"calibrate.drop.{c.value:g}": c.drop,
-                                      **{f"calibrate.{a}.{c.value:g}": t for a, t in c.attack_top1.items()}}, step=0)
+            for x in candidates:
+                tracking.log_metrics({f"calibrate.drop.{x.value:g}": x.drop,
+                                      **{f"calibrate.{a}.{x.value:g}": t for a, t in x.attack_top1.items()}}, step=0)
             for p in [out / "calibration.md", out / "calibration.json", png]:
                 if p is not None:
                     tracking.log_file(p, "calibrate")
     print("\n" + md)
-    print(f"calibration: {out / 'calibration.md'}, {out / 'calibration.json'}"
-          + (f", {png}" if png else ""))
-    return 0 if chosen else 1
+    print(f"calibration: {out / 'calibration.md'}, {out / 'calibration.json'}" + (f", {png}" if png else ""))
+    return chosen
 
 
-def add_parser(sub, add_data_args, add_tracking_args) -> None:
-    from .benchmark import add_budget_args
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    """The calibration plan: ``--config`` (or the defaults: the probe attack pca, its own out dir),
+    with the flags given over it."""
+    plan = load_plan(args.config) if args.config else Plan(attacks=AttackPlan(names=["pca"]),
+                                                            out_dir="benchmarks/results/calibrate")
+    given = given_options(command_parser(add_parser), args.argv) if hasattr(args, "argv") else set(vars(args))
+    plan = plan.with_flags(args, given - {"config"})
+    c = plan.calibrate or CalibratePlan()
+    changes: dict[str, Any] = {k: getattr(args, k) for k in ("param", "budget", "k_max", "erase_fill") if k in given}
+    if "fix" in given:
+        changes["fix"] = parse_fixed(args.fix)
+    if "values" in given:
+        changes["values"] = parse_values(args.values, changes.get("param", c.param))
+    return replace(plan, calibrate=replace(c, **changes))
 
+
+def run(args: argparse.Namespace) -> int:
+    """CLI entry of ``veil calibrate``: exit 1 when no value keeps the budget."""
+    return 0 if calibrate(plan_from_args(args), run_options(args)) else 1
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``veil calibrate`` sub-command (defaults from ``CalibratePlan``)."""
+    d = CalibratePlan()
     c = sub.add_parser("calibrate", help="price a parameter by deployed targets; the value the agent should play at",
                        description="For each value of one augmentation parameter, train targets under the agent's "
                                    "untrained action with that value (and --fix), next to undefended ones with the "
                                    "same seeds; score natural accuracy on a validation split carved from the private "
                                    "training images and run the probe attack(s); choose the value with the lowest "
                                    "attack top-1 whose mean accuracy drop is within --budget points. Prints the "
-                                   "veil train-agent --fix that plays the game there. Resumable (benchmark cells).")
-    c.add_argument("--param", default="radius", help=f"parameter to calibrate: {', '.join(CALIBRATABLE)} "
-                                                      "(default: radius)")
+                                   "veil train-agent --fix that plays the game there. Resumable (benchmark cells).",
+                       epilog=EPILOG_DATA, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("--param", default=d.param, help=f"parameter to calibrate: {', '.join(CALIBRATABLE)} "
+                                                    f"(default: {d.param})")
     c.add_argument("--values", default=None, metavar="V1,V2,...",
                    help="values to try (default for radius: " + DEFAULT_VALUES["radius"] + ")")
     c.add_argument("--fix", action="append", default=None, metavar="NAME=VALUE",
                    help="parameters fixed as in the game you will play (default: label_follow=0 and high_band=0, "
                         "labels kept and the low band mixed)")
-    c.add_argument("--budget", type=float, default=2.0, help="accuracy the deployed target may lose, in points "
-                                                             "(mean paired drop vs none; default: 2)")
+    c.add_argument("--budget", type=float, default=d.budget, help="accuracy the deployed target may lose, in points "
+                                                                  f"(mean paired drop vs none; default: {d.budget:g})")
     c.add_argument("--attacks", default="pca", help="probe attack(s) scored per value (default: pca)")
     c.add_argument("--seeds", default="0,1,2", help="target seeds per value (default: 0,1,2)")
-    c.add_argument("--k-max", type=int, default=6, help="the game's k_max (default: 6)")
-    c.add_argument("--erase-fill", default="mean", help="the game's erase fill (default: mean)")
-    add_budget_args(c)
+    c.add_argument("--k-max", type=int, default=d.k_max, help=f"the game's k_max (default: {d.k_max})")
+    c.add_argument("--erase-fill", default=d.erase_fill, help=f"the game's erase fill (default: {d.erase_fill})")
+    add_plan_args(c)
+    c.add_argument("--summarize-only", action="store_true",
+                   help="rebuild the calibration and the tables from the finished cells without running anything")
     c.add_argument("--out-dir", default="benchmarks/results/calibrate", help="cells and the calibration report "
                                                                              "(default: benchmarks/results/calibrate)")
     add_data_args(c)
     add_tracking_args(c)
+    c.set_defaults(handler=run)

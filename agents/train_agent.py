@@ -3,16 +3,38 @@ MLflow, and export it; or run a baseline policy (none, fixed, random) through th
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import mlflow
 import numpy as np
 import torch
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
-if TYPE_CHECKING:
-    from veil.env import DeployPrice
+from veil.attacks import PrivacyProbe, ProbeConfig
+from veil.attacks.evaluation import EvalModelConfig, train_eval_model
+from veil.env import DeployPrice, EnvConfig, FaceAugmentEnv
+from veil.recognition import load_faces, split_identities
+
+from . import tracking
+from .export import export_policy, log_policy_model
+from .options import EPILOG_DATA, add_data_args, add_tracking_args, data_configs
+from .rl import (
+    ALGOS,
+    PARAM_NAMES,
+    AtomicCheckpointCallback,
+    EnvTermsCallback,
+    FREvalCallback,
+    ProgressCallback,
+    action_spread,
+    baseline_action,
+    commitment_warning,
+    mlflow_logger,
+)
 
 
 def _plot_actions(history: list[dict[str, float]], path: Path) -> Path | None:
@@ -24,7 +46,6 @@ def _plot_actions(history: list[dict[str, float]], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .rl import PARAM_NAMES
 
     steps = [h["step"] for h in history]
     fig, axes = plt.subplots(len(PARAM_NAMES), 1, figsize=(7, 1.6 * len(PARAM_NAMES)), sharex=True)
@@ -42,9 +63,7 @@ def _plot_actions(history: list[dict[str, float]], path: Path) -> Path | None:
 
 def make_env_fn(env_cfg: Any, split: Any, rank: int, threads: int | None, probe: Any = None):
     def _make():
-        from dataclasses import replace
 
-        from veil.env import FaceAugmentEnv
 
         if threads:
             torch.set_num_threads(threads)
@@ -57,8 +76,6 @@ def make_probe(args: Any, split: Any):
     model (trained here the first time, which takes a few minutes), or ``None``."""
     if not getattr(args, "probe_every", 0):
         return None, None
-    from veil.attacks import PrivacyProbe, ProbeConfig
-    from veil.attacks.evaluation import EvalModelConfig, train_eval_model
 
     ev = train_eval_model(split, EvalModelConfig(epochs=args.eval_epochs, seed=args.seed))
     print(f"probe: evaluation model {ev.config.model} at {ev.metrics['top1']:.1%} private test top-1"
@@ -74,17 +91,8 @@ def run(args: Any) -> int:
 
 def train(args: Any) -> Path | None:
     """Train the agent as ``args`` say; return the exported policy's path (``None`` for a baseline)."""
-    import mlflow
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
-    from veil.env import EnvConfig
-    from veil.recognition import load_faces, split_identities
 
-    from . import tracking
-    from .cli import data_configs
-    from .export import export_policy, log_policy_model
-    from .rl import (ALGOS, AtomicCheckpointCallback, EnvTermsCallback, FREvalCallback, ProgressCallback,
-                     action_spread, baseline_action, commitment_warning, mlflow_logger)
 
     if not 0.0 <= args.gamma < 1.0:
         raise ValueError(f"--gamma must be in [0, 1), got {args.gamma}")
@@ -208,7 +216,6 @@ def parse_fixed(specs: list[str] | None) -> dict[str, float]:
 
 def read_calibration(path: str) -> dict[str, Any]:
     """A ``veil calibrate`` calibration.json, with the keys every use needs checked."""
-    import json
 
     try:
         report = json.loads(Path(path).read_text())
@@ -251,7 +258,6 @@ def fixes(specs: list[str] | None, calibration: str | None) -> dict[str, float]:
 
 def deploy_price_from_calibration(report: dict[str, Any], path: str, weight: float) -> DeployPrice:
     """A calibration's measured drops as a ``DeployPrice`` on its parameter (budget from the file)."""
-    from veil.env import DeployPrice
 
     try:
         cands = sorted(report["candidates"], key=lambda c: float(c["value"]))
@@ -306,7 +312,7 @@ def parse_bounds(specs: list[str] | None) -> dict[str, tuple[float, float]]:
 def _run_baseline(args: Any, env: Any, baseline_action, tracking, split) -> None:
     """Run a baseline policy through the same env for ``timesteps`` steps, logging the same terms."""
     rng = np.random.default_rng(args.seed)
-    from veil.defenses.params import full_action
+    from veil.env.actions import full_action
     from veil.env.face_augment import REWARD_TERMS
 
     fixed = full_action(args.fixed_action).astype(np.float32) if args.fixed_action else None
@@ -326,3 +332,109 @@ def _run_baseline(args: Any, env: Any, baseline_action, tracking, split) -> None
     final = env.evaluate_fr()
     tracking.log_metrics({f"final_fr.{k}": v for k, v in final.items()}, step=args.timesteps)
     print(f"baseline {args.baseline}: FR clean top-1 {final['top1']:.1%} after {args.timesteps} steps")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``veil train-agent`` sub-command (the environment options' defaults are ``EnvConfig``'s)."""
+    e = EnvConfig
+    a = sub.add_parser("train-agent", help="train the augmentation policy with stable-baselines3 (or run a baseline)",
+                       description="Train an SB3 agent that picks frequency-MixUp and random-erasing parameters "
+                                   "per batch on FaceAugmentEnv (the adversarial game), log everything to MLflow, "
+                                   "and export the policy (safetensors, no pickle) for veil train-fr --policy.",
+                       epilog=EPILOG_DATA, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(a)
+    g = a.add_argument_group("agent")
+    g.add_argument("--algo", choices=("ppo", "sac", "td3", "a2c"), default="ppo", help="SB3 algorithm (default: ppo)")
+    g.add_argument("--timesteps", type=int, default=4096, help="agent steps = FR batches in all envs (default: 4096)")
+    g.add_argument("--n-envs", type=int, default=1,
+                   help="parallel envs; > 1 uses SubprocVecEnv, each worker with its own FR model and one torch "
+                        "thread; env 0's FR model is the one evaluated (default: 1)")
+    g.add_argument("--n-steps", type=int, default=128, help="ppo/a2c rollout length per env (default: 128)")
+    g.add_argument("--n-epochs", type=int, default=4, help="ppo epochs per update (default: 4)")
+    g.add_argument("--ent-coef", type=float, default=0.01, help="entropy bonus (default: 0.01; sac: 0 = auto)")
+    g.add_argument("--log-std-init", type=float, default=0.0,
+                   help="ppo/a2c: initial log std of the Gaussian policy (default: 0, std 1: on the [-1, 1] action "
+                        "box the game then trains under near-random augmentation; -1 gives std 0.37)")
+    g.add_argument("--policy-lr", type=float, default=3e-4, help="agent learning rate (default: 3e-4)")
+    g.add_argument("--gamma", type=float, default=0.99,
+                   help="discount factor in [0, 1) (default: 0.99, SB3's). 0 scores each action by its own batch "
+                        "only: the adversary's gain and the preserve term answer to the step's action, while the "
+                        "slow terms (validation, probe) then add a per-state offset, not a signal")
+    g.add_argument("--normalize-reward", action="store_true",
+                   help="scale rewards by a running estimate of the return's std (SB3 VecNormalize, rewards only; "
+                        "the observation and so the exported policy are unchanged). Helps when a large, slowly "
+                        "changing term such as --privacy-weight dominates the return")
+    g.add_argument("--baseline", choices=("none", "fixed", "random"), default=None,
+                   help="run a baseline policy through the same env instead of learning one")
+    g.add_argument("--fixed-action", type=float, nargs="+", default=None, metavar="A",
+                   help="the action of --baseline fixed, 8 values in [-1, 1] (see the action table; 7 values "
+                        "mean label_follow 1, the rule before it was an action)")
+    g = a.add_argument_group("environment")
+    g.add_argument("--model", choices=("cnn", "resnet18", "inception"), default="cnn", help="FR backbone (default: cnn)")
+    g.add_argument("--lr", type=float, default=e.lr, help=f"FR learning rate (default: {e.lr})")
+    g.add_argument("--batch-size", type=int, default=e.batch_size, help=f"FR batch size (default: {e.batch_size})")
+    g.add_argument("--episode-steps", type=int, default=e.episode_steps, help=f"batches per episode (default: {e.episode_steps})")
+    g.add_argument("--schedule", choices=("alternating", "interleaved"), default=e.schedule,
+                   help=f"alternating policy/FR phases, or interleaved 1:1 (default: {e.schedule})")
+    g.add_argument("--policy-steps", type=int, default=e.policy_steps, help=f"policy-phase length N1 (default: {e.policy_steps})")
+    g.add_argument("--fr-steps", type=int, default=e.fr_steps, help=f"FR-phase length N2 (default: {e.fr_steps})")
+    g.add_argument("--k-max", type=int, default=e.k_max, help=f"largest k the action can pick (default: {e.k_max})")
+    g.add_argument("--mix-mode", choices=("complex", "amplitude", "phase", "dct"), default=e.mix_mode,
+                   help=f"frequency transform of the MixUp (default: {e.mix_mode})")
+    g.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
+                   help="fix an action parameter for every action instead of letting the agent choose it "
+                        "(repeatable; names from the action table), e.g. --fix label_follow=0 --fix high_band=0: "
+                        "MixUp's targets never follow the mix and only the low band is mixed")
+    g.add_argument("--calibration", default=None, metavar="FILE",
+                   help="a veil calibrate calibration.json: play the game at the value it chose, with the fixes it "
+                        "was calibrated under (as if given as --fix; an explicit --fix of another value is refused)")
+    g.add_argument("--price-deployment", action="store_true",
+                   help="with --calibration: instead of fixing the calibrated parameter at its choice, let the "
+                        "agent choose it within the measured range and charge each step what the calibration "
+                        "measured a target trained at that value loses (interpolated), beyond its budget: "
+                        "reward -= --deploy-weight * max(0, drop(value) - budget)")
+    g.add_argument("--deploy-weight", type=float, default=100.0,
+                   help="weight of that deployment price, per unit of accuracy over budget (default: 100: one "
+                        "point over costs 1, the scale of the adversary's z-scored gain)")
+    g.add_argument("--bound", action="append", default=[], metavar="NAME=LO:HI",
+                   help="let the agent choose a parameter only within [LO, HI] (repeatable; names from the action "
+                        "table), e.g. --bound radius=0:0.05: a utility constraint from a fixed sweep; the exported "
+                        "policy keeps it")
+    g.add_argument("--acc-budget", type=float, default=e.acc_budget,
+                   help="utility constraint: penalty when validation accuracy falls below this (default: 0 = off)")
+    g.add_argument("--utility-weight", type=float, default=e.utility_weight, help=f"lambda of the utility penalty (default: {e.utility_weight})")
+    g.add_argument("--reward-scale", choices=("zscore", "relative", "raw"), default=e.reward_scale,
+                   help=f"normalization of the adversary's excess loss (default: {e.reward_scale})")
+    g.add_argument("--preserve-budget", type=float, default=e.preserve_budget,
+                   help="penalty when the FR model's top-1 on the augmented batch (see --preserve-on) falls below "
+                        f"this (default: {e.preserve_budget})")
+    g.add_argument("--preserve-weight", type=float, default=e.preserve_weight, help=f"weight of that penalty (default: {e.preserve_weight})")
+    g.add_argument("--preserve-on", choices=("batch", "heldout", "heldout-drop"), default=e.preserve_on,
+                   help="where the preserve term's top-1 is measured: the step's augmented training batch; the "
+                        "held-out validation images augmented with the step's parameters, which the FR model "
+                        "never trains on; or heldout-drop, 1 - (clean - augmented) top-1 on those images, so "
+                        f"--preserve-budget 0.95 allows the adversary 5 points of held-out accuracy (default: {e.preserve_on})")
+    g.add_argument("--val-every", type=int, default=e.val_every, help=f"validation every N env steps (default: {e.val_every})")
+    g.add_argument("--warmup-steps", type=int, default=e.warmup_steps,
+                   help=f"clean FR steps before the game, so the adversary's reward carries signal (default: {e.warmup_steps})")
+    g.add_argument("--reset-mode", choices=("continue", "restart"), default=e.reset_mode,
+                   help="continue: the FR model keeps learning across episodes (the game); restart: each episode "
+                        f"starts again from the FR model as it was after the warm-up (default: {e.reset_mode})")
+    g = a.add_argument_group("privacy probe (the PCA-prior attack, scored by the cached evaluation model)")
+    g.add_argument("--probe-every", type=int, default=e.probe_every,
+                   help="run the probe on the FR model every N env steps; its top-1 enters the observation (default: 0 = off)")
+    g.add_argument("--privacy-weight", type=float, default=e.privacy_weight,
+                   help="mu of the reward term -mu * probe top-1 (default: 0: observed and logged only)")
+    g.add_argument("--probe-identities", type=int, default=10, help="identities the probe attacks (default: 10)")
+    g.add_argument("--eval-epochs", type=int, default=40,
+                   help="training epochs of the evaluation model, if it is not cached yet (default: 40)")
+    g = a.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    g.add_argument("--log-every", type=int, default=64, help="log env terms every N steps (default: 64)")
+    g.add_argument("--eval-every", type=int, default=1024, help="FR test evaluation every N steps (default: 1024)")
+    g.add_argument("--checkpoint-every", type=int, default=1024, help="agent checkpoint every N steps (default: 1024)")
+    g.add_argument("--out-dir", default="checkpoints", help="where the agent, the policy and plots go (default: checkpoints)")
+    add_tracking_args(a)
+
+    a.set_defaults(handler=run)

@@ -17,9 +17,9 @@ import time
 import numpy as np
 import torch
 
-from veil.agents.cli import build_parser, data_configs
 from veil.agents.rl import PARAM_NAMES
 from veil.env import EnvConfig, FaceAugmentEnv
+from veil.recognition import DataConfig, SplitConfig
 
 TERMS = ("reward", "reward_adv", "reward_preserve", "reward_utility", "acc_aug")
 
@@ -36,8 +36,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    data_cfg, split_cfg = data_configs(build_parser().parse_args(
-        ["train-agent", "--data", a.data, "--n-private", str(a.n_private)]))
+    data_cfg, split_cfg = DataConfig(source=a.data), SplitConfig(n_private=a.n_private)
     # the recipe of the 0.10.2 agents: labels kept and low band fixed, 8 policy / 8 FR steps
     env = FaceAugmentEnv(EnvConfig(data=data_cfg, split=split_cfg, batch_size=32, policy_steps=8, fr_steps=8,
                                    warmup_steps=a.warmup_steps, val_every=16, acc_budget=a.acc_budget,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import math
+from argparse import Namespace
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -13,9 +16,23 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from veil.agents import tracking
-from veil.agents.benchmark import (_fr_args, _save_cell, curve_variants, dominated_by, eta, headline, markdown, mean_ci,
-                              parse_variants, pareto_front, policy_for_seed, summarize, target_verdict)
+from veil.agents.benchmark import (
+    _save_cell,
+    cell_job,
+    cell_options,
+    check_row_cell,
+    dominated_by,
+    eta,
+    headline,
+    markdown,
+    mean_ci,
+    pareto_front,
+    summarize,
+    target_verdict,
+)
 from veil.agents.cli import main
+from veil.agents.plan import Plan, Row, parse_policy_flag, parse_variants
+from veil.agents.train_fr import Tracking
 
 TINY = ["--data", "synthetic", "--synthetic-identities", "8", "--synthetic-images", "8", "--image-size", "32",
         "--batch-size", "16", "--threads", "2", "--epochs", "2", "--attacks", "pca", "--steps", "10", "--restarts", "1",
@@ -28,57 +45,58 @@ def test_pareto_front_keeps_the_undominated_points() -> None:
 
 
 def test_policy_files_are_one_for_all_seeds_or_one_per_seed() -> None:
-    assert policy_for_seed("p.safetensors", "0,1,2", 2) == "p.safetensors"
-    assert policy_for_seed("a,b,c", "4,5,6", 5) == "b"
+    assert Plan(policy=parse_policy_flag("p.safetensors", [0, 1, 2])).policy_for_seed(2) == "p.safetensors"
+    assert Plan(policy=parse_policy_flag("a,b,c", [4, 5, 6])).policy_for_seed(5) == "b"
     with pytest.raises(ValueError, match="2 files for 3 seeds"):
-        policy_for_seed("a,b", "0,1,2", 0)
+        parse_policy_flag("a,b", [0, 1, 2])
 
 
 def test_seed_file_pairs_pick_each_seeds_policy_whatever_seeds_the_run_covers() -> None:
-    pol = "0=a.safetensors,1=b.safetensors,2=c.safetensors"
-    assert policy_for_seed(pol, "1,2", 2) == "c.safetensors"  # a rerun of two of the three seeds
-    assert policy_for_seed(pol, "0", 0) == "a.safetensors"
-    with pytest.raises(ValueError, match="no file for seed 3"):
-        policy_for_seed(pol, "3", 3)
+    plan = Plan(policy=parse_policy_flag("0=a.safetensors,1=b.safetensors,2=c.safetensors", [1, 2]))
+    assert plan.policy_for_seed(2) == "c.safetensors"  # a rerun of two of the three seeds
+    assert plan.policy_for_seed(0) == "a.safetensors"
+    with pytest.raises(ValueError, match="no policy for seed 3"):
+        plan.policy_for_seed(3)
     with pytest.raises(ValueError, match="mixes"):
-        policy_for_seed("0=a.safetensors,b.safetensors", "0,1", 1)
+        parse_policy_flag("0=a.safetensors,b.safetensors", [0, 1])
+
+
+def test_a_row_may_bring_its_own_policies_over_the_plans() -> None:
+    plan = Plan(policy={-1: "p.safetensors"}, defenses={"edge": Row("policy", policy={0: "e0.safetensors"})})
+    assert cell_job(plan, "edge", 0, Tracking()).policy.path == "e0.safetensors"
+    assert cell_job(plan, "policy", 0, Tracking()).policy.path == "p.safetensors"
 
 
 def test_sampled_policy_cell_trains_with_the_policy_drawn_not_its_mean() -> None:
-    from veil.agents.cli import build_parser
-
-    parser = build_parser()
-    args = parser.parse_args(["benchmark", "--policy", "p.safetensors", "--defenses", "policy-sampled+tldmi"])
-    cell = _fr_args(parser, args, "policy-sampled+tldmi", 1)
-    assert (cell.policy, cell.policy_sample, cell.defense) == ("p.safetensors", True, "tldmi")
-    assert _fr_args(parser, args, "policy", 1).policy_sample is False
-    chained = _fr_args(parser, args, "policy+negls", 1)
-    assert (chained.policy, chained.policy_sample, chained.defense) == ("p.safetensors", False, "negls")
+    plan = Plan(policy={-1: "p.safetensors"})
+    cell = cell_job(plan, "policy-sampled+tldmi", 1, Tracking())
+    assert (cell.policy.path, cell.policy.sample, cell.defense.names) == ("p.safetensors", True, ("tldmi",))
+    assert cell_job(plan, "policy", 1, Tracking()).policy.sample is False
+    chained = cell_job(plan, "policy+negls", 1, Tracking())
+    assert (chained.policy.path, chained.policy.sample, chained.defense.names) == ("p.safetensors", False, ("negls",))
 
 
 def test_a_variant_is_a_named_defense_with_its_own_train_fr_options() -> None:
-    from veil.agents.cli import build_parser
-
-    parser = build_parser()
-    args = parser.parse_args(["benchmark", "--policy", "p.safetensors"])
-    args.variants = parse_variants(["mixup-high=mixup --mix-band high --mix-k 4", "pn=policy+negls --negls-factor -0.1"])
-    cell = _fr_args(parser, args, "mixup-high", 2)
-    assert (cell.defense, cell.mix_band, cell.mix_k, cell.run_name) == ("mixup", "high", 4, "mixup-high-s2")
+    with pytest.warns(FutureWarning, match="--variant is deprecated"):
+        plan = Plan().with_flags(Namespace(variant=["mixup-high=mixup --mix-band high --mix-k 4",
+                                                    "pn=policy+negls --negls-factor -0.1"]), {"variant"})
+    plan = replace(plan, policy={-1: "p.safetensors"})
+    cell = cell_job(plan, "mixup-high", 2, Tracking())
+    assert (cell.defense.names, cell.defense.mix.band, cell.defense.mix.k, cell.tracking.run_name) == \
+        (("mixup",), (0.5, math.inf), 4, "mixup-high-s2")
     assert cell.checkpoint.endswith("mixup-high-s2.pt")  # its own cell, beside the default mixup's
-    chained = _fr_args(parser, args, "pn", 0)
-    assert (chained.defense, chained.policy, chained.negls_factor) == ("negls", "p.safetensors", -0.1)
-    assert _fr_args(parser, args, "mixup", 2).mix_band == "low"  # the built-in name keeps train-fr's defaults
+    chained = cell_job(plan, "pn", 0, Tracking())
+    assert (chained.defense.names, chained.policy.path, chained.defense.negls.factor) == \
+        (("negls",), "p.safetensors", -0.1)
+    assert cell_job(plan, "mixup", 2, Tracking()).defense.mix.band == (0.0, 0.5)  # the built-in keeps the defaults
 
 
 def test_a_variant_may_join_train_fr_defenses_with_plus() -> None:
     """``tldmi+mixup``: TL-DMI's public pre-training, then label-preserving MixUp on the private fine-tuning."""
-    from veil.agents.cli import build_parser
-
-    parser = build_parser()
-    args = parser.parse_args(["benchmark"])
-    args.variants = parse_variants(["tl-mlf0=tldmi+mixup --mix-label-follow 0 --mix-p 0.5"])
-    cell = _fr_args(parser, args, "tl-mlf0", 1)
-    assert (cell.defense, cell.mix_label_follow, cell.mix_p, cell.policy) == ("tldmi,mixup", 0.0, 0.5, None)
+    plan = Plan(defenses=parse_variants(["tl-mlf0=tldmi+mixup --mix-label-follow 0 --mix-p 0.5"]))
+    cell = cell_job(plan, "tl-mlf0", 1, Tracking())
+    assert (cell.defense.names, cell.defense.mix.label_follow, cell.defense.mix.p, cell.policy) == \
+        (("tldmi", "mixup"), 0.0, 0.5, None)
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -103,29 +121,34 @@ def test_a_variant_cell_is_not_resumed_under_other_options(tmp_path: Path, monke
     run = ["benchmark", *TINY, "--defenses", "re-half", "--seeds", "0", "--out-dir", str(out)]
     assert main([*run, "--variant", "re-half=re --re-p 0.5"]) == 0
     cell = json.loads((out / "cells" / "re-half-s0.json").read_text())
-    assert cell["train_args"] == ["--re-p", "0.5"] and cell["defense"] == "re-half"
+    assert cell["options"] == {"re_p": 0.5} and cell["defense"] == "re-half"
     assert "| re-half | pca | 1 |" in (out / "results.md").read_text()
     capsys.readouterr()
     assert main([*run, "--variant", "re-half=re --re-p 0.9"]) == 2
-    assert "give the variant a new name" in capsys.readouterr().err
+    assert "give the defense a new name" in capsys.readouterr().err
+
+
+def test_a_cell_written_before_plan_files_keeps_its_argv_options() -> None:
+    old = {"defense": "c", "seed": 0, "train_args": ["--mix-label-follow", "0", "--re-area", "0.065", "0.26"]}
+    assert cell_options(old) == {"mix_label_follow": 0.0, "re_area": [0.065, 0.26]}
+    check_row_cell(old, Row("hybrid", {"re_area": [0.065, 0.26], "mix_label_follow": 0}), Path("c-s0.json"))
+    with pytest.raises(ValueError, match="give the defense a new name"):
+        check_row_cell(old, Row("hybrid", {"mix_label_follow": 0.5}), Path("c-s0.json"))
 
 
 def test_the_undefended_curve_is_none_trained_for_fewer_epochs() -> None:
-    from veil.agents.cli import build_parser
-
-    parser = build_parser()
-    args = parser.parse_args(["benchmark", "--epochs", "30"])
-    args.variants = curve_variants("3, 12", 30)
-    assert list(args.variants) == ["none-e3", "none-e12"]
-    cell = _fr_args(parser, args, "none-e12", 1)
-    assert (cell.epochs, cell.defense, cell.seed, cell.run_name) == (12, "none", 1, "none-e12-s1")
-    assert _fr_args(parser, args, "none", 1).epochs == 30
+    plan = Plan(undefended_curve=[3, 12])
+    assert plan.row_names()[-2:] == ["none-e3", "none-e12"]
+    cell = cell_job(plan, "none-e12", 1, Tracking())
+    assert (cell.train.epochs, cell.defense.names, cell.train.seed, cell.tracking.run_name) == \
+        (12, ("none",), 1, "none-e12-s1")
+    assert cell_job(plan, "none", 1, Tracking()).train.epochs == 30
 
 
 @pytest.mark.parametrize("spec", ["0", "30", "45", "3,x"])
 def test_an_undefended_curve_outside_the_budget_is_a_clear_error(spec: str) -> None:
-    with pytest.raises(ValueError, match="between 1 and --epochs - 1 \\(29\\)"):
-        curve_variants(spec, 30)
+    with pytest.raises(ValueError, match="epoch counts"):
+        Plan().with_flags(Namespace(undefended_curve=spec), {"undefended_curve"})
 
 
 def test_a_defense_is_compared_with_an_undefended_target_of_its_own_accuracy() -> None:
@@ -151,7 +174,7 @@ def test_benchmark_runs_the_undefended_curve_as_rows_of_its_own(tmp_path: Path, 
     assert main(["benchmark", *TINY, "--defenses", "none,re", "--undefended-curve", "1", "--seeds", "0",
                  "--out-dir", str(out)]) == 0
     cell = json.loads((out / "cells" / "none-e1-s0.json").read_text())
-    assert cell["train_args"] == ["--epochs", "1"] and cell["defense"] == "none-e1"
+    assert cell["options"] == {"epochs": 1} and cell["defense"] == "none-e1"
     table = (out / "results.md").read_text()
     assert "| none-e1 | pca | 1 |" in table and "| re | pca | 1 |" in table
     assert [r["defense"] for r in csv.DictReader((out / "results.csv").open())] == ["none", "re", "none-e1"]
@@ -328,9 +351,9 @@ def test_a_cell_finished_by_another_benchmark_meanwhile_is_not_run_again(tmp_pat
     assert main(["benchmark", *TINY, "--defenses", "re", "--seeds", "0", "--out-dir", str(other)]) == 0
     real, ran = bm.run_cell, []
 
-    def run_cell(parser, args, defense, seed, *rest):  # while this one trains `none`, another finishes `re`
+    def run_cell(plan, opts, defense, seed, *rest):  # while this one trains `none`, another finishes `re`
         ran.append(defense)
-        record = real(parser, args, defense, seed, *rest)
+        record = real(plan, opts, defense, seed, *rest)
         for sub, name in (("checkpoints", "re-s0.pt"), ("cells", "re-s0.json")):
             shutil.copy(other / sub / name, out / sub / name)
         return record

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from veil.agents.calibrate import (Candidate, candidate_name, centre_params, choose, evaluate, fr_options, parse_values,
-                              same_band_radii)
-from veil.agents.cli import build_parser, main
-from veil.defenses.params import AugmentParams, with_fixed
+from veil.agents.benchmark import cell_job
+from veil.agents.calibrate import Candidate, choose, evaluate, parse_values, same_band_radii
+from veil.agents.cli import main
+from veil.agents.plan import Plan, candidate_name, centre_params, fr_options
+from veil.agents.train_fr import Tracking
+from veil.defenses.params import AugmentParams
+from veil.env.actions import with_fixed
 
 TINY = ["--data", "synthetic", "--synthetic-identities", "8", "--synthetic-images", "8", "--image-size", "32",
         "--batch-size", "16", "--threads", "2", "--epochs", "1", "--steps", "10", "--restarts", "1",
@@ -19,17 +22,20 @@ TINY = ["--data", "synthetic", "--synthetic-identities", "8", "--synthetic-image
 
 def test_the_candidate_is_the_agents_untrained_action_with_the_value_as_train_fr_options() -> None:
     params = with_fixed(centre_params({"label_follow": 0, "high_band": 0}), {"radius": 0.05})
-    defense, opts = fr_options(params)
-    args = build_parser().parse_args(["train-fr", "--defense", defense, *opts])
-    assert defense == "hybrid"
-    assert (args.mix_k, args.mix_alpha, args.mix_radius, args.mix_band, args.mix_label_follow) == (4, 1.0, [0.05], "low", 0.0)
-    assert args.re_p == 0.5 and args.re_area == pytest.approx([0.065, 0.26]) and args.re_aspect == pytest.approx(1.8166, abs=1e-4)
+    row = fr_options(params)
+    assert row.use == "hybrid"
+    job = cell_job(Plan(defenses={"cal": row}), "cal", 0, Tracking())
+    mix, erase = job.defense.mix, job.defense.erase
+    assert job.defense.names == ("re", "mixup")
+    assert (mix.k, mix.alpha, mix.band, mix.label_follow) == (4, 1.0, (0.0, 0.05), 0.0)
+    assert erase.p == 0.5 and erase.scale == pytest.approx((0.065, 0.26)) and erase.ratio[1] == pytest.approx(1.8166, abs=1e-4)
 
 
 def test_a_candidate_that_neither_mixes_nor_erases_trains_undefended() -> None:
-    assert fr_options(AugmentParams(k=1, erase_p=0.0)) == ("none", [])
-    assert fr_options(AugmentParams(k=1, erase_p=1.0))[0] == "re"
-    assert fr_options(AugmentParams(k=3, erase_p=0.0))[0] == "mixup"
+    assert (fr_options(AugmentParams(k=1, erase_p=0.0)).use, fr_options(AugmentParams(k=1, erase_p=0.0)).options) \
+        == ("none", {})
+    assert fr_options(AugmentParams(k=1, erase_p=1.0)).use == "re"
+    assert fr_options(AugmentParams(k=3, erase_p=0.0)).use == "mixup"
 
 
 def _cell(defense: str, seed: int, natural: float, pca: float) -> dict:
@@ -79,7 +85,7 @@ def test_calibrate_scores_on_validation_cells_and_names_the_game_to_play(tmp_pat
     cells = {p.stem: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
     assert set(cells) == {"none-s0", "cal-radius-0.05-s0"}
     assert {c["split"] for c in cells.values()} == {"validation"}
-    assert "--mix-radius" in cells["cal-radius-0.05-s0"]["train_args"]
+    assert cells["cal-radius-0.05-s0"]["options"]["mix_radius"] == [0.05]
     report = json.loads((out / "calibration.json").read_text())
     drop = 100 * (cells["none-s0"]["natural_top1"] - cells["cal-radius-0.05-s0"]["natural_top1"])
     assert report["candidates"][0]["drop"] == pytest.approx(drop)

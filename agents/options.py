@@ -1,0 +1,322 @@
+"""The option groups the ``veil`` commands share, and the one mapping from them to config dataclasses.
+
+Every flag's default is read from the dataclass field it sets, so a default is written once. Each
+command module adds its own parser with these groups; ``veil benchmark`` also reads them as
+overrides of an experiment plan (``plan.py``), through the same tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
+from typing import Any
+
+from veil.defenses.baselines import BiDOConfig, MIDConfig, NegLSConfig
+from veil.defenses.dp import DPConfig
+from veil.defenses.erasing import EraseConfig
+from veil.defenses.mixup import MixConfig
+from veil.defenses.tldmi import TLDMIConfig
+from veil.recognition import DataConfig, SplitConfig, TrainerConfig
+
+from .fr_defenses import DefenseOptions, parse_defenses
+
+EPILOG_DATA = """data sources:
+  synthetic   the embedded default: deterministic synthetic identities (no download)
+  att, cfp    AT&T faces / CFP under $VEIL_DATA_ROOT (default ../shared/datasets)
+  PATH        a folder with one sub-folder of images per identity (LFW, FaceScrub,
+              VGGFace2, CASIA-WebFace layout) or a CelebA root with identity_CelebA.txt
+"""
+
+# flag dest -> (config, field): the one mapping from the data options to DataConfig and SplitConfig
+DATA_FLAGS: dict[str, tuple[str, str]] = {
+    "data": ("data", "source"), "data_root": ("data", "data_root"), "image_size": ("data", "image_size"),
+    "channels": ("data", "channels"), "align": ("data", "align"), "pose": ("data", "pose"),
+    "strict": ("data", "strict"), "max_identities": ("data", "max_identities"),
+    "synthetic_identities": ("data", "synthetic_identities"), "synthetic_images": ("data", "synthetic_images"),
+    "n_private": ("split", "n_private"), "test_fraction": ("split", "test_fraction"), "split_seed": ("split", "seed"),
+    "validation": ("split", "validation"),
+}
+NEGATED_DATA_FLAGS = {"no_cache": ("data", "use_cache")}  # a store_true flag that turns a field off
+
+
+@dataclass
+class FRBudget:
+    """How a target trains: ``veil train-fr``'s model and budget options (also every benchmark row's).
+
+    The defaults are the command's, written once here and read by its parser.
+    """
+
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = TrainerConfig.lr
+    model: str = "cnn"
+    threads: int | None = None
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """The data and split options (defaults from ``DataConfig`` and ``SplitConfig``)."""
+    d, s = DataConfig, SplitConfig
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=d.source, metavar="{synthetic,att,cfp,PATH}",
+                   help=f"face data to train on (default: {d.source}; see 'data sources' below)")
+    g.add_argument("--data-root", default=d.data_root, metavar="DIR",
+                   help="folder holding att_faces/ and cfp/ (default: $VEIL_DATA_ROOT or ../shared/datasets)")
+    g.add_argument("--image-size", type=int, default=d.image_size,
+                   help=f"side of the square images in pixels (default: {d.image_size})")
+    g.add_argument("--channels", type=int, choices=(1, 3), default=d.channels,
+                   help="3: grey sets become RGB (default); 1: everything becomes grey")
+    g.add_argument("--align", action="store_true",
+                   help="align faces with facenet-pytorch's MTCNN (cached; center crop when no face is found)")
+    g.add_argument("--pose", choices=("frontal", "profile", "all"), default=d.pose,
+                   help=f"CFP-style sets: which poses to load (default: {d.pose})")
+    g.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
+    g.add_argument("--max-identities", type=int, default=d.max_identities,
+                   help="keep only the N identities with the most images (large sets like CelebA)")
+    g.add_argument("--n-private", type=int, default=s.n_private,
+                   help="number of private (target) identities; the rest are public (default: half)")
+    g.add_argument("--test-fraction", type=float, default=s.test_fraction,
+                   help=f"share of each private identity's images held out for testing (default: {s.test_fraction})")
+    g.add_argument("--split-seed", type=int, default=s.seed,
+                   help=f"seed of the identity and train/test split (default: {s.seed})")
+    g.add_argument("--validation", action="store_true",
+                   help="score on a validation split carved from the private training images (--test-fraction of "
+                        "them); the test images join no set, so what you tune on it leaves the test split unseen")
+    g.add_argument("--no-cache", action="store_true", help="do not read or write the preprocessed-data cache")
+    g.add_argument("--synthetic-identities", type=int, default=d.synthetic_identities,
+                   help=f"synthetic data: number of identities (default: {d.synthetic_identities})")
+    g.add_argument("--synthetic-images", type=int, default=d.synthetic_images,
+                   help=f"synthetic data: images per identity (default: {d.synthetic_images})")
+
+
+def data_configs(args: argparse.Namespace, base: tuple[DataConfig, SplitConfig] | None = None,
+                 given: Iterable[str] | None = None) -> tuple[DataConfig, SplitConfig]:
+    """The ``DataConfig`` and ``SplitConfig`` the data options describe: every option (``given``
+    None), or only the ``given`` ones over ``base`` (a plan's data)."""
+    data, split = base or (DataConfig(), SplitConfig())
+    changes: dict[str, dict[str, Any]] = {"data": {}, "split": {}}
+    chosen = set(vars(args)) if given is None else set(given)
+    for dest, (section, name) in DATA_FLAGS.items():
+        if dest in chosen and hasattr(args, dest):
+            changes[section][name] = getattr(args, dest)
+    for dest, (section, name) in NEGATED_DATA_FLAGS.items():
+        if dest in chosen and hasattr(args, dest):
+            changes[section][name] = not getattr(args, dest)
+    return _replace(data, changes["data"]), _replace(split, changes["split"])
+
+
+def _replace(cfg: Any, changes: dict[str, Any]) -> Any:
+    """``dataclasses.replace`` that runs the config's own checks again (``__post_init__``)."""
+    return type(cfg)(**{**{f.name: getattr(cfg, f.name) for f in fields(cfg) if f.init}, **changes})
+
+
+def add_tracking_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("tracking")
+    g.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $VEIL_TRACKING_URI or sqlite:///./mlruns/mlflow.db)")
+    g.add_argument("--experiment", default="veil", help="MLflow experiment name (default: veil)")
+    g.add_argument("--run-name", default=None, help="MLflow run name (default: derived from model and data)")
+
+
+def add_defense_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The defense options of ``veil train-fr``; a benchmark plan's named defenses set the same ones."""
+    e, m = EraseConfig, MixConfig
+    g = p.add_argument_group("defenses (see docs/reference.md: Defenses)") if isinstance(p, argparse.ArgumentParser) \
+        else p
+    g.add_argument("--defense", default="none", metavar="{none,re,mixup,hybrid,tldmi,negls,mid,bido,dp}",
+                   help="defense(s) to train with, comma-separated, e.g. re,tldmi; hybrid = mixup then re "
+                        "(default: none)")
+    g.add_argument("--re-p", type=float, default=e.p, help=f"re: probability a sample is erased (default: {e.p})")
+    g.add_argument("--re-area", type=float, nargs=2, default=e.scale, metavar=("LO", "HI"),
+                   help="re: erased area fraction range (default: %(default)s)")
+    g.add_argument("--re-aspect", type=float, default=e.ratio[1],
+                   help="re: aspect ratios drawn in [1/RHO, RHO] (default: 1, square)")
+    g.add_argument("--re-fill", default=e.value, help="re: fill: mean (batch channel mean), random, or a number")
+    g.add_argument("--mix-k", type=int, default=m.k, help=f"mixup: images mixed per sample, 1-6 (default: {m.k})")
+    g.add_argument("--mix-alpha", type=float, default=m.alpha,
+                   help=f"mixup: Dirichlet concentration (default: {m.alpha:g})")
+    g.add_argument("--mix-band", choices=("low", "high", "band"), default="low",
+                   help="mixup: which band is mixed (default: low)")
+    g.add_argument("--mix-radius", type=float, nargs="+", default=[m.band[1]], metavar="R",
+                   help="mixup: band radius as a fraction of Nyquist; two values for --mix-band band "
+                        f"(default: {m.band[1]:g})")
+    g.add_argument("--mix-mode", choices=("complex", "amplitude", "phase", "dct"), default=m.mode,
+                   help="mixup: Fourier complex / amplitude-only / phase-only, or 8x8 block DCT (default: complex)")
+    g.add_argument("--dct-drop-dc", action="store_true", help="mixup dct: zero every block's DC channel")
+    g.add_argument("--mix-label-follow", type=float, default=m.label_follow, metavar="F",
+                   help="mixup: how far the targets follow the mix, 0-1: 1 mixes them by the band's energy share, "
+                        "0 keeps each sample's own target, so the mixed band is noise to ignore (default: 1)")
+    g.add_argument("--mix-p", type=float, default=m.p, metavar="P",
+                   help="mixup: probability a sample is mixed; the rest of the batch stays clean (default: 1)")
+    g.add_argument("--negls-factor", type=float, default=NegLSConfig.factor,
+                   help=f"negls: label-smoothing factor, negative (default: {NegLSConfig.factor})")
+    g.add_argument("--mid-beta", type=float, default=MIDConfig.beta,
+                   help=f"mid: weight of the KL term (default: {MIDConfig.beta})")
+    g.add_argument("--bido-lambda", type=float, nargs=2, default=(BiDOConfig.lambda_x, BiDOConfig.lambda_y),
+                   metavar=("LX", "LY"),
+                   help="bido: weights of HSIC(h, x) (minimized) and HSIC(h, y) (maximized) (default: %(default)s)")
+    g.add_argument("--dp-epsilon", type=float, default=DPConfig.epsilon,
+                   help=f"dp: target epsilon for the whole run; sets the noise (default: {DPConfig.epsilon:g}; "
+                        "0 = use --dp-noise)")
+    g.add_argument("--dp-delta", type=float, default=DPConfig.delta,
+                   help=f"dp: target delta (default: {DPConfig.delta:g})")
+    g.add_argument("--dp-clip", type=float, default=DPConfig.max_grad_norm,
+                   help=f"dp: per-sample gradient norm bound (default: {DPConfig.max_grad_norm})")
+    g.add_argument("--dp-noise", type=float, default=DPConfig.noise_multiplier,
+                   help=f"dp: noise multiplier, used when --dp-epsilon is 0 (default: {DPConfig.noise_multiplier})")
+    g.add_argument("--tl-freeze", default=str(TLDMIConfig.freeze),
+                   help="tldmi: freeze this fraction of the parameter tensors, or up to this layer name "
+                        f"(e.g. stages.3) (default: {TLDMIConfig.freeze})")
+    g.add_argument("--tl-pretrain-epochs", type=int, default=TLDMIConfig.pretrain_epochs,
+                   help=f"tldmi: epochs of pre-training on the public identities (default: "
+                        f"{TLDMIConfig.pretrain_epochs})")
+
+
+def add_policy_use_args(g: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """How ``veil train-fr`` applies an exported policy (a benchmark row may set these too)."""
+    g.add_argument("--policy-warmup", type=int, default=None, metavar="N",
+                   help="clean batches before the policy acts (default: the game's --warmup-steps, from the file; 0 "
+                        "when the game fixed label_follow=0)")
+    g.add_argument("--policy-sample", action="store_true",
+                   help="draw each batch's action from the agent's Gaussian, as in the game, instead of taking "
+                        "its mean (PPO/A2C policies)")
+
+
+def mix_band(kind: str, radius: list[float]) -> tuple[float, float]:
+    """``--mix-band`` and ``--mix-radius`` as MixConfig's (lo, hi) band, as fractions of Nyquist."""
+    if kind == "band":
+        if len(radius) != 2:
+            raise ValueError(f"--mix-band band needs two radii, got {radius}")
+        return radius[0], radius[1]
+    if len(radius) != 1:
+        raise ValueError(f"--mix-band {kind} takes one radius, got {radius}")
+    return (0.0, radius[0]) if kind == "low" else (radius[0], math.inf)
+
+
+def defense_options(args: argparse.Namespace, seed: int) -> DefenseOptions:
+    """The ``DefenseOptions`` the defense options describe."""
+    fill: str | float = args.re_fill if args.re_fill in ("mean", "random") else float(args.re_fill)
+    try:
+        freeze: str | float = float(args.tl_freeze)
+    except ValueError:
+        freeze = args.tl_freeze
+    return DefenseOptions(
+        names=parse_defenses(args.defense),
+        erase=EraseConfig(p=args.re_p, scale=tuple(args.re_area), ratio=(1.0 / args.re_aspect, args.re_aspect),
+                          value=fill),
+        mix=MixConfig(k=args.mix_k, alpha=args.mix_alpha, band=mix_band(args.mix_band, args.mix_radius),
+                      mode=args.mix_mode, drop_dc=args.dct_drop_dc, label_follow=args.mix_label_follow, p=args.mix_p),
+        negls=NegLSConfig(args.negls_factor), mid=MIDConfig(beta=args.mid_beta),
+        bido=BiDOConfig(*args.bido_lambda), tldmi=TLDMIConfig(freeze=freeze, pretrain_epochs=args.tl_pretrain_epochs),
+        dp=DPConfig(epsilon=args.dp_epsilon or None, delta=args.dp_delta, max_grad_norm=args.dp_clip,
+                    noise_multiplier=args.dp_noise),
+        seed=seed)
+
+
+def row_option_parser() -> argparse.ArgumentParser:
+    """The options a benchmark row (a named defense) may set: the defense options, how a policy is
+    applied, and ``--epochs`` (the undefended-curve rows train shorter)."""
+    p = argparse.ArgumentParser(prog="row options", add_help=False, exit_on_error=False)
+    add_defense_args(p)
+    add_policy_use_args(p)
+    p.add_argument("--epochs", type=int, default=None)
+    return p
+
+
+ROW_OPTIONS = {a.dest: a for a in row_option_parser()._actions if a.dest not in ("defense",)}
+
+
+def row_options_from_argv(words: list[str], what: str) -> dict[str, Any]:
+    """``["--mix-k", "4", "--re-area", "0.1", "0.3"]`` -> ``{"mix_k": 4, "re_area": [0.1, 0.3]}``
+    (the options given, typed as the flags type them)."""
+    parser = quiet_parser(row_option_parser())
+    try:
+        ns, rest = parser.parse_known_args(words)
+    except (argparse.ArgumentError, SystemExit) as err:
+        raise ValueError(f"{what}: {err}") from None
+    if rest:
+        raise ValueError(f"{what}: veil train-fr does not take {' '.join(rest)!r} in a defense row")
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(ns).items()}
+
+
+def row_options_typed(options: dict[str, Any], what: str) -> dict[str, Any]:
+    """A plan's row options checked against the flags they stand for: known names, each value of
+    the flag's type and arity (``re_area = [0.1, 0.3]``), ``store_true`` ones as booleans."""
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        action = ROW_OPTIONS.get(key)
+        if action is None:
+            raise ValueError(f"{what}: unknown option {key!r}; a row takes the veil train-fr defense options "
+                             f"named without dashes: {', '.join(sorted(ROW_OPTIONS))}")
+        out[key] = _typed(action, value, f"{what}: {key}")
+    return out
+
+
+def _typed(action: argparse.Action, value: Any, what: str) -> Any:
+    if action.nargs == 0:  # store_true
+        if not isinstance(value, bool):
+            raise ValueError(f"{what} must be true or false, got {value!r}")
+        return value
+    kind = action.type or str
+    many = action.nargs in ("+", "*") or isinstance(action.nargs, int)
+    values = value if isinstance(value, list) else [value]
+    if not many and isinstance(value, list):
+        raise ValueError(f"{what} takes one value, got the list {value!r}")
+    if isinstance(action.nargs, int) and len(values) != action.nargs:
+        raise ValueError(f"{what} takes {action.nargs} values, got {value!r}")
+    typed = [_scalar(kind, v, what) for v in values]
+    if action.choices is not None and any(v not in action.choices for v in typed):
+        raise ValueError(f"{what}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+    return typed if many else typed[0]
+
+
+def _scalar(kind: Callable[[Any], Any], v: Any, what: str) -> Any:
+    """One TOML value as a flag of type ``kind`` would take it: no bool for a number, no 4.5 for an int."""
+    ok = {int: isinstance(v, int), float: isinstance(v, (int, float)), str: isinstance(v, (str, int, float))}
+    if isinstance(v, bool) or not ok.get(kind, False):
+        raise ValueError(f"{what}: {v!r} is not a valid {getattr(kind, '__name__', 'value')}")
+    return kind(v)
+
+
+def row_namespace(options: dict[str, Any]) -> argparse.Namespace:
+    """The defense options of ``veil train-fr`` at their defaults, with a row's ``options`` set."""
+    ns = row_option_parser().parse_args([])
+    for key, value in options.items():
+        setattr(ns, key, value)
+    return ns
+
+
+def quiet_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """A copy of ``parser`` (and of its sub-commands) whose options have no defaults, so parsing
+    yields only what the command line gave."""
+    quiet = copy.deepcopy(parser)
+    stack = [quiet]
+    while stack:
+        p = stack.pop()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+            elif action.dest != "help":
+                action.default = argparse.SUPPRESS
+                action.required = False
+    return quiet
+
+
+def given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The option dests the command line set itself (a plan file keeps the rest)."""
+    return set(vars(quiet_parser(parser).parse_args(argv))) - {"command"}
+
+
+def command_parser(add_parser: Callable[[argparse._SubParsersAction], None]) -> argparse.ArgumentParser:
+    """A ``veil`` parser holding one sub-command: how one command reads another's options without
+    importing the whole command line."""
+    parser = argparse.ArgumentParser(prog="veil")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def parse_command(add_parser: Callable[[argparse._SubParsersAction], None], argv: list[str]) -> argparse.Namespace:
+    """Parse one sub-command's options (``argv`` starts with its name)."""
+    return command_parser(add_parser).parse_args(argv)
