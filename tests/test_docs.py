@@ -93,3 +93,137 @@ def test_results_at_a_glance_is_what_the_committed_cells_give() -> None:
     five = _rows("syn-price-30ep", ("pca",), seeds=(0, 1, 2, 3, 4))["price", "pca"]
     assert five["seeds"] == 5 and target_verdict(five)[0]
     assert f"5 seeds {five['vs_none_paired']} ({100 * five['relative_drop']:.0f}%, met)" in table[5][3]
+
+
+def _numbers(text: str) -> list[str]:
+    """The figures written in ``text`` (inline code and link targets left out), in order."""
+    text = re.sub(r"`[^`]*`|\]\([^)]*\)", " ", text)
+    return re.findall(r"\d+(?:\.\d+)?", text)
+
+
+def _cfp_claims() -> dict[str, str]:
+    """The CFP figures the headline prose and the deploy warning state, recomputed: the protecting
+    rows' drops and costs, and the calibration's price of its chosen radius against that radius's
+    cost on the test split."""
+    rows = _rows("cfp-label-follow-60ep")
+    drops = {d: [round(100 * rows[d, a]["relative_drop"]) for a in ("pca", "gmi", "kedmi")] for d in ("edge", "c125")}
+    cost = {d: -rows[d, "pca"]["natural_vs_none"] * 100 for d in ("edge", "c125")}
+    cal = evaluate(list(_cells("cfp-calibrate-60ep")), "radius", [0.05, 0.1, 0.2], ["pca"], budget=2.0)
+    chosen = min((c for c in cal if c.within_budget), key=lambda c: c.attack_top1["pca"])
+    c20 = _cells("cfp-label-follow-60ep", (0, 1, 2))
+    assert {tuple(r["train_args"][r["train_args"].index("--mix-radius") + 1:][:1]) for r in c20
+            if r["defense"] == "c20"} == {(f"{chosen.value:g}",)}  # c20 is the centre at the chosen radius
+    both = drops["edge"] + drops["c125"]
+    return {"range": f"{min(both)}-{max(both)}%", "cost": f"{min(cost.values()):.1f}-{max(cost.values()):.1f} points",
+            "radius": f"{chosen.value:g}", "priced": f"{chosen.drop:.1f}",
+            "deployed": f"{-100 * rows['c20', 'pca']['natural_vs_none']:.1f}",
+            "edge": "{}%, {}% and {}%".format(*drops["edge"]), "c125": "{}%, {}%\n> and {}%".format(*drops["c125"]),
+            "edge_cost": f"{cost['edge']:.1f}", "c125_cost": f"{cost['c125']:.1f}",
+            "plgmi": "{:.0f}% and {:.0f}%".format(*(100 * rows[d, "plgmi"]["relative_drop"] for d in ("edge", "c125")))}
+
+
+def test_readme_headline_is_what_the_committed_cells_give() -> None:
+    """Every figure of the README's headline: its table (accuracy change, paired change with its
+    interval, relative drop, met or not, per attack, for each CFP row it names) and its prose (the
+    protecting rows' drops and costs, the learned policy no better than its fixed start, the
+    calibration's price against the chosen radius's cost on the test split) is recomputed from the
+    committed cells; the fixed row's command is the one its cells were trained with."""
+    text = _section("README.md", "## What it finds")
+    table = _table(text)
+    rows = _rows("cfp-label-follow-60ep")
+    names = [re.match(r"`([^`]+)`", cells[0]).group(1) for cells in table]
+    assert names == ["c125", "edge", "re", "mixup", "negls"]
+    for defense, cells in zip(names, table):
+        assert cells[1] == f"{100 * rows[defense, 'pca']['natural_vs_none']:+.1f}", defense
+        for a, cell in zip(ATTACKS, cells[2:]):
+            _check_attack_cell(cell, rows[defense, a], ("README", defense, a))
+    # "best published": the published defense with the lowest PCA and GMI top-1 (DP-SGD's target never learned)
+    published = ("re", "mixup", "hybrid", "tldmi", "negls", "mid", "bido")
+    for a in ("pca", "gmi"):
+        assert min(published, key=lambda d: rows[d, a]["top1"][0]) == "negls"
+    assert rows["dp", "pca"]["natural_top1"][0] < 0.02
+    # the learning adds nothing measurable: the fixed start meets the target where the agent does
+    assert all(target_verdict(rows["c125", a])[0] == target_verdict(rows["edge", a])[0] for a in ATTACKS)
+    prose = text[text.rindex("|") + 1:]
+    c = _cfp_claims()
+    for claim in (f"top-1 {c['range']} lower at {c['cost']}", f"priced r < {c['radius']} at\n{c['priced']} points",
+                  f"it cost {c['deployed']} on test"):
+        assert claim in prose, claim
+    expected = _numbers(f"top-1 {c['range']} {c['cost']} {c['radius']} {c['priced']} {c['deployed']}")
+    assert sorted(_numbers(prose)) == sorted(expected)  # no figure in the prose that is not recomputed
+    # the c125 row's command in the README is what its cells were trained with
+    readme = (ROOT / "README.md").read_text()
+    command = readme[readme.index("veil train-fr --data cfp --n-private 100 --align --lr 3e-4 --epochs 60"):]
+    command = " ".join(command[:command.index("#")].replace("\\\n", " ").split())
+    train_args = {tuple(r["train_args"]) for r in _cells("cfp-label-follow-60ep", (0, 1, 2)) if r["defense"] == "c125"}
+    assert len(train_args) == 1 and " ".join(next(iter(train_args))) in command
+
+
+def test_the_deploy_warning_quotes_the_committed_cells() -> None:
+    """docs/deploy.md's one "Read this before you deploy" states the CFP drops and costs of the
+    learned policy and its fixed start, PLG-MI's, and the calibration's price against the cost on
+    the test split, as the committed cells give them."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    assert text.count("Read this before you deploy") == 1
+    assert "Read this before you deploy" not in (ROOT / "README.md").read_text()
+    warning = text[text.index("> **Read this before you deploy.**"):]
+    warning = warning[:warning.index("\n\n")]
+    c = _cfp_claims()
+    for claim in (f"by {c['edge']} at {c['edge_cost']} points", f"by {c['c125']} at {c['c125_cost']} points",
+                  f"(by {c['plgmi']})", f"r < {c['radius']}, priced at {c['priced']} points, cost {c['deployed']}"):
+        assert claim in warning, claim
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(doc: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)
+    seen: dict[str, int] = {}
+    out = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", text, flags=re.M):
+        slug = _slug(heading)
+        out.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+        seen[slug] = seen.get(slug, 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_link_in_the_docs_resolves(doc: str) -> None:
+    """Relative links point at files that exist (a results folder's plan.toml included), and every
+    #anchor at a heading of its document."""
+    path = ROOT / doc
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"https?://", target):
+            continue
+        file, _, anchor = target.partition("#")
+        dest = (path.parent / file).resolve() if file else path
+        assert dest.exists(), (doc, target)
+        if anchor:
+            assert anchor in _anchors(dest), (doc, target)
+
+
+def test_the_readme_is_short_and_states_the_test_command_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 350
+    assert "python -m pytest -q" in readme and ".venv/bin/python -m pytest -q" in (ROOT / ".ci" / "run").read_text()
+    assert "veil/FaceAugment-v1" in readme and "FaceAugment-v0" not in readme
+
+
+def test_every_results_folder_is_named_with_its_plan() -> None:
+    """RESULTS names each committed results folder's plan file."""
+    results = (ROOT / "docs" / "RESULTS.md").read_text()
+    for folder in sorted(p.name for p in (ROOT / "docs" / "results").iterdir() if p.is_dir()):
+        assert f"`docs/results/{folder}/plan.toml`" in results, folder
+
+
+def test_no_committed_image_is_a_reconstruction_grid() -> None:
+    """Grids show private faces and stay out of the repository; docs/results holds plots only."""
+    tracked = subprocess.run(["git", "ls-files", "docs"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    images = [f for f in tracked if f.lower().endswith((".png", ".jpg", ".jpeg", ".gif", ".webp"))]
+    assert images and not [f for f in images if "grid" in Path(f).name or "reconstruction" in Path(f).name]
