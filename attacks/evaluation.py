@@ -23,6 +23,8 @@ from torch import nn
 from veil.recognition import ModelConfig, Trainer, TrainerConfig, build_model
 from veil.recognition.io import atomic_torch_save, cache_dir
 
+from .cache import read_weights
+
 EVAL_CACHE_VERSION = "1"
 
 
@@ -130,7 +132,7 @@ def _train_or_load(split, config: EvalModelConfig, cache: bool, progress: bool) 
     model = build_eval_model(split, config)
     if cache and path.is_file():
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = read_weights(path)
             model.load_state_dict(state["model"])
             model.eval()
             return EvalModel(model, config, dict(state["metrics"]), path, cached=True)

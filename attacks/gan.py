@@ -1,11 +1,14 @@
-"""GAN priors for model inversion: a DCGAN-style generator and discriminator, WGAN-GP training on
-the public split, and the shared machinery of the GAN attacks (time-capped training loop, on-disk
-cache, frozen-model context, fingerprints).
+"""GAN priors for model inversion: a DCGAN-style generator and discriminator, the training scaffold
+every GAN attack shares (``GANRecipe`` + ``train_recipe``: Adam, critic and generator updates,
+time cap, cache, bookkeeping) with GMI's WGAN-GP as its first recipe, and the helpers of the GAN
+attacks (time-capped loop, frozen-model context, seeded construction, batches). The cache itself
+is ``attacks.cache``.
 
 GMI (Zhang et al., "The Secret Revealer: Generative Model-Inversion Attacks Against Deep Neural
 Networks", CVPR 2020) trains this GAN on public faces with the Wasserstein loss and gradient
 penalty (Gulrajani et al. 2017) and then searches its latent space (``attacks.gmi``). KEDMI and
-PLG-MI (``attacks.kedmi``, ``attacks.plgmi``) reuse the same networks with other heads and losses.
+PLG-MI (``attacks.kedmi``, ``attacks.plgmi``) are recipes of the same scaffold: the same networks
+with other heads, other losses and (PLG-MI) class-conditional labels.
 
 Networks work for square images of 16, 32, 64, 128 ... px and 1 or 3 channels; the generator maps
 ``z ~ N(0, I)`` to images in [0, 1] (a sigmoid output, the range every veil model takes).
@@ -14,24 +17,19 @@ Networks work for square images of 16, 32, 64, 128 ... px and 1 or 3 channels; t
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import time
-import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from veil.recognition.io import atomic_torch_save, cache_dir
-
-GAN_VERSION = "1"
+from .cache import cache_key, load_cached, save_cached, tensor_fingerprint
 
 
 # ----------------------------------------------------------------------------------- config
@@ -232,28 +230,6 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
 
 
-def tensor_fingerprint(t: torch.Tensor) -> str:
-    """A short content hash of a tensor (dtype, shape and bytes), for cache keys."""
-    h = hashlib.sha1(f"{t.dtype}:{tuple(t.shape)}".encode())
-    h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """A short content hash of a model's state dict (names, shapes, values): the cache key of
-    everything trained against a given target."""
-    h = hashlib.sha1(type(model).__name__.encode())
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(tensor_fingerprint(v).encode())
-    return h.hexdigest()[:16]
-
-
-def cache_key(*parts: Any) -> str:
-    """Hash JSON-able parts (configs as dicts) into a 16-hex-digit cache key."""
-    return hashlib.sha1(json.dumps([GAN_VERSION, *parts], sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 @contextlib.contextmanager
 def frozen(*models: nn.Module) -> Iterator[None]:
     """Put ``models`` in eval mode with ``requires_grad=False`` for the block and restore each
@@ -289,29 +265,58 @@ def run_loop(steps: int, max_seconds: float | None, desc: str, step: Callable[[i
     return done, time.perf_counter() - t0
 
 
-def cache_path(prefix: str, key: str) -> Path:
-    """Where a cached GAN (or surrogate) with this key lives."""
-    return cache_dir() / f"{prefix}-{key}.pt"
+def sample_batch(images: torch.Tensor, batch_size: int,
+                 g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A random batch of public images in [0, 1], each flipped left-right with probability 1/2:
+    (images, their indices into ``images``, which were flipped), so per-image labels can follow."""
+    idx = torch.randint(len(images), (batch_size,), generator=g)
+    x = to_unit(images[idx])
+    flip = torch.rand(batch_size, generator=g) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x), idx, flip
 
 
-def load_cached(prefix: str, key: str) -> dict | None:
-    """Read a cache entry written by ``save_cached`` (``None`` if absent or damaged)."""
-    path = cache_path(prefix, key)
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a damaged entry is rebuilt, never trusted
-        warnings.warn(f"ignoring damaged cache file {path}: {err}", stacklevel=2)
-        return None
+def latents(config: GANConfig, g: torch.Generator) -> torch.Tensor:
+    """A batch of generator inputs ``z ~ N(0, I)``: (batch_size, latent_dim)."""
+    return torch.randn(config.batch_size, config.latent_dim, generator=g)
 
 
-def save_cached(prefix: str, key: str, blob: dict) -> None:
-    """Write a cache entry atomically; a failure to write only warns (the result is still used)."""
-    try:
-        atomic_torch_save(blob, cache_path(prefix, key))
-    except OSError as err:
-        warnings.warn(f"could not write the GAN cache in {cache_dir()}: {err}", stacklevel=2)
+def seeded(seed: int, build: Callable[[], Any]) -> Any:
+    """Call ``build()`` (network construction) under ``torch.manual_seed(seed)`` without
+    disturbing the caller's global random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def check_images(images: torch.Tensor) -> None:
+    """Raise a clear error unless ``images`` is a (N, C, S, S) batch of at least 2 images."""
+    if images.ndim != 4 or images.shape[-1] != images.shape[-2] or len(images) < 2:
+        raise ValueError(f"public images must be (N >= 2, C, S, S), got {tuple(images.shape)}")
+
+
+# ----------------------------------------------------------------------------------- the training scaffold
+
+class GANRecipe(ABC):
+    """What one GAN attack puts into the shared training loop (``train_recipe``): its networks,
+    its critic's loss and its generator's loss, each drawing its own batches and labels from the
+    loop's random generator. Everything else is the loop's."""
+
+    kind: ClassVar[str]  # gmi, kedmi or plgmi: the bundle's kind; its cache files are gan-<kind>-<key>.pt
+    title: ClassVar[str]  # the progress bar's label
+
+    @abstractmethod
+    def networks(self, channels: int, size: int, config: GANConfig) -> tuple[Generator, Discriminator]:
+        """Fresh generator and discriminator for (channels, size) images (built seeded)."""
+
+    @abstractmethod
+    def critic_loss(self, gen: Generator, disc: Discriminator, config: GANConfig, g: torch.Generator,
+                    update: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """The discriminator's loss at critic update ``update`` (counted over the run) and its stats."""
+
+    @abstractmethod
+    def generator_loss(self, gen: Generator, disc: Discriminator, config: GANConfig,
+                       g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        """The generator's loss (the discriminator is frozen meanwhile) and its stats."""
 
 
 def bundle_blob(bundle: GANBundle) -> dict:
@@ -338,13 +343,47 @@ def restore(blob: dict, generator: Generator, discriminator: Discriminator, conf
                   True, dict(blob.get("extra", {})))
 
 
-def sample_batch(images: torch.Tensor, batch_size: int, g: torch.Generator) -> torch.Tensor:
-    """A random batch of public images in [0, 1], each flipped left-right with probability 1/2."""
-    idx = torch.randint(len(images), (batch_size,), generator=g)
-    x = to_unit(images[idx])
-    flip = torch.rand(batch_size, generator=g) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+def train_recipe(recipe: GANRecipe, public_images: torch.Tensor, config: GANConfig, key: str, cache: bool = True,
+                 progress: bool = True, extra: dict[str, Any] | None = None) -> GANBundle:
+    """Build ``recipe``'s networks for the public images' shape (seeded by ``config.seed``) and
+    read them from the cache entry ``gan-<kind>-<key>``, or train them with Adam: up to
+    ``config.steps`` generator updates, each after ``config.n_critic`` critic updates, stopped at
+    ``config.max_seconds``; then freeze them (with ``extra``, e.g. pseudo-labels) and cache them."""
+    _, c, s, _ = public_images.shape
+    gen, disc = seeded(config.seed, lambda: recipe.networks(c, s, config))
+    prefix = f"gan-{recipe.kind}"
+    if cache and (blob := load_cached(prefix, key)) is not None:
+        return restore(blob, gen, disc, config, recipe.kind)
+    opt_g = torch.optim.Adam(gen.parameters(), config.lr, betas=config.betas)
+    opt_d = torch.optim.Adam(disc.parameters(), config.lr, betas=config.betas)
+    g = torch.Generator().manual_seed(config.seed)
+    gen.train()
+    disc.train()
 
+    def step(i: int) -> dict[str, float]:
+        stats: dict[str, float] = {}
+        for j in range(config.n_critic):
+            loss_d, critic_stats = recipe.critic_loss(gen, disc, config, g, i * config.n_critic + j)
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            stats.update(critic_stats)
+        disc.requires_grad_(False)
+        loss_g, generator_stats = recipe.generator_loss(gen, disc, config, g)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        disc.requires_grad_(True)
+        return {**stats, **generator_stats}
+
+    done, secs = run_loop(config.steps, config.max_seconds, recipe.title, step, progress)
+    bundle = finish(gen, disc, config, recipe.kind, done, secs, extra=extra)
+    if cache:
+        save_cached(prefix, key, bundle_blob(bundle))
+    return bundle
+
+
+# ----------------------------------------------------------------------------------- GMI's WGAN-GP
 
 def gradient_penalty(discriminator: Discriminator, real: torch.Tensor, fake: torch.Tensor,
                      g: torch.Generator) -> torch.Tensor:
@@ -356,46 +395,36 @@ def gradient_penalty(discriminator: Discriminator, real: torch.Tensor, fake: tor
     return (grad.flatten(1).norm(dim=1) - 1.0).square().mean()
 
 
-def seeded(seed: int, build: Callable[[], Any]) -> Any:
-    """Call ``build()`` (network construction) under ``torch.manual_seed(seed)`` without
-    disturbing the caller's global random state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
+@dataclass
+class WGANGPRecipe(GANRecipe):
+    """GMI's prior: an unconditional generator against a one-score critic (InstanceNorm) on the
+    public images, Wasserstein loss with the gradient penalty every ``gp_every`` critic updates."""
 
+    kind: ClassVar[str] = "gmi"
+    title: ClassVar[str] = "GMI GAN (WGAN-GP)"
+    images: torch.Tensor
 
-def check_images(images: torch.Tensor) -> None:
-    """Raise a clear error unless ``images`` is a (N, C, S, S) batch of at least 2 images."""
-    if images.ndim != 4 or images.shape[-1] != images.shape[-2] or len(images) < 2:
-        raise ValueError(f"public images must be (N >= 2, C, S, S), got {tuple(images.shape)}")
+    def networks(self, channels: int, size: int, config: GANConfig) -> tuple[Generator, Discriminator]:
+        return (Generator(config.latent_dim, channels, size, config.width),
+                Discriminator(channels, size, config.width, outputs=1, norm="instance"))
 
-
-# ----------------------------------------------------------------------------------- WGAN-GP
-
-def _wgan_step(gen: Generator, disc: Discriminator, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
-               images: torch.Tensor, config: GANConfig, g: torch.Generator, step: int = 0) -> dict[str, float]:
-    """Generator update ``step``, after ``n_critic`` critic updates (WGAN-GP, lazily penalized
-    every ``gp_every`` critic updates)."""
-    gp = torch.zeros(())
-    for j in range(config.n_critic):
-        real = sample_batch(images, config.batch_size, g)
+    def critic_loss(self, gen: Generator, disc: Discriminator, config: GANConfig, g: torch.Generator,
+                    update: int) -> tuple[torch.Tensor, dict[str, float]]:
+        real, _, _ = sample_batch(self.images, config.batch_size, g)
         with torch.no_grad():
-            fake = gen(torch.randn(config.batch_size, config.latent_dim, generator=g))
+            fake = gen(latents(config, g))
         wd = disc(real)[0].mean() - disc(fake)[0].mean()
         loss_d = -wd
-        if (step * config.n_critic + j) % config.gp_every == 0:
+        stats = {"w_dist": wd.item()}
+        if update % config.gp_every == 0:  # lazy regularization, scaled by gp_every
             gp = gradient_penalty(disc, real, fake, g)
             loss_d = loss_d + config.gp_weight * config.gp_every * gp
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-    disc.requires_grad_(False)
-    loss_g = -disc(gen(torch.randn(config.batch_size, config.latent_dim, generator=g)))[0].mean()
-    opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    opt_g.step()
-    disc.requires_grad_(True)
-    return {"w_dist": wd.item(), "gp": gp.item()}
+            stats["gp"] = gp.item()
+        return loss_d, stats
+
+    def generator_loss(self, gen: Generator, disc: Discriminator, config: GANConfig,
+                       g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        return -disc(gen(latents(config, g)))[0].mean(), {}
 
 
 def train_gan(public_images: torch.Tensor, config: GANConfig = GANConfig(), cache: bool = True,
@@ -403,20 +432,5 @@ def train_gan(public_images: torch.Tensor, config: GANConfig = GANConfig(), cach
     """Train (or read from the cache) GMI's WGAN-GP prior on the public images (uint8 or [0, 1],
     (N, C, S, S)). The cache key hashes ``source``, the images' content and shape, and ``config``."""
     check_images(public_images)
-    _, c, s, _ = public_images.shape
-    gen, disc = seeded(config.seed, lambda: (Generator(config.latent_dim, c, s, config.width),
-                                             Discriminator(c, s, config.width, outputs=1, norm="instance")))
     key = cache_key("gmi", source, tensor_fingerprint(public_images), asdict(config))
-    if cache and (blob := load_cached("gan-gmi", key)) is not None:
-        return restore(blob, gen, disc, config, "gmi")
-    opt_g = torch.optim.Adam(gen.parameters(), config.lr, betas=config.betas)
-    opt_d = torch.optim.Adam(disc.parameters(), config.lr, betas=config.betas)
-    g = torch.Generator().manual_seed(config.seed)
-    gen.train()
-    disc.train()
-    done, secs = run_loop(config.steps, config.max_seconds, "GMI GAN (WGAN-GP)",
-                          lambda i: _wgan_step(gen, disc, opt_g, opt_d, public_images, config, g, i), progress)
-    bundle = finish(gen, disc, config, "gmi", done, secs)
-    if cache:
-        save_cached("gan-gmi", key, bundle_blob(bundle))
-    return bundle
+    return train_recipe(WGANGPRecipe(public_images), public_images, config, key, cache, progress)

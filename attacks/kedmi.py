@@ -20,14 +20,15 @@ Two changes over GMI:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gan import (Discriminator, GANBundle, GANConfig, Generator, bundle_blob, cache_key, check_images, finish,
-                  frozen, load_cached, model_fingerprint, restore, run_loop, save_cached, seeded, tensor_fingerprint,
-                  to_unit)
+from .cache import cache_key, model_fingerprint, tensor_fingerprint
+from .gan import (Discriminator, GANBundle, GANConfig, GANRecipe, Generator, check_images, frozen, latents,
+                  sample_batch, to_unit, train_recipe)
 from .gmi import lomma_kit
 from .lomma import IDENTITY_LOSSES, LOMMAConfig, identity_loss
 
@@ -44,44 +45,46 @@ def soft_labels(target: nn.Module, public_images: torch.Tensor, batch: int = 256
     return torch.cat(p), torch.cat(pf)
 
 
-def _kedmi_step(gen: Generator, disc: Discriminator, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
-                images: torch.Tensor, probs: tuple[torch.Tensor, torch.Tensor], config: GANConfig,
-                entropy_weight: float, g: torch.Generator) -> dict[str, float]:
-    """``n_critic`` discriminator updates (soft-label CE + real/fake) and one generator update
-    (feature matching + entropy)."""
-    n = config.batch_size
+@dataclass
+class KEDMIRecipe(GANRecipe):
+    """KEDMI's inversion-specific GAN: a K-output discriminator learns the target's soft labels
+    ``probs`` (of each public image and of its mirror image) while telling real from fake; the
+    generator matches real features and lowers the entropy of the discriminator's class guess."""
 
-    def real_batch() -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.randint(len(images), (n,), generator=g)
-        flip = torch.rand(n, generator=g) < 0.5
-        x = to_unit(images[idx])
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return x, torch.where(flip[:, None], probs[1][idx], probs[0][idx])
+    kind: ClassVar[str] = "kedmi"
+    title: ClassVar[str] = "KEDMI GAN"
+    images: torch.Tensor
+    probs: tuple[torch.Tensor, torch.Tensor]
+    entropy_weight: float
 
-    for _ in range(config.n_critic):
-        x, p = real_batch()
+    def networks(self, channels: int, size: int, config: GANConfig) -> tuple[Generator, Discriminator]:
+        return (Generator(config.latent_dim, channels, size, config.width),
+                Discriminator(channels, size, config.width, outputs=self.probs[0].shape[1], norm="instance"))
+
+    def critic_loss(self, gen: Generator, disc: Discriminator, config: GANConfig, g: torch.Generator,
+                    update: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Soft-label cross-entropy on real images + the real/fake loss of the implicit fake class."""
+        x, idx, flip = sample_batch(self.images, config.batch_size, g)
+        p = torch.where(flip[:, None], self.probs[1][idx], self.probs[0][idx])
         with torch.no_grad():
-            fake = gen(torch.randn(n, config.latent_dim, generator=g))
+            fake = gen(latents(config, g))
         out_real = disc(x)[0]
         out_fake = disc(fake)[0]
         loss_lab = -(p * F.log_softmax(out_real, 1)).sum(1).mean()
         lse_r, lse_f = out_real.logsumexp(1), out_fake.logsumexp(1)
         loss_unlab = 0.5 * ((F.softplus(lse_r) - lse_r).mean() + F.softplus(lse_f).mean())
-        opt_d.zero_grad(set_to_none=True)
-        (loss_lab + loss_unlab).backward()
-        opt_d.step()
-    x, _ = real_batch()
-    disc.requires_grad_(False)
-    out_fake, feat_fake = disc(gen(torch.randn(n, config.latent_dim, generator=g)))
-    with torch.no_grad():
-        feat_real = disc(x)[1]
-    loss_feat = (feat_fake.mean(0) - feat_real.mean(0)).abs().mean()
-    entropy = -(out_fake.softmax(1) * out_fake.log_softmax(1)).sum()
-    opt_g.zero_grad(set_to_none=True)
-    (loss_feat + entropy_weight * entropy).backward()
-    opt_g.step()
-    disc.requires_grad_(True)
-    return {"d_lab": loss_lab.item(), "d_unlab": loss_unlab.item(), "g_feat": loss_feat.item()}
+        return loss_lab + loss_unlab, {"d_lab": loss_lab.item(), "d_unlab": loss_unlab.item()}
+
+    def generator_loss(self, gen: Generator, disc: Discriminator, config: GANConfig,
+                       g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        """Feature matching against a real batch + ``entropy_weight`` x the summed entropy."""
+        x, _, _ = sample_batch(self.images, config.batch_size, g)
+        out_fake, feat_fake = disc(gen(latents(config, g)))
+        with torch.no_grad():
+            feat_real = disc(x)[1]
+        loss_feat = (feat_fake.mean(0) - feat_real.mean(0)).abs().mean()
+        entropy = -(out_fake.softmax(1) * out_fake.log_softmax(1)).sum()
+        return loss_feat + self.entropy_weight * entropy, {"g_feat": loss_feat.item()}
 
 
 def train_kedmi_gan(target: nn.Module, public_images: torch.Tensor, config: GANConfig = GANConfig(n_critic=1),
@@ -94,26 +97,9 @@ def train_kedmi_gan(target: nn.Module, public_images: torch.Tensor, config: GANC
     if entropy_weight < 0:
         raise ValueError(f"entropy_weight must be >= 0, got {entropy_weight}")
     probs = soft_labels(target, public_images)
-    k = probs[0].shape[1]
-    _, c, s, _ = public_images.shape
-    gen, disc = seeded(config.seed, lambda: (Generator(config.latent_dim, c, s, config.width),
-                                             Discriminator(c, s, config.width, outputs=k, norm="instance")))
     key = cache_key("kedmi", source, model_fingerprint(target), tensor_fingerprint(public_images), asdict(config),
                     entropy_weight)
-    if cache and (blob := load_cached("gan-kedmi", key)) is not None:
-        return restore(blob, gen, disc, config, "kedmi")
-    opt_g = torch.optim.Adam(gen.parameters(), config.lr, betas=config.betas)
-    opt_d = torch.optim.Adam(disc.parameters(), config.lr, betas=config.betas)
-    g = torch.Generator().manual_seed(config.seed)
-    gen.train()
-    disc.train()
-    done, secs = run_loop(config.steps, config.max_seconds, "KEDMI GAN",
-                          lambda i: _kedmi_step(gen, disc, opt_g, opt_d, public_images, probs, config,
-                                                entropy_weight, g), progress)
-    bundle = finish(gen, disc, config, "kedmi", done, secs)
-    if cache:
-        save_cached("gan-kedmi", key, bundle_blob(bundle))
-    return bundle
+    return train_recipe(KEDMIRecipe(public_images, probs, entropy_weight), public_images, config, key, cache, progress)
 
 
 @dataclass(frozen=True)

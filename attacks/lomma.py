@@ -26,8 +26,8 @@ from torch import nn
 
 from veil.recognition.models import ModelConfig, build_model
 
-from .gan import (cache_key, frozen, load_cached, model_fingerprint, run_loop, sample_batch, save_cached, seeded,
-                  tensor_fingerprint, to_unit)
+from .cache import cache_key, load_cached, model_fingerprint, save_cached, tensor_fingerprint
+from .gan import frozen, run_loop, sample_batch, seeded, to_unit
 
 IDENTITY_LOSSES = ("ce", "max_margin", "logit")
 
@@ -157,7 +157,7 @@ def prepare_lomma(target: nn.Module, public_images: torch.Tensor, config: LOMMAC
         m.train()
 
     def step(_: int) -> dict[str, float]:
-        x = sample_batch(public_images, config.batch_size, g)
+        x, _, _ = sample_batch(public_images, config.batch_size, g)
         with torch.no_grad(), frozen(target):
             soft = F.log_softmax(target(x)["logits"] / t, 1)
         total = 0.0

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gan import (Discriminator, GANBundle, GANConfig, Generator, bundle_blob, cache_key, check_images, finish,
-                  frozen, load_cached, model_fingerprint, restore, run_loop, save_cached, seeded,
-                  tensor_fingerprint, to_unit)
+from .cache import cache_key, model_fingerprint, tensor_fingerprint
+from .gan import (Discriminator, GANBundle, GANConfig, GANRecipe, Generator, check_images, frozen, latents,
+                  sample_batch, to_unit, train_recipe)
 from .gmi import lomma_kit
 from .lomma import IDENTITY_LOSSES, LOMMAConfig, identity_loss, max_margin_loss
 
@@ -66,34 +67,45 @@ def pseudo_label(target: nn.Module, public_images: torch.Tensor, top_n: int,
     return idx.reshape(-1), labels
 
 
-def _plgmi_step(gen: Generator, disc: Discriminator, target: nn.Module, opt_g: torch.optim.Optimizer,
-                opt_d: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                config: GANConfig, alpha: float, g: torch.Generator) -> dict[str, float]:
-    """``n_critic`` hinge-loss updates of the projection discriminator, then one generator update
-    (hinge + ``alpha`` x the target's max-margin loss on augmented samples)."""
-    n = config.batch_size
-    for _ in range(config.n_critic):
-        idx = torch.randint(len(images), (n,), generator=g)
-        x = to_unit(images[idx])
-        flip = torch.rand(n, generator=g) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        y_fake = torch.randint(num_classes, (n,), generator=g)
+@dataclass
+class PLGMIRecipe(GANRecipe):
+    """PLG-MI's conditional GAN on the pseudo-labelled public images: class-conditional generator,
+    projection discriminator with spectral normalization, hinge loss, and ``alpha`` x the target's
+    max-margin loss on augmented samples of the requested class (``target`` frozen by the caller)."""
+
+    kind: ClassVar[str] = "plgmi"
+    title: ClassVar[str] = "PLG-MI cGAN"
+    images: torch.Tensor  # the selected public images
+    labels: torch.Tensor  # their pseudo-labels
+    num_classes: int
+    target: nn.Module
+    alpha: float
+
+    def networks(self, channels: int, size: int, config: GANConfig) -> tuple[Generator, Discriminator]:
+        k = self.num_classes
+        return (Generator(config.latent_dim, channels, size, config.width, num_classes=k),
+                Discriminator(channels, size, config.width, outputs=1, num_classes=k, norm="none", spectral=True))
+
+    def critic_loss(self, gen: Generator, disc: Discriminator, config: GANConfig, g: torch.Generator,
+                    update: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Hinge loss of the projection discriminator: real images with their pseudo-labels against
+        samples of random classes."""
+        x, idx, _ = sample_batch(self.images, config.batch_size, g)
+        y_fake = torch.randint(self.num_classes, (config.batch_size,), generator=g)
         with torch.no_grad():
-            fake = gen(torch.randn(n, config.latent_dim, generator=g), y_fake)
-        loss_d = F.relu(1 - disc(x, labels[idx])[0]).mean() + F.relu(1 + disc(fake, y_fake)[0]).mean()
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-    disc.requires_grad_(False)
-    y = torch.randint(num_classes, (n,), generator=g)
-    fake = gen(torch.randn(n, config.latent_dim, generator=g), y)
-    loss_adv = -disc(fake, y)[0].mean()
-    loss_inv = max_margin_loss(target(augment(fake, g))["logits"], y).mean() if alpha else torch.zeros(())
-    opt_g.zero_grad(set_to_none=True)
-    (loss_adv + alpha * loss_inv).backward()
-    opt_g.step()
-    disc.requires_grad_(True)
-    return {"d_hinge": loss_d.item(), "g_adv": loss_adv.item(), "g_inv": loss_inv.item()}
+            fake = gen(latents(config, g), y_fake)
+        loss_d = F.relu(1 - disc(x, self.labels[idx])[0]).mean() + F.relu(1 + disc(fake, y_fake)[0]).mean()
+        return loss_d, {"d_hinge": loss_d.item()}
+
+    def generator_loss(self, gen: Generator, disc: Discriminator, config: GANConfig,
+                       g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        """Hinge + ``alpha`` x the target's max-margin loss on augmented samples of random classes."""
+        y = torch.randint(self.num_classes, (config.batch_size,), generator=g)
+        fake = gen(latents(config, g), y)
+        loss_adv = -disc(fake, y)[0].mean()
+        loss_inv = (max_margin_loss(self.target(augment(fake, g))["logits"], y).mean() if self.alpha
+                    else torch.zeros(()))
+        return loss_adv + self.alpha * loss_inv, {"g_adv": loss_adv.item(), "g_inv": loss_inv.item()}
 
 
 def train_plgmi_gan(target: nn.Module, public_images: torch.Tensor, config: GANConfig = GANConfig(),
@@ -107,29 +119,12 @@ def train_plgmi_gan(target: nn.Module, public_images: torch.Tensor, config: GANC
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
     idx, labels = pseudo_label(target, public_images, top_n)
-    k = int(labels.max()) + 1
-    _, c, s, _ = public_images.shape
-    gen, disc = seeded(config.seed, lambda: (
-        Generator(config.latent_dim, c, s, config.width, num_classes=k),
-        Discriminator(c, s, config.width, outputs=1, num_classes=k, norm="none", spectral=True)))
+    recipe = PLGMIRecipe(public_images[idx], labels, int(labels.max()) + 1, target, alpha)
     key = cache_key("plgmi", source, model_fingerprint(target), tensor_fingerprint(public_images), asdict(config),
                     top_n, alpha)
-    if cache and (blob := load_cached("gan-plgmi", key)) is not None:
-        return restore(blob, gen, disc, config, "plgmi")
-    opt_g = torch.optim.Adam(gen.parameters(), config.lr, betas=config.betas)
-    opt_d = torch.optim.Adam(disc.parameters(), config.lr, betas=config.betas)
-    g = torch.Generator().manual_seed(config.seed)
-    gen.train()
-    disc.train()
-    selected = public_images[idx]
     with frozen(target):
-        done, secs = run_loop(config.steps, config.max_seconds, "PLG-MI cGAN",
-                              lambda i: _plgmi_step(gen, disc, target, opt_g, opt_d, selected, labels, k, config,
-                                                    alpha, g), progress)
-    bundle = finish(gen, disc, config, "plgmi", done, secs, extra={"pseudo_index": idx, "pseudo_labels": labels})
-    if cache:
-        save_cached("gan-plgmi", key, bundle_blob(bundle))
-    return bundle
+        return train_recipe(recipe, public_images, config, key, cache, progress,
+                            extra={"pseudo_index": idx, "pseudo_labels": labels})
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ def test_second_train_gan_call_reads_the_cache_without_training(split, monkeypat
     def no_training(*args, **kwargs):
         raise AssertionError("the cached GAN was trained again")
 
-    monkeypatch.setattr(gan_module, "_wgan_step", no_training)
+    monkeypatch.setattr(gan_module.WGANGPRecipe, "critic_loss", no_training)
     second = train_gan(split.public_images, TINY_GAN, source="synthetic", progress=False)
     assert not first.from_cache and second.from_cache and second.steps_done == first.steps_done == 20
     for a, b in zip(first.generator.state_dict().values(), second.generator.state_dict().values()):
