@@ -6,22 +6,38 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict
+import typing
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import mlflow.pytorch
 import torch
 from torch import nn
 
+from veil.attacks.evaluation import EvalModel, EvalModelConfig, build_eval_model, train_eval_model
+from veil.attacks.harness import ATTACKS, HarnessConfig, run_attack, target_accuracy
+from veil.attacks.report import AttackReport
 from veil.attacks.settings import AttackSettings
+from veil.defenses.baselines import MIDConfig, MIDModel
+from veil.recognition import (
+    DataConfig,
+    SplitConfig,
+    build_model,
+    load_faces,
+    model_config_from_checkpoint,
+    split_identities,
+)
 
+from . import tracking
+from .fr_defenses import embedding_dim
 from .options import add_data_args, add_tracking_args, data_configs
 
 
 class DictOutputs(nn.Module):
     """Adapts a model that returns a logits tensor (an MLflow-logged ``LogitsOnly``) to veil's
     output contract; the logits double as the embedding."""
-
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
@@ -43,7 +59,6 @@ class DictOutputs(nn.Module):
 
 
 def _run_params(run_id: str) -> dict[str, str]:
-    import mlflow
 
     try:
         return mlflow.get_run(run_id).data.params
@@ -51,41 +66,39 @@ def _run_params(run_id: str) -> dict[str, str]:
         raise ValueError(f"{run_id!r} is neither a file nor a run ID in {mlflow.get_tracking_uri()}: {err}") from err
 
 
-def data_from_params(params: dict[str, str], args: argparse.Namespace) -> None:
-    """Fill ``args``'s data options from a training run's logged ``data.*``/``split.*`` params."""
+RUN_DATA_FIELDS = ("source", "data_root", "image_size", "channels", "align", "pose", "max_identities",
+                   "synthetic_identities", "synthetic_images")
+RUN_SPLIT_FIELDS = ("n_private", "test_fraction", "seed")
+
+
+def data_from_params(params: dict[str, str]) -> tuple[DataConfig, SplitConfig]:
+    """The ``DataConfig`` and ``SplitConfig`` a training run logged (``data.*``/``split.*`` params;
+    an agent run's under ``env.``): which faces and which identities, so the attack scores the
+    same split (a field it did not log keeps its default)."""
     prefix = "env." if "data.source" not in params and "env.data.source" in params else ""  # an agent run
 
-    def get(key: str, default: Any) -> Any:
-        v = params.get(prefix + key)
-        return default if v in (None, "None") else v
+    def read(cls: type, section: str, names: tuple[str, ...]) -> dict[str, Any]:
+        hints = typing.get_type_hints(cls)
+        out = {}
+        for f in fields(cls):
+            value = params.get(f"{prefix}{section}.{f.name}")
+            if value is None or value == "None" or f.name not in names:
+                continue
+            kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
+            out[f.name] = value == "True" if kind is bool else kind(value) if kind in (int, float) else value
+        return out
 
-    args.data = get("data.source", "synthetic")
-    args.data_root = get("data.data_root", None)
-    args.image_size = int(get("data.image_size", 64))
-    args.channels = int(get("data.channels", 3))
-    args.align = get("data.align", "False") == "True"
-    args.pose = get("data.pose", "frontal")
-    mi = get("data.max_identities", None)
-    args.max_identities = int(mi) if mi is not None else None
-    args.synthetic_identities = int(get("data.synthetic_identities", 100))
-    args.synthetic_images = int(get("data.synthetic_images", 30))
-    npriv = get("split.n_private", None)
-    args.n_private = int(npriv) if npriv is not None else None
-    args.test_fraction = float(get("split.test_fraction", 0.3))
-    args.split_seed = int(get("split.seed", 0))
+    try:
+        return (DataConfig(**read(DataConfig, "data", RUN_DATA_FIELDS)),
+                SplitConfig(**read(SplitConfig, "split", RUN_SPLIT_FIELDS)))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"the target's run logged data options veil cannot read: {err}") from None
 
 
 def model_from_checkpoint(path: Path) -> tuple[nn.Module, str | None]:
     """Rebuild a ``veil train-fr`` model from its checkpoint (weights only, no pickle), wrappers
     included (MID's bottleneck; DP's per-sample-gradient wrapper is stripped); returns it and the
     MLflow run it names."""
-    from dataclasses import fields as dc_fields
-
-    from veil.defenses.baselines import MIDConfig, MIDModel
-    from veil.recognition import build_model, model_config_from_checkpoint
-
-    from .fr_defenses import embedding_dim
-
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -99,7 +112,7 @@ def model_from_checkpoint(path: Path) -> tuple[nn.Module, str | None]:
     weights = {k.removeprefix("_module."): v for k, v in state["model"].items()}
     defense = extra.get("defense", {})
     if "mid" in str(defense.get("names", "")).split(","):
-        names = {f.name for f in dc_fields(MIDConfig)}
+        names = {f.name for f in fields(MIDConfig)}
         mid = MIDConfig(**{k: v for k, v in defense.get("mid", {}).items() if k in names})
         model = MIDModel(model, embedding_dim(model, cfg.in_channels, cfg.image_size), cfg.num_classes, mid.bottleneck)
     try:
@@ -112,11 +125,8 @@ def model_from_checkpoint(path: Path) -> tuple[nn.Module, str | None]:
 def load_target(spec: str) -> tuple[nn.Module, str | None, dict[str, str]]:
     """The target model, its MLflow run ID (if known) and that run's params. ``spec`` is a veil
     checkpoint, an MLflow model folder, or a run ID of ``veil train-fr`` (its checkpoint artifact)."""
-    import mlflow
-
     path = Path(spec)
     if path.is_dir():
-        import mlflow.pytorch
 
         return DictOutputs(mlflow.pytorch.load_model(str(path), map_location="cpu")), None, {}
     if path.is_file():
@@ -136,13 +146,10 @@ def load_target(spec: str) -> tuple[nn.Module, str | None, dict[str, str]]:
 
 def load_eval_model(spec: str | None, split, args: argparse.Namespace, target_arch: str | None):
     """The evaluation model: a given file (a cached eval-model ``.pt``), or trained and cached."""
-    from veil.attacks.evaluation import EvalModel, EvalModelConfig, build_eval_model, train_eval_model
-
     if spec:
         path = Path(spec)
         if not path.is_file():
-            import mlflow
-
+        
             dest = mlflow.artifacts.download_artifacts(run_id=spec, artifact_path="eval_model")
             files = sorted(Path(dest).glob("*.pt"))
             if not files:
@@ -161,10 +168,6 @@ def load_eval_model(spec: str | None, split, args: argparse.Namespace, target_ar
 
 def _log_eval_model(ev, split_summary: dict) -> str:
     """Log the evaluation model once per cache file, as its own run; returns that run's ID."""
-    import mlflow
-
-    from . import tracking
-
     key = ev.path.name if ev.path else "uncached"
     found = mlflow.search_runs(filter_string=f"tags.`veil.eval_cache` = '{key}'", max_results=1, output_format="list")
     if found:
@@ -191,13 +194,8 @@ def attack_settings(args: argparse.Namespace) -> AttackSettings:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    import mlflow
 
-    from veil.attacks.harness import ATTACKS, HarnessConfig, run_attack, target_accuracy
-    from veil.attacks.report import AttackReport
-    from veil.recognition import load_faces, split_identities
 
-    from . import tracking
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -210,8 +208,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if args.data is None:
         if not params:
             raise ValueError("--data is needed when --model is a file (a run ID carries its data options)")
-        data_from_params(params, args)
-    data_cfg, split_cfg = data_configs(args)
+        data_cfg, split_cfg = data_from_params(params)
+    else:
+        data_cfg, split_cfg = data_configs(args)
     split = split_identities(load_faces(data_cfg), split_cfg)
     n_out = target(split.test_images[:1].float() / 255.0)["logits"].shape[1]
     if n_out != split.num_private:
