@@ -1,2 +1,2 @@
-"""The user-facing side of veil: the `veil` CLI, MLflow tracking and (later) the SB3 agent,
-its callbacks and the policy export."""
+"""The user-facing side of veil: the ``veil`` commands, MLflow tracking, the SB3 agent and its
+callbacks, and the policy export with ``PolicyAugmenter``."""

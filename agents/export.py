@@ -6,7 +6,8 @@ The file is a safetensors archive: the deterministic actor's weights as tensors 
 the Gaussian's state-independent ``log_std``, so the augmenter can also draw actions as the agent
 did in the game) and, in its metadata, a JSON description of the layers, the action table, the
 augmentation settings and the fallbacks used when a plain training loop cannot supply an
-observation entry.
+observation entry. The augmenter observes and acts through the game's own code
+(``veil.env.observation``, ``veil.env.actions``), so a policy sees and does what it did there.
 """
 
 from __future__ import annotations
@@ -21,14 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from veil.defenses.hybrid import HybridConfig
-from veil.defenses.hybrid import apply as apply_augment
-from veil.defenses.hybrid import sample as sample_augment
-from veil.defenses.params import ACTION_DIM, ACTION_TABLE, decode, with_fixed
+from veil.defenses.params import AugmentParams
+from veil.env.actions import ACTION_TABLE, ActionCodec
+from veil.env.observation import OBS_NAMES, observation
 
 FORMAT = "veil-policy-1"
-OBS_STATE = 8  # the observation's training-state entries before the last action (env.OBS_NAMES)
-OBS_WIDTH = OBS_STATE + ACTION_DIM  # env.OBS_DIM, kept here so the augmenter needs no gymnasium
 
 
 def _layers(module: nn.Module) -> list[nn.Module]:
@@ -97,7 +95,8 @@ class PolicyAugmenter(nn.Module):
     its own moving statistics, picks the augmentation parameters with the policy network
     (the mean action by default; ``sample=True`` draws it from the agent's Gaussian and clips it,
     as SB3 did in the game, so the FR model sees the spread of augmentations the game's model
-    saw), and applies frequency MixUp then random erasing.
+    saw), and applies frequency MixUp then random erasing through ``codec``, the game's
+    ``ActionCodec`` (with the parameters its game fixed and the box it bounded them to).
 
     Fallbacks for what a plain loop lacks: ``val_acc`` (the last value given, else the mean
     validation accuracy seen while the agent trained), ``train_acc`` (likewise), the privacy
@@ -121,13 +120,14 @@ class PolicyAugmenter(nn.Module):
                              "only PPO and A2C policies can be sampled")
         self.sample = sample
         self.log_std = None if log_std is None else log_std.float().reshape(1, -1)
-        self.fixed_params = dict(meta.get("env_config", {}).get("fixed_params") or {})  # as the game fixed them
-        self.param_bounds = {k: tuple(v) for k, v in (meta.get("env_config", {}).get("param_bounds") or {}).items()}
+        game = meta.get("env_config", {})
+        self.codec = ActionCodec(k_max=int(meta["k_max"]), bounds=game.get("param_bounds") or {},
+                                 fixed=game.get("fixed_params") or {}, mix_mode=meta["mix_mode"],
+                                 erase_fill=meta["erase_fill"])  # the game's fixes and box, checked once
         self.warmup_steps, self.warmup_source = self._default_warmup(meta, warmup_steps)
         self.actor = actor
         self.meta = meta
         self.squash = meta["squash"]
-        self.k_max = int(meta["k_max"])
         self.ema = float(meta.get("ema", 0.95))
         self.fallbacks = dict(meta.get("fallbacks", {}))
         self.generator = torch.Generator().manual_seed(seed)
@@ -137,9 +137,9 @@ class PolicyAugmenter(nn.Module):
         self.train_acc: float | None = None
         # a policy exported before label_follow acts in 7 dimensions and observes 15 values
         self.action_dim = len(meta.get("action_table", ACTION_TABLE))
-        self.obs_width = OBS_STATE + self.action_dim
+        self.obs_width = len(OBS_NAMES) + self.action_dim
         self.last_action = np.zeros(self.action_dim, dtype=np.float32)
-        self.last_params = None
+        self.last_params: AugmentParams | None = None
         self._param_sums: dict[str, float] = {}
         self._acted = 0
         self._clean = 0
@@ -151,7 +151,7 @@ class PolicyAugmenter(nn.Module):
         top-1 after the game's 100 clean batches, -17.9 without them), so it acts from batch one."""
         if warmup_steps is not None:
             return int(warmup_steps), "as asked"
-        if self.fixed_params.get("label_follow") == 0:
+        if self.codec.fixed.get("label_follow") == 0:
             return 0, "none: the game fixed label_follow=0, which protects only from the first batch"
         return int(meta.get("env_config", {}).get("warmup_steps", 0)), "as in the game"
 
@@ -245,15 +245,17 @@ class PolicyAugmenter(nn.Module):
         return torch.tanh(out) if self.squash == "tanh" else out.clamp(-1.0, 1.0)
 
     def observation(self, num_classes: int, step: int, total_steps: int) -> np.ndarray:
+        """The game's observation from what this loop fed the augmenter and the fallbacks: every
+        step counts as an FR step, and no probe runs."""
         log_k = math.log(max(2, num_classes))
         loss = self.loss_avg if self.loss_avg is not None else log_k
         clean = self.clean_loss_avg if self.clean_loss_avg is not None else loss
         fb = self.fallbacks
         val = self.val_acc if self.val_acc is not None else fb.get("acc_val", 0.0)
         train = self.train_acc if self.train_acc is not None else fb.get("acc_train", val)
-        v = [min(1.0, step / max(1, total_steps)), 1.0, clean / log_k, loss / log_k, train, val, 0.0,
-             math.log1p(fb.get("grad_norm", 0.0))]
-        return np.clip(np.concatenate([np.asarray(v, dtype=np.float32), self.last_action]), -10, 10).astype(np.float32)
+        return observation(step=step, horizon=total_steps, fr_step=True, loss_clean=clean, loss_aug=loss, log_k=log_k,
+                           acc_train=train, acc_val=val, probe_top1=0.0, grad_norm=fb.get("grad_norm", 0.0),
+                           last_action=self.last_action)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, loss: float | None = None, step: int = 0,
                 total_steps: int = 1, val_acc: float | None = None,
@@ -273,17 +275,15 @@ class PolicyAugmenter(nn.Module):
         obs = self.observation(targets.shape[1], step, total_steps)
         action = self.act(torch.from_numpy(obs)[None])[0].numpy()
         self.last_action = action.astype(np.float32)
-        params = decode(action, self.k_max, self.param_bounds)  # inside the box the game set
-        params = with_fixed(params, self.fixed_params)
+        params, images, targets = self.codec.augment(action, images, targets, self.generator)
         self.last_params = params
         for name, value in asdict(params).items():
             self._param_sums[name] = self._param_sums.get(name, 0.0) + float(value)
         self._acted += 1
-        config = HybridConfig.from_params(params, mode=self.meta["mix_mode"], fill=self.meta["erase_fill"])
-        return apply_augment(images, targets, sample_augment(config, images, self.generator))
+        return images, targets
 
 
-try:  # MLflow is a dependency of veil, but the augmenter above needs only torch and safetensors
+try:  # MLflow is a dependency of veil, but the augmenter above does not need it
     import warnings
 
     # MLflow warns, on import and on defining the class, that predict has no type hints (its input
@@ -306,21 +306,30 @@ except ImportError:  # pragma: no cover
     PolicyPyfunc = None  # type: ignore[assignment,misc]
 
 
-def log_policy_model(policy_path: str | Path, name: str = "policy_model") -> None:
-    """Log the exported policy as an MLflow pyfunc model (servable with ``mlflow models serve``)."""
+POLICY_CODE = ("agents", "defenses", "env", "recognition")
+"""The veil subpackages a served policy imports: this module, and the game's action and observation
+code with what ``veil.env`` imports."""
+POLICY_REQUIREMENTS = ("safetensors", "numpy", "gymnasium", "pillow", "tqdm")
+"""What those subpackages import besides torch (pinned when logging) and MLflow."""
+
+
+def log_policy_model(policy_path: str | Path, name: str = "policy_model") -> str:
+    """Log the exported policy as an MLflow pyfunc model (servable with ``mlflow models serve``),
+    with the ``veil`` code it runs (``POLICY_CODE``), so it loads where veil is not installed;
+    return the model's URI."""
     import mlflow
     from mlflow.models import infer_signature
 
-    from veil import agents
-    from veil import defenses
+    from .tracking import veil_code_tree
 
     augmenter = PolicyAugmenter.load(policy_path)
     example = np.zeros((1, augmenter.obs_width), dtype=np.float32)
     actions = augmenter.act(torch.from_numpy(example)).numpy()
-    mlflow.pyfunc.log_model(
-        name=name, python_model=PolicyPyfunc(), artifacts={"policy": str(policy_path)},
-        input_example=example, signature=infer_signature(example, actions),
-        code_paths=[str(Path(agents.__file__).parent), str(Path(defenses.__file__).parent)],
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "safetensors", "numpy"],
-    )
+    with veil_code_tree(*POLICY_CODE) as code:
+        info = mlflow.pyfunc.log_model(
+            name=name, python_model=PolicyPyfunc(), artifacts={"policy": str(policy_path)},
+            input_example=example, signature=infer_signature(example, actions), code_paths=[str(code)],
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", *POLICY_REQUIREMENTS],
+        )
+    return info.model_uri
 

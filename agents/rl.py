@@ -18,11 +18,10 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter, Logger
 from tqdm.auto import tqdm
 
-from veil.defenses.params import ACTION_DIM, ACTION_TABLE
+from veil.env.actions import ACTION_DIM, PARAM_NAMES
 from veil.env.face_augment import REWARD_TERMS
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC, "td3": TD3, "a2c": A2C}
-PARAM_NAMES = tuple(name for name, _ in ACTION_TABLE)
 
 
 class MLflowOutputFormat(KVWriter):

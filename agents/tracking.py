@@ -8,8 +8,11 @@ by ``--tracking-uri`` / ``$VEIL_TRACKING_URI``). ``veil ui`` serves the same sto
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +23,8 @@ import torch
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from torch import nn
+
+import veil
 
 DEFAULT_EXPERIMENT = "veil"
 
@@ -139,16 +144,34 @@ def samples_per_identity(images: torch.Tensor, labels: torch.Tensor, n_ids: int 
     return torch.cat(rows)
 
 
+@contextlib.contextmanager
+def veil_code_tree(*subpackages: str) -> Iterator[Path]:
+    """A temporary ``veil/`` package for a logged model's ``code_paths``: ``veil/__init__.py`` and the
+    named subpackages (e.g. ``"recognition"``) under their ``veil`` names, without ``__pycache__``,
+    so the model's code, which imports ``veil.X``, loads where veil is not installed."""
+    with tempfile.TemporaryDirectory(prefix="veil-code-") as tmp:
+        root = Path(tmp) / "veil"
+        root.mkdir()
+        shutil.copy2(veil.__file__, root / "__init__.py")
+        for name in subpackages:
+            spec = importlib.util.find_spec(f"veil.{name}")
+            if spec is None or not spec.submodule_search_locations:
+                raise ValueError(f"veil.{name} is not a subpackage of veil")
+            shutil.copytree(next(iter(spec.submodule_search_locations)), root / name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        yield root
+
+
 def log_fr_model(model: nn.Module, example: torch.Tensor, name: str = "model") -> None:
     """Log the FR model as an MLflow PyTorch model with an input example and signature.
 
-    Requirements are given explicitly and veil's ``recognition`` code is bundled, so MLflow
-    neither probes the environment in a subprocess nor needs veil installed to load it.
+    Requirements are given explicitly and a ``veil`` tree holding ``veil.recognition`` is bundled
+    (``veil_code_tree``), so MLflow neither probes the environment in a subprocess nor needs veil
+    installed to load it.
     """
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
-    from veil import recognition
     from veil.recognition.models import LogitsOnly
 
     wrapped = LogitsOnly(model).eval()
@@ -156,11 +179,12 @@ def log_fr_model(model: nn.Module, example: torch.Tensor, name: str = "model") -
         out = wrapped(example)
     signature = infer_signature(example.numpy(), out.numpy())
     tv = __import__("torchvision").__version__.split("+")[0]
-    mlflow.pytorch.log_model(
-        wrapped, name=name, input_example=example.numpy(), signature=signature,
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={tv}"],
-        code_paths=[str(Path(recognition.__file__).parent)],
-    )
+    with veil_code_tree("recognition") as code:
+        mlflow.pytorch.log_model(
+            wrapped, name=name, input_example=example.numpy(), signature=signature,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={tv}"],
+            code_paths=[str(code)],
+        )
 
 
 def log_file(path: str | Path, artifact_path: str | None = None) -> None:

@@ -2,19 +2,18 @@
 
 ``sample(config, images, generator)`` draws a record, ``apply(images, targets, record)`` uses
 it, so any step can be replayed and logged (the torchvision v2 split of ``_get_params`` and
-``_transform``). ``HybridConfig.from_params`` turns the agent's decoded ``AugmentParams`` into
-the two configs.
+``_transform``). ``HybridConfig.from_params`` turns one ``AugmentParams`` (e.g. an agent's decoded
+action) into the two configs.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import torch
 
 from .erasing import EraseConfig, EraseRecord, apply_erasing, sample_erasing
-from .mixup import MixConfig, MixRecord, apply_mixup, sample_mixup
+from .mixup import MixConfig, MixRecord, apply_mixup, band_for, sample_mixup
 from .params import AugmentParams
 
 
@@ -27,8 +26,8 @@ class HybridConfig:
 
     @staticmethod
     def from_params(params: AugmentParams, mode: str = "complex", fill: str | float = "mean") -> "HybridConfig":
-        """The configs an action decodes to; ``mode`` (Fourier or DCT) and ``fill`` are configuration."""
-        band = (params.radius, math.inf) if params.high_band else (0.0, params.radius)
+        """The configs ``params`` stand for; ``mode`` (Fourier or DCT) and ``fill`` are configuration."""
+        band = band_for("high" if params.high_band else "low", [params.radius])
         mix = (MixConfig(k=params.k, alpha=params.alpha, band=band, mode=mode, label_follow=params.label_follow)
                if params.k > 1 else None)
         erase = (EraseConfig(p=params.erase_p, scale=params.erase_scale, ratio=params.erase_ratio, value=fill)

@@ -22,12 +22,29 @@ classifies from the band left unmixed).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 MODES = ("complex", "amplitude", "phase", "dct")
+BAND_KINDS = ("low", "high", "band")
+
+
+def band_for(kind: str, radius: Sequence[float]) -> tuple[float, float]:
+    """The (r_lo, r_hi) band mixed for a band ``kind`` and its radii (fractions of Nyquist): ``low``
+    (0, r), ``high`` (r, inf), ``band`` (r_lo, r_hi); a wrong kind or count is a one-line ValueError."""
+    radii = [float(r) for r in radius]
+    if kind not in BAND_KINDS:
+        raise ValueError(f"band kind must be one of {', '.join(BAND_KINDS)}, got {kind!r}")
+    if kind == "band":
+        if len(radii) != 2:
+            raise ValueError(f"a band-pass band needs two radii (r_lo, r_hi), got {radii}")
+        return radii[0], radii[1]
+    if len(radii) != 1:
+        raise ValueError(f"a {kind} band takes one radius, got {radii}")
+    return (0.0, radii[0]) if kind == "low" else (radii[0], math.inf)
 
 
 @dataclass(frozen=True)
@@ -35,10 +52,10 @@ class MixConfig:
     """Frequency-MixUp parameters.
 
     Args:
-        k: images mixed per sample (1 = identity), <= batch size.
+        k: images mixed per sample (1 = identity), <= batch size; 3 by default, as ``veil train-fr --mix-k``.
         alpha: Dirichlet concentration (small: one image dominates; large: even weights), > 0.
         band: (r_lo, r_hi) radial band mixed, as fractions of Nyquist; frequencies with
-            r_lo <= r < r_hi are mixed. Low band: (0, radius); high band: (radius, inf).
+            r_lo <= r < r_hi are mixed (``band_for``: low (0, radius), high (radius, inf)).
         mode: ``complex``, ``amplitude`` or ``phase`` (Fourier), or ``dct`` (8x8 block DCT).
         drop_dc: DCT mode: zero the DC channel of every block (PPFR-FD's removal of the
             channels that carry most visual information).
@@ -53,7 +70,7 @@ class MixConfig:
         >>> mixed, soft = apply_mixup(images, soft_targets, rec)
     """
 
-    k: int = 2
+    k: int = 3
     alpha: float = 1.0
     band: tuple[float, float] = (0.0, 0.5)
     mode: str = "complex"
@@ -82,12 +99,12 @@ class MixConfig:
     @staticmethod
     def low(radius: float, **kw: object) -> "MixConfig":
         """Mix the band r < radius."""
-        return MixConfig(band=(0.0, radius), **kw)  # type: ignore[arg-type]
+        return MixConfig(band=band_for("low", [radius]), **kw)  # type: ignore[arg-type]
 
     @staticmethod
     def high(radius: float, **kw: object) -> "MixConfig":
         """Mix the band r >= radius."""
-        return MixConfig(band=(radius, math.inf), **kw)  # type: ignore[arg-type]
+        return MixConfig(band=band_for("high", [radius]), **kw)  # type: ignore[arg-type]
 
 
 @dataclass

@@ -1,19 +1,23 @@
 """The adversarial augmentation environment.
 
-`FaceAugmentEnv(gymnasium.Env)`, registered as `veil/FaceAugment-v0`, wraps a
-`recognition.Trainer`: each step an agent's action is decoded into frequency-MixUp and
-random-erasing parameters (`defenses`), the FR loss on the augmented batch is the reward, and
-alternating phases let the FR model minimize that loss under a utility constraint, with a
-periodic privacy probe (a hook the attack harness fills).
+``FaceAugmentEnv(gymnasium.Env)``, registered as ``veil/FaceAugment-v1`` (``ENV_ID``), wraps a
+``veil.recognition.Trainer``: each step an agent's action is decoded into frequency-MixUp and
+random-erasing parameters (``actions.ActionCodec``), the FR loss on the augmented batch is the
+reward, and alternating phases let the FR model minimize that loss under a utility constraint,
+with a periodic privacy probe (a hook ``veil.attacks`` fills). ``observation`` builds what the
+agent sees; an exported policy (``veil.agents.export``) acts through the same two modules.
 """
 
 import gymnasium as gym
 
+from .actions import ACTION_DIM, ACTION_TABLE, PARAM_NAMES, ActionCodec
 from .deploy_price import DeployPrice
-from .face_augment import OBS_DIM, OBS_NAMES, EnvConfig, FaceAugmentEnv
+from .face_augment import EnvConfig, FaceAugmentEnv
+from .observation import OBS_DIM, OBS_NAMES, observation
 
-ENV_ID = "veil/FaceAugment-v0"
+ENV_ID = "veil/FaceAugment-v1"
 if ENV_ID not in gym.registry:
     gym.register(id=ENV_ID, entry_point="veil.env.face_augment:FaceAugmentEnv")
 
-__all__ = ["DeployPrice", "ENV_ID", "EnvConfig", "FaceAugmentEnv", "OBS_DIM", "OBS_NAMES"]
+__all__ = ["ACTION_DIM", "ACTION_TABLE", "ActionCodec", "DeployPrice", "ENV_ID", "EnvConfig", "FaceAugmentEnv",
+           "OBS_DIM", "OBS_NAMES", "PARAM_NAMES", "observation"]

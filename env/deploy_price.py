@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from veil.defenses.params import ACTION_TABLE
+from .actions import PARAM_NAMES
 
 
 @dataclass(frozen=True)
@@ -30,19 +30,19 @@ class DeployPrice:
             fraction (0.02 = 2 points); negative when the augmentation helped. Read as measured,
             noise included, exactly as ``veil calibrate`` judges them (no monotone fit).
         budget: the accuracy the deployed target may lose (fraction).
-        weight: the term is ``-weight * max(0, price(value) - budget)``.
+        weight: the term is ``-weight * max(0, price(value) - budget)``; 100 by default (``veil train-agent
+            --deploy-weight``): one point over budget costs 1, the scale of the adversary's z-scored gain.
     """
 
     param: str
     values: tuple[float, ...]
     drops: tuple[float, ...]
     budget: float = 0.02
-    weight: float = 30.0
+    weight: float = 100.0
 
     def __post_init__(self) -> None:
-        names = [name for name, *_ in ACTION_TABLE]
-        if self.param not in names:
-            raise ValueError(f"deploy price: unknown parameter {self.param!r}; the action table has {names}")
+        if self.param not in PARAM_NAMES:
+            raise ValueError(f"deploy price: unknown parameter {self.param!r}; the action table has {list(PARAM_NAMES)}")
         if len(self.values) < 1 or len(self.values) != len(self.drops):
             raise ValueError(f"deploy price: need as many drops as values (at least one), got "
                              f"{len(self.values)} values and {len(self.drops)} drops")

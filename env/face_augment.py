@@ -1,4 +1,5 @@
-"""``FaceAugmentEnv``: the adversarial augmentation game around a face-recognition trainer."""
+"""``FaceAugmentEnv``: the adversarial augmentation game around a face-recognition trainer, and
+``EnvConfig``, everything it is configured by."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import gymnasium as gym
@@ -14,17 +16,14 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from veil.defenses.hybrid import HybridConfig
-from veil.defenses.hybrid import apply as apply_augment
-from veil.defenses.hybrid import sample as sample_augment
-from veil.defenses.params import ACTION_DIM, AugmentParams, check_bounds, decode, with_fixed
+from veil.defenses.params import AugmentParams
 from veil.recognition import (DataConfig, FaceSplit, ModelConfig, SplitConfig, Trainer, TrainerConfig, build_model,
-                         load_faces, one_hot, random_hflip, split_identities, to_float)
+                              load_faces, one_hot, random_hflip, split_identities, to_float)
 
+from .actions import ACTION_DIM, ActionCodec
 from .deploy_price import DeployPrice
+from .observation import OBS_BOUND, OBS_DIM, observation
 
-OBS_NAMES = ("progress", "phase_fr", "loss_clean", "loss_aug", "acc_train", "acc_val", "probe_top1", "grad_norm")
-OBS_DIM = len(OBS_NAMES) + ACTION_DIM
 REWARD_TERMS = ("reward_adv", "reward_utility", "reward_preserve", "reward_privacy", "reward_deploy")
 """The reward's terms, each in ``info`` (their sum is the reward)."""
 
@@ -34,11 +33,12 @@ Probe = Callable[[nn.Module], float]
 
 @dataclass(frozen=True)
 class EnvConfig:
-    """Everything the environment needs; see ``FaceAugmentEnv`` for what each part does.
+    """Everything the environment needs; see ``FaceAugmentEnv`` for what each part does. The
+    defaults are ``veil train-agent``'s, which every documented result used.
 
     Args:
         data, split: the face set and its private/public split (the env trains on private train).
-        model, width: FR backbone (``recognition.models``) and the small CNN's width.
+        model, width: FR backbone (``veil.recognition.models``) and the small CNN's width.
         lr, batch_size: FR optimizer settings (Adam, constant LR).
         episode_steps: batches per episode.
         horizon: the planned number of FR batches in the run; the observation's progress is
@@ -55,7 +55,7 @@ class EnvConfig:
             called every ``probe_every`` steps (0: never).
         clean_every, clean_batch: how often (in steps) the clean-batch loss baseline is refreshed,
             and on how many of the batch's images (0: all). It is a smoothed observation, so a
-            quarter of a batch every 4 steps keeps its forward passes near 2% of the FR work.
+            few images every few steps keep its forward passes a small share of the FR work.
         reward_scale: how the adversary's gain is normalized. Its gain is the *excess* loss on the
             augmented batch, ``L_aug - H(targets)`` (the KL divergence from the soft targets: mixed
             labels carry entropy no model can remove, and rewarding it would pay the adversary for
@@ -86,7 +86,7 @@ class EnvConfig:
             e.g. ``{"radius": (0.0, 0.05)}``: a utility constraint set from a fixed sweep (mixing
             a wider band costs accuracy at deployment that the game cannot see), inside which the
             agent still plays the adversary. Exported with the policy.
-        deploy_price: a ``DeployPrice`` (``env.deploy_price``): the term
+        deploy_price: a ``DeployPrice`` (``veil.env.deploy_price``): the term
             ``-weight * max(0, price(value) - budget)`` on the step's value of one parameter, where
             the price is the natural accuracy a fresh target trained under that value lost in a
             ``veil calibrate`` run: the outer loop's measurements as a per-action utility term, so
@@ -105,12 +105,12 @@ class EnvConfig:
     model: str = "cnn"
     width: int = 32
     lr: float = 1e-3
-    batch_size: int = 64
+    batch_size: int = 32
     episode_steps: int = 64
     horizon: int = 4096
     schedule: str = "alternating"
-    policy_steps: int = 32
-    fr_steps: int = 32
+    policy_steps: int = 8
+    fr_steps: int = 8
     k_max: int = 6
     mix_mode: str = "complex"
     erase_fill: str | float = "mean"
@@ -150,30 +150,52 @@ class EnvConfig:
                              f"{self.preserve_budget}, {self.preserve_weight}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        with_fixed(AugmentParams(), self.fixed_params)  # names and values checked here, not mid-game
-        object.__setattr__(self, "param_bounds", check_bounds(self.param_bounds, self.k_max, self.fixed_params))
+        object.__setattr__(self, "param_bounds", dict(self.codec.bounds))  # checked here, not mid-game
         if self.deploy_price is not None and self.deploy_price.param in self.fixed_params:
             raise ValueError(f"{self.deploy_price.param} is fixed, so pricing it by deployment means nothing; "
                              f"unfix it or drop the deploy price")
         if self.clean_every < 1 or self.clean_batch < 0:
             raise ValueError(f"clean_every must be >= 1 and clean_batch >= 0, got {self.clean_every}, {self.clean_batch}")
 
+    @cached_property
+    def codec(self) -> ActionCodec:
+        """How this game turns an action into an applied augmentation (built, and so checked, once)."""
+        return ActionCodec(k_max=self.k_max, bounds=self.param_bounds, fixed=self.fixed_params,
+                           mix_mode=self.mix_mode, erase_fill=self.erase_fill)
+
 
 class FaceAugmentEnv(gym.Env):
-    """The adversarial augmentation game: an agent picks the parameters of frequency-domain
-    MixUp and random erasing for each batch of a face-recognition trainer; its reward is the FR
-    loss on the augmented batch, while the FR model, in its own phases, minimizes that loss.
+    """The adversarial augmentation game around a face-recognition trainer.
+
+    ## Description
+    Each step is one batch of the FR model's private training images. The agent (the adversary)
+    picks the parameters of frequency-domain MixUp and random erasing for that batch and is
+    rewarded with the FR loss on the augmented batch; the FR model, in its own phases
+    (``schedule``), minimizes that loss. What the FR model learns under the augmentations the
+    agent finds hardest is meant to leak less to model-inversion attacks, and a utility constraint,
+    a per-step identity-preservation term, an optional privacy probe and an optional deployment
+    price keep the adversary from winning by wiping the faces.
 
     ## Action Space
-    ``Box(-1, 1, (8,))``, decoded by ``defenses.params.decode`` (README: the action table):
-    k images mixed, Dirichlet alpha, band radius, band side, erase probability, erased area,
-    aspect range, and how far MixUp's targets follow the mix (label_follow).
+    ``Box(-1, 1, (8,), float32)``, decoded by ``veil.env.actions`` (its table, the README's action
+    table): k images mixed, Dirichlet alpha, band radius, band side, erase probability, erased
+    area, aspect range, and how far MixUp's targets follow the mix (``label_follow``). Parameters in
+    ``EnvConfig.fixed_params`` ignore their dimension; ``EnvConfig.param_bounds`` squeeze theirs.
 
     ## Observation Space
-    ``Box(-10, 10, (16,))``: progress through the run, whether this step is an FR step, the
-    running clean and augmented losses (divided by ln K), running train accuracy, the last
-    validation accuracy, the last probe top-1 (0 before any probe), log1p(gradient norm), and
-    the last action (8 values).
+    ``Box(-10, 10, (16,), float32)``, built by ``veil.env.observation.observation``:
+
+    | Num | Observation | Range |
+    |-----|-------------|-------|
+    | 0 | progress: min(1, FR batches so far / ``horizon``) | [0, 1] |
+    | 1 | whether this step updates the FR model | {0, 1} |
+    | 2 | running clean-batch loss / ln K | [0, 10] |
+    | 3 | running augmented-batch loss / ln K | [0, 10] |
+    | 4 | running train top-1 on the augmented batches | [0, 1] |
+    | 5 | last validation top-1 (held-out private training images) | [0, 1] |
+    | 6 | last probe top-1 (0 before any probe) | [0, 1] |
+    | 7 | log1p(last FR gradient norm) | [0, 10] |
+    | 8-15 | the last action | [-1, 1] |
 
     ## Rewards
     ``reward = adv - utility_weight * max(0, acc_budget - acc_val)
@@ -181,19 +203,39 @@ class FaceAugmentEnv(gym.Env):
     - deploy_price.weight * max(0, deploy_price(value) - deploy_price.budget)``
     where ``adv`` is the excess loss on the augmented batch (``L_aug - H(targets)``), z-scored
     against its running statistics by default (``reward_scale``). ``info`` carries each term:
-    ``reward_adv``, ``reward_utility``, ``reward_preserve``, ``reward_privacy``, ``reward_deploy`` (their sum is the
-    reward), with ``loss_aug``, ``loss_excess``, ``acc_aug`` and ``acc_preserve`` (``acc_aug``, or
-    the held-out score of ``preserve_on="heldout"`` / ``"heldout-drop"``) beside them.
+    ``reward_adv``, ``reward_utility``, ``reward_preserve``, ``reward_privacy``, ``reward_deploy``
+    (their sum is the reward), with ``loss_aug``, ``loss_excess``, ``acc_aug`` and ``acc_preserve``
+    (``acc_aug``, or the held-out score of ``preserve_on="heldout"`` / ``"heldout-drop"``) beside them.
 
     ## Starting State
-    A freshly initialized FR model (seeded). ``reset()`` keeps the current FR model
-    (``reset_mode="continue"``: the game goes on across episodes) or restores the initial snapshot
-    (``"restart"``); ``reset(seed=...)`` always restores it and replays batches and draws from
-    that seed, so a seeded episode is reproducible. The observation starts from the model's
-    measured validation accuracy.
+    A freshly initialized FR model (seeded), trained for ``warmup_steps`` clean batches.
+    ``reset()`` keeps the current FR model (``reset_mode="continue"``: the game goes on across
+    episodes) or restores the snapshot taken after the warm-up (``"restart"``); ``reset(seed=...)``
+    always restores it and replays batches and draws from that seed, so a seeded episode is
+    reproducible. The observation starts from the model's measured validation accuracy.
 
     ## Episode End
     Never terminates; truncated after ``episode_steps`` batches.
+
+    ## Arguments
+    ``gymnasium.make(ENV_ID, config=..., split=..., probe=...)`` or ``FaceAugmentEnv(...)``:
+
+    | Parameter | Type | Default | Description |
+    |-----------|------|---------|-------------|
+    | ``config`` | ``EnvConfig`` | ``EnvConfig()`` | the game: data, FR model, phases, reward terms, fixed and bounded parameters |
+    | ``split`` | ``FaceSplit`` | loaded from ``config.data`` and ``config.split`` | the private/public identity split (pass one to share it between envs) |
+    | ``probe`` | ``Callable[[nn.Module], float]`` | ``None`` | the privacy probe (attack top-1 of a model), called every ``config.probe_every`` steps |
+
+    ## Version History
+    * v1: ``label_follow`` joined the action as dimension 7 (veil 0.10), so the action has 8
+      entries (was 7) and the observation, which ends with the last action, 16 (was 15); a policy
+      exported under v0 still loads and acts with ``label_follow = 1``. Later, spaces unchanged:
+      ``fixed_params`` (0.10), ``preserve_on="heldout"`` (0.10.2) and ``"heldout-drop"`` (0.11),
+      ``param_bounds`` (0.12), ``deploy_price`` and the ``reward_deploy`` term (0.14); the
+      ``EnvConfig`` defaults became ``veil train-agent``'s (``batch_size`` 32, ``policy_steps`` and
+      ``fr_steps`` 8; were 64, 32 and 32). Registered as ``veil/FaceAugment-v0`` until veil 0.16.
+    * v0: initial version (veil 0.1-0.9): 7 action entries, 15 observation entries; the reward's
+      adversary, utility, preserve (on the augmented batch) and privacy terms.
     """
 
     metadata = {"render_modes": []}
@@ -205,8 +247,9 @@ class FaceAugmentEnv(gym.Env):
         self.split = split if split is not None else split_identities(load_faces(config.data), config.split)
         self.num_classes = self.split.num_private
         self.probe = probe
+        self.codec = config.codec
         self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), dtype=np.float32)
-        self.observation_space = spaces.Box(-10.0, 10.0, (OBS_DIM,), dtype=np.float32)
+        self.observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, (OBS_DIM,), dtype=np.float32)
 
         # hold out part of the private training images for the utility constraint
         g = torch.Generator().manual_seed(config.seed + 1)
@@ -273,8 +316,7 @@ class FaceAugmentEnv(gym.Env):
         mode = self.config.preserve_on
         if mode == "batch":
             return batch_accuracy
-        record = sample_augment(self.augmentation(params), self._val_x, self._gen)
-        augmented = self.trainer.evaluate_batch(*apply_augment(self._val_x, self._val_y, record)).accuracy
+        augmented = self.trainer.evaluate_batch(*self.codec.apply(params, self._val_x, self._val_y, self._gen)).accuracy
         if mode == "heldout":
             return augmented
         if self._clean_heldout is None:  # frozen through a policy phase: measured once per model
@@ -298,14 +340,11 @@ class FaceAugmentEnv(gym.Env):
         s = self.total_steps if step is None else step
         return s % (c.policy_steps + c.fr_steps) >= c.policy_steps
 
-    def augmentation(self, params: AugmentParams) -> HybridConfig:
-        return HybridConfig.from_params(params, mode=self.config.mix_mode, fill=self.config.erase_fill)
-
     def _obs(self) -> np.ndarray:
-        c = self.config
-        v = [min(1.0, self.total_steps / max(1, c.horizon)), float(self.is_fr_step()), self.loss_clean / self.log_k,
-             self.loss_aug / self.log_k, self.acc_train, self.acc_val, self.probe_top1, math.log1p(self.grad_norm)]
-        return np.clip(np.concatenate([np.asarray(v, dtype=np.float32), self.last_action]), -10, 10).astype(np.float32)
+        return observation(step=self.total_steps, horizon=self.config.horizon, fr_step=self.is_fr_step(),
+                           loss_clean=self.loss_clean, loss_aug=self.loss_aug, log_k=self.log_k,
+                           acc_train=self.acc_train, acc_val=self.acc_val, probe_top1=self.probe_top1,
+                           grad_norm=self.grad_norm, last_action=self.last_action)
 
     # ------------------------------------------------------------------ gym API
 
@@ -331,11 +370,8 @@ class FaceAugmentEnv(gym.Env):
         if action.size != ACTION_DIM:
             raise ValueError(f"the action must have {ACTION_DIM} entries (the action table), got shape {action.shape}")
         action = np.clip(action.reshape(ACTION_DIM), -1.0, 1.0)
-        params = decode(action, c.k_max, c.param_bounds)
-        params = with_fixed(params, c.fixed_params)  # parameters fixed by configuration override the action
         images, targets = self._next_batch()
-        record = sample_augment(self.augmentation(params), images, self._gen)
-        aug_images, aug_targets = apply_augment(images, targets, record)
+        params, aug_images, aug_targets = self.codec.augment(action, images, targets, self._gen)
         self.last_batch = (aug_images, aug_targets)  # for logging sample grids and for tests
         fr_step = self.is_fr_step()
 
@@ -386,6 +422,7 @@ class FaceAugmentEnv(gym.Env):
                 "target_entropy": entropy, "acc_aug": stats.accuracy, "acc_preserve": acc_preserve,
                 "loss_clean": self.loss_clean, "grad_norm": stats.grad_norm if fr_step else 0.0, "acc_val": self.acc_val,
                 "probe_top1": self.probe_top1, "reward_adv": adv, "reward_utility": utility,
-                "reward_preserve": preserve, "reward_privacy": privacy, "reward_deploy": deploy, "params": asdict(params), "global_step": self.total_steps}
+                "reward_preserve": preserve, "reward_privacy": privacy, "reward_deploy": deploy, "params": asdict(params),
+                "global_step": self.total_steps}
         truncated = self.episode_step >= c.episode_steps
         return self._obs(), float(reward), False, truncated, info

@@ -15,9 +15,9 @@ from mlflow.tracking import MlflowClient
 
 from veil.agents import tracking
 from veil.agents.cli import main
-from veil.agents.export import OBS_WIDTH, PolicyAugmenter, export_policy
-from veil.defenses.params import ACTION_DIM
-from veil.env import EnvConfig, FaceAugmentEnv
+from veil.agents.export import PolicyAugmenter, export_policy
+from veil.env import OBS_DIM, EnvConfig, FaceAugmentEnv
+from veil.env.actions import ACTION_DIM
 from veil.recognition import DataConfig, load_faces, one_hot, split_identities
 
 TINY_DATA = DataConfig(synthetic_identities=8, synthetic_images=10, image_size=32)
@@ -107,7 +107,7 @@ def test_a_policy_exported_before_label_follow_still_loads_and_mixes_targets_as_
 
     from safetensors.torch import save_file
 
-    from veil.defenses.params import ACTION_TABLE
+    from veil.env.actions import ACTION_TABLE
 
     torch.manual_seed(0)
     weight = torch.zeros(7, 15)
@@ -124,6 +124,92 @@ def test_a_policy_exported_before_label_follow_still_loads_and_mixes_targets_as_
     assert aug.last_params.k == 6 and aug.last_params.label_follow == 1.0
     assert aug.observation(4, 1, 10).shape == (15,)
     assert (t - y).abs().max() > 0.05  # the targets followed the mix
+
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED_POLICY = REPO / "docs/results/syn-price-30ep/policies/agent-price-s0.safetensors"
+
+
+@pytest.mark.parametrize("sample, expected", [
+    (False, [([-0.382647, 0.170247, -0.141516, 0.068798, -0.490057, -0.417373, -0.056415, -0.035487],
+              (3, 0.1001174, 0.2549713), 24566.0, 1132.7437),
+             ([-0.437035, 0.360552, -0.099723, -0.110971, -0.581869, -0.585378, 0.28709, -0.243033],
+              (2, 0.1037743, 0.2090655), 24628.131, 764.3455)]),
+    (True, [([0.218369, 0.052434, -0.854524, 0.263114, -0.87964, -0.879637, 0.086032, 0.26225],
+             (4, 0.0377291, 0.0601798), 24599.398, 286.6037),
+            ([-0.508017, -0.027019, 0.243459, 0.490831, -0.56287, 0.150675, 0.288095, 0.496251],
+             (2, 0.1338027, 0.2185649), 24579.148, 1189.3749)]),
+])
+def test_a_committed_policy_acts_and_augments_as_it_did_when_it_was_published(sample: bool, expected: list) -> None:
+    """docs/results/syn-price-30ep's policy (its game fixed label_follow and the band side and bounded
+    the radius) on a seeded batch: the same actions, parameters and augmented images as before the
+    action codec moved to veil.env (values recorded with veil 0.16.1)."""
+    aug = PolicyAugmenter.load(COMMITTED_POLICY, seed=0, sample=sample)
+    assert aug.codec.fixed == {"label_follow": 0.0, "high_band": 0.0} and aug.codec.bounds == {"radius": (0.025, 0.2)}
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(16, 3, 32, 32, generator=g), one_hot(torch.arange(16) % 4, 4)
+    for step, (action, (k, radius, erase_p), total, moved) in zip((100, 101), expected):
+        out, t = aug(x, y, loss=1.1, step=step, total_steps=1000, val_acc=0.6)
+        assert aug.last_action == pytest.approx(action, abs=1e-6)
+        p = aug.last_params
+        assert (p.k, p.high_band, p.label_follow) == (k, False, 0.0)
+        assert (p.radius, p.erase_p) == pytest.approx((radius, erase_p), abs=1e-6)
+        assert float(out.sum()) == pytest.approx(total, rel=1e-5)
+        assert float((out - x).abs().sum()) == pytest.approx(moved, rel=1e-4) and torch.equal(t, y)
+
+
+LOAD_WITHOUT_VEIL = """
+import json, sys
+from pathlib import Path
+
+# no veil but the model's: drop the editable install's finder and the checkout from the import path
+sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+sys.path_hooks[:] = [h for h in sys.path_hooks if not getattr(h, "__module__", "").startswith("__editable__")]
+sys.path_importer_cache.clear()
+repo = Path(sys.argv[3]).resolve()
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != repo]
+try:
+    import veil
+except ModuleNotFoundError:
+    pass
+else:
+    sys.exit(f"veil is importable before loading the model: {veil.__file__}")
+
+import mlflow.pyfunc
+import numpy as np
+
+model = mlflow.pyfunc.load_model(sys.argv[1])
+import veil.agents.export
+print(json.dumps({"veil": veil.__file__, "export": veil.agents.export.__file__,
+                  "actions": model.predict(np.asarray(json.loads(sys.argv[2]), dtype=np.float32)).tolist()}))
+"""
+
+
+def test_the_logged_policy_model_loads_with_its_own_veil_code_where_veil_is_not_installed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model ships a ``veil/`` tree (``tracking.veil_code_tree``): a fresh interpreter outside the
+    checkout, with the editable install hidden, loads it from the model's code folder and acts as here."""
+    import subprocess
+    import sys
+
+    from veil.agents.export import log_policy_model
+
+    monkeypatch.chdir(tmp_path)
+    tracking.setup(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run():
+        uri = log_policy_model(COMMITTED_POLICY)
+    local = Path(mlflow.artifacts.download_artifacts(uri))
+    assert not list(local.rglob("__pycache__"))
+    obs = np.random.default_rng(0).uniform(-1, 1, (2, OBS_DIM)).astype(np.float32)
+    out = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_VEIL, str(local), json.dumps(obs.tolist()), str(REPO)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    child = json.loads(out.stdout.strip().splitlines()[-1])
+    code = (local / "code" / "veil").resolve()
+    assert Path(child["veil"]).resolve() == code / "__init__.py"
+    assert Path(child["export"]).resolve() == code / "agents" / "export.py"
+    expected = PolicyAugmenter.load(COMMITTED_POLICY).act(torch.from_numpy(obs)).numpy()
+    assert np.allclose(child["actions"], expected, atol=1e-6)
 
 
 def test_policy_augmenter_keeps_the_parameters_its_game_fixed(tmp_path: Path) -> None:
@@ -149,7 +235,7 @@ def test_policy_augmenter_keeps_the_box_its_game_bounded(tmp_path: Path) -> None
     agent = PPO("MlpPolicy", env, seed=0, device="cpu")
     path = export_policy(agent, tmp_path / "p.safetensors", env.config, {})
     aug = PolicyAugmenter.load(path, sample=True)  # sampled actions roam the whole [-1, 1] box
-    assert aug.param_bounds == {"radius": (0.0, 0.05), "k": (4.0, 6.0)}
+    assert aug.codec.bounds == {"radius": (0.0, 0.05), "k": (4.0, 6.0)}
     x, y = torch.rand(16, 3, 32, 32), one_hot(torch.arange(16) % 4, 4)
     radii = []
     for step in range(30):
@@ -207,7 +293,7 @@ def test_policy_augmenter_replays_the_games_clean_warmup(tmp_path: Path) -> None
     aug(x, y, step=5, total_steps=100)
     assert aug.last_params is not None
     assert PolicyAugmenter.load(path, warmup_steps=0).warmup_steps == 0
-    # warm-up + the FR share of the horizon (alternating 32/32 by default): what a deployment should match
+    # warm-up + the FR share of the horizon (alternating 8/8 by default): what a deployment should match
     assert aug.game_fr_steps() == 5 + cfg.horizon // 2
 
 
@@ -238,16 +324,16 @@ def test_train_fr_warns_when_the_policy_never_acts_or_the_run_is_short(tmp_path:
                                                                        capsys: pytest.CaptureFixture) -> None:
     from stable_baselines3 import PPO
 
-    from veil.agents.cli import _policy_augment
+    from veil.agents.train_fr import PolicyUse, policy_augment_for
 
     cfg = EnvConfig(data=TINY_DATA, width=8, batch_size=16, warmup_steps=50, horizon=400)
     env = FaceAugmentEnv(cfg, split=split_identities(load_faces(cfg.data), cfg.split))
     path = export_policy(PPO("MlpPolicy", env, seed=0, device="cpu"), tmp_path / "p.safetensors", env.config, {})
-    _policy_augment(str(path), trainer=None, seed=0, planned_steps=40)
+    policy_augment_for(PolicyUse(str(path)), trainer=None, seed=0, planned_steps=40)
     assert "covers this whole run of 40; the policy never acts" in capsys.readouterr().out
-    _policy_augment(str(path), trainer=None, seed=0, planned_steps=80)  # the game: 50 + 200 FR steps
+    policy_augment_for(PolicyUse(str(path)), trainer=None, seed=0, planned_steps=80)  # the game: 50 + 200 FR steps
     assert "trained for about 250 steps; this run has 80" in capsys.readouterr().out
-    _policy_augment(str(path), trainer=None, seed=0, planned_steps=240)
+    policy_augment_for(PolicyUse(str(path)), trainer=None, seed=0, planned_steps=240)
     assert "warning" not in capsys.readouterr().out
 
 
@@ -302,13 +388,12 @@ def test_train_agent_logs_sb3_metrics_env_terms_policy_and_plot(tmp_path: Path,
 
     game_fr, run_id, params = load_target(run.info.run_id)  # the game's FR model, as veil attack sees it
     assert run_id == run.info.run_id and game_fr(torch.rand(2, 3, 32, 32))["logits"].shape == (2, 4)
-    ns = type("A", (), {})()
-    data_from_params(params, ns)
-    assert (ns.data, ns.image_size, ns.synthetic_identities) == ("synthetic", 32, 8)
+    data, _ = data_from_params(params)
+    assert (data.source, data.image_size, data.synthetic_identities) == ("synthetic", 32, 8)
     models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
     served = mlflow.pyfunc.load_model(models[0].model_uri)
     policy = next((tmp_path / "checkpoints").glob("*-policy.safetensors"))
-    obs = np.zeros((3, OBS_WIDTH), dtype=np.float32)
+    obs = np.zeros((3, OBS_DIM), dtype=np.float32)
     assert np.allclose(served.predict(obs), PolicyAugmenter.load(policy).act(torch.from_numpy(obs)).numpy())
     capsys.readouterr()
     assert main(["train-fr", "--data", "synthetic", *AGENT_TINY[:6], "--batch-size", "16", "--epochs", "2",
@@ -390,7 +475,7 @@ def test_a_deployment_price_needs_a_calibration_and_a_free_parameter(tmp_path: P
 
 def _spy_on_export(monkeypatch: pytest.MonkeyPatch, look) -> None:
     """Call ``look(agent)`` on the trained SB3 agent when train-agent exports its policy."""
-    import veil.agents.export as ta
+    import veil.agents.train_agent as ta
 
     export = ta.export_policy
 

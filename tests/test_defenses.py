@@ -1,4 +1,5 @@
-"""Defenses: the action table, batched random erasing (with torchvision parity) and frequency MixUp."""
+"""Defenses: the augmentation parameters, batched random erasing (with torchvision parity), frequency MixUp
+and the hybrid of both."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import torch
 from torchvision.transforms import v2
 
 from veil.defenses.erasing import EraseConfig, apply_erasing, random_erasing, sample_erasing
-from veil.defenses.mixup import MODES, MixConfig, apply_mixup, radial_frequency, sample_mixup
-from veil.defenses.params import ACTION_DIM, AugmentParams, decode, encode, with_fixed
+from veil.defenses.mixup import MODES, MixConfig, apply_mixup, band_for, radial_frequency, sample_mixup
+from veil.defenses.params import AugmentParams
 
 
 def _batch(b: int = 16, classes: int = 5, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,82 +23,7 @@ def _batch(b: int = 16, classes: int = 5, size: int = 32, seed: int = 0) -> tupl
     return x, y
 
 
-# ----------------------------------------------------------------------------- action table
-
-def test_action_extremes_decode_to_the_documented_bounds() -> None:
-    lo, hi = decode(-np.ones(ACTION_DIM)), decode(np.ones(ACTION_DIM))
-    assert (lo.k, hi.k) == (1, 6)
-    assert lo.alpha == pytest.approx(0.2) and hi.alpha == pytest.approx(5.0)
-    assert (lo.radius, hi.radius) == (0.0, 1.0)
-    assert (lo.high_band, hi.high_band) == (False, True)
-    assert (lo.erase_p, hi.erase_p) == (0.0, 1.0)
-    assert lo.erase_area == pytest.approx(0.02) and hi.erase_area == pytest.approx(0.5)
-    assert lo.erase_aspect == pytest.approx(1.0) and hi.erase_aspect == pytest.approx(3.3)
-    assert hi.erase_scale == pytest.approx((0.125, 0.5))
-    assert (lo.label_follow, hi.label_follow) == (0.0, 1.0)
-
-
-def test_a_legacy_seven_entry_action_decodes_with_targets_following_the_mix() -> None:
-    """Policies exported before label_follow act in 7 dimensions; their rule was label_follow 1."""
-    a = np.random.default_rng(1).uniform(-1, 1, ACTION_DIM)
-    legacy, full = decode(a[:7]), decode(np.append(a[:7], 1.0))
-    assert legacy.label_follow == 1.0 and legacy == full
-
-
-def test_encode_inverts_decode() -> None:
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        p = decode(rng.uniform(-1, 1, ACTION_DIM))
-        q = decode(encode(p))
-        assert q.k == p.k and q.high_band == p.high_band
-        for name in ("alpha", "radius", "erase_p", "erase_area", "erase_aspect", "label_follow"):
-            assert getattr(q, name) == pytest.approx(getattr(p, name), rel=1e-5, abs=1e-6)
-
-
-def test_out_of_range_actions_are_clipped_and_nan_rejected() -> None:
-    assert decode(np.full(ACTION_DIM, 7.0)) == decode(np.ones(ACTION_DIM))
-    with pytest.raises(ValueError, match="NaN"):
-        decode(np.full(ACTION_DIM, np.nan))
-    with pytest.raises(ValueError, match="8 entries"):
-        decode(np.zeros(3))
-
-
-def test_bounds_squeeze_a_dimension_onto_the_given_range_on_its_own_scale() -> None:
-    b = {"radius": (0.0, 0.05), "alpha": (0.5, 2.0), "k": (1, 3)}
-    lo, mid, hi = (decode(np.full(ACTION_DIM, a), 6, b) for a in (-1.0, 0.0, 1.0))
-    assert (lo.radius, hi.radius) == pytest.approx((0.0, 0.05), abs=1e-6) and mid.radius == pytest.approx(0.025, abs=1e-6)
-    assert (lo.alpha, mid.alpha, hi.alpha) == pytest.approx((0.5, 1.0, 2.0), rel=1e-6)  # geometric centre: log scale
-    assert (lo.k, hi.k) == (1, 3)
-    rng = np.random.default_rng(0)
-    for a in rng.uniform(-1, 1, (50, ACTION_DIM)):
-        p, q = decode(a, 6, b), decode(a)
-        assert 0.0 <= p.radius <= 0.05 + 1e-6 and 1 <= p.k <= 3
-        assert (p.erase_p, p.erase_area, p.high_band) == (q.erase_p, q.erase_area, q.high_band)  # the rest unbounded
-
-
-@pytest.mark.parametrize("bounds, message", [({"radius": (0.1, 0.05)}, "lo <= hi"),
-                                             ({"radius": (0.0, 1.5)}, "leaves its range"),
-                                             ({"high_band": (0, 1)}, "fix it instead"),
-                                             ({"blur": (0, 1)}, "cannot bound 'blur'"),
-                                             ({"k": (1, 9)}, "k_max=6")])
-def test_bad_bounds_are_refused_with_the_parameter_named(bounds: dict, message: str) -> None:
-    from veil.defenses.params import check_bounds
-
-    with pytest.raises(ValueError, match=message):
-        check_bounds(bounds, 6)
-
-
-def test_fixed_parameters_override_the_decoded_ones_and_keep_the_rest() -> None:
-    from veil.defenses.params import with_fixed
-
-    p = decode(np.zeros(ACTION_DIM))
-    q = with_fixed(p, {"k": 2.4, "high_band": 1, "label_follow": 0})
-    assert (q.k, q.high_band, q.label_follow) == (2, True, 0.0)
-    assert (q.alpha, q.radius, q.erase_p) == (p.alpha, p.radius, p.erase_p)
-    assert with_fixed(p, {}) is p
-    with pytest.raises(ValueError, match="erase_p must be in"):
-        with_fixed(p, {"erase_p": 2.0})
-
+# ----------------------------------------------------------------------------- parameters
 
 def test_params_validate_their_bounds() -> None:
     with pytest.raises(ValueError, match="erase_p"):
@@ -337,6 +263,23 @@ def test_dct_mode_handles_sizes_that_are_not_multiples_of_8() -> None:
     assert out.shape == x.shape
 
 
+def test_band_for_maps_each_kind_and_its_radii_to_the_band_mixed() -> None:
+    assert band_for("low", [0.05]) == (0.0, 0.05)
+    assert band_for("high", (0.3,)) == (0.3, math.inf)
+    assert band_for("band", [0.1, 0.6]) == (0.1, 0.6)
+    assert MixConfig.low(0.2).band == band_for("low", [0.2]) and MixConfig.high(0.2).band == band_for("high", [0.2])
+
+
+@pytest.mark.parametrize("kind, radius, message", [("band", [0.1], "needs two radii"),
+                                                   ("low", [0.1, 0.2], "a low band takes one radius"),
+                                                   ("high", [], "a high band takes one radius"),
+                                                   ("mid", [0.1], "band kind must be one of low, high, band")])
+def test_band_for_refuses_a_wrong_kind_or_count_in_one_line(kind: str, radius: list, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as err:
+        band_for(kind, radius)
+    assert "\n" not in str(err.value)
+
+
 def test_k_larger_than_the_batch_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="k=5"):
         sample_mixup(4, MixConfig(k=5))
@@ -379,12 +322,3 @@ def test_hybrid_with_k_one_and_p_zero_is_the_identity() -> None:
     x, y = _batch()
     out, t = augment(x, y, HybridConfig.from_params(AugmentParams(k=1, erase_p=0.0)))
     assert torch.equal(out, x) and torch.equal(t, y)
-
-
-def test_the_centre_of_the_action_box_with_labels_and_band_fixed_is_the_documented_fixed_hybrid() -> None:
-    """RESULTS' `center` row is the action an untrained policy takes under --fix label_follow=0
-    --fix high_band=0 (docs/deploy.md's fixed example is the same with the radius at 0.125, `c125`):
-    the benchmark flags must decode from it."""
-    p = with_fixed(decode(np.zeros(ACTION_DIM)), {"label_follow": 0.0, "high_band": 0.0})
-    assert (p.k, p.alpha, p.radius, p.erase_p, p.high_band, p.label_follow) == (4, 1.0, 0.5, 0.5, False, 0.0)
-    assert p.erase_scale == pytest.approx((0.065, 0.26)) and p.erase_aspect == pytest.approx(1.817, abs=1e-3)

@@ -1,4 +1,4 @@
-"""FaceAugmentEnv: Gymnasium/SB3 API, reward bookkeeping and phases."""
+"""FaceAugmentEnv: Gymnasium/SB3 API, reward bookkeeping and phases; the action table and its codec."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from veil.defenses.params import ACTION_DIM
-from veil.env import ENV_ID, DeployPrice, EnvConfig, FaceAugmentEnv
+from veil.env import ENV_ID, OBS_DIM, OBS_NAMES, DeployPrice, EnvConfig, FaceAugmentEnv
+from veil.env.actions import ACTION_DIM, ActionCodec, check_bounds, decode, encode, with_fixed
 from veil.recognition import DataConfig, soft_cross_entropy
 
 
@@ -45,6 +45,38 @@ def test_registered_id_makes_the_env(split) -> None:
     env = gym.make(ENV_ID, config=_config(), split=split)
     obs, _ = env.reset(seed=0)
     assert env.observation_space.contains(obs)
+
+
+def test_the_env_is_registered_as_v1_and_v0_is_gone() -> None:
+    assert ENV_ID == "veil/FaceAugment-v1"
+    assert "veil/FaceAugment-v0" not in gym.registry  # its 7-entry action and 15-entry observation are gone
+
+
+def test_the_observation_is_the_state_entries_then_the_last_action(split) -> None:
+    env = FaceAugmentEnv(_config(), split=split)
+    obs, _ = env.reset(seed=0)
+    action = np.linspace(-1, 1, ACTION_DIM).astype(np.float32)
+    obs, *_ = env.step(action)
+    assert obs.shape == (OBS_DIM,) and len(OBS_NAMES) + ACTION_DIM == OBS_DIM
+    assert np.array_equal(obs[len(OBS_NAMES):], action)
+    assert obs[OBS_NAMES.index("progress")] == pytest.approx(1 / env.config.horizon)
+    assert obs[OBS_NAMES.index("acc_val")] == pytest.approx(env.acc_val)
+
+
+def test_bounds_and_fixes_are_checked_once_when_the_game_is_configured(split, monkeypatch) -> None:
+    from veil.env import actions
+
+    env = FaceAugmentEnv(_config(fixed_params={"label_follow": 0.0}, param_bounds={"radius": (0.0, 0.05)}),
+                         split=split)
+    env.reset(seed=0)
+
+    def again(*args: object, **kwargs: object) -> None:
+        raise AssertionError("checked again mid-game")
+
+    monkeypatch.setattr(actions, "check_bounds", again)
+    monkeypatch.setattr(actions, "fixed_values", again)
+    info = env.step(np.ones(ACTION_DIM, dtype=np.float32))[4]
+    assert info["params"]["radius"] == pytest.approx(0.05) and info["params"]["label_follow"] == 0.0
 
 
 def test_loss_aug_is_the_loss_of_the_augmented_batch_and_reward_is_the_sum_of_terms(split) -> None:
@@ -287,3 +319,114 @@ def test_clean_loss_is_refreshed_every_clean_every_steps_on_clean_batch_images(s
 def test_clean_every_below_one_is_rejected() -> None:
     with pytest.raises(ValueError, match="clean_every"):
         _config(clean_every=0)
+
+
+# ----------------------------------------------------------------------------- the action table (veil.env.actions)
+
+def test_action_extremes_decode_to_the_documented_bounds() -> None:
+    lo, hi = decode(-np.ones(ACTION_DIM)), decode(np.ones(ACTION_DIM))
+    assert (lo.k, hi.k) == (1, 6)
+    assert lo.alpha == pytest.approx(0.2) and hi.alpha == pytest.approx(5.0)
+    assert (lo.radius, hi.radius) == (0.0, 1.0)
+    assert (lo.high_band, hi.high_band) == (False, True)
+    assert (lo.erase_p, hi.erase_p) == (0.0, 1.0)
+    assert lo.erase_area == pytest.approx(0.02) and hi.erase_area == pytest.approx(0.5)
+    assert lo.erase_aspect == pytest.approx(1.0) and hi.erase_aspect == pytest.approx(3.3)
+    assert hi.erase_scale == pytest.approx((0.125, 0.5))
+    assert (lo.label_follow, hi.label_follow) == (0.0, 1.0)
+
+
+def test_a_legacy_seven_entry_action_decodes_with_targets_following_the_mix() -> None:
+    """Policies exported before label_follow act in 7 dimensions; their rule was label_follow 1."""
+    a = np.random.default_rng(1).uniform(-1, 1, ACTION_DIM)
+    legacy, full = decode(a[:7]), decode(np.append(a[:7], 1.0))
+    assert legacy.label_follow == 1.0 and legacy == full
+
+
+def test_encode_inverts_decode() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        p = decode(rng.uniform(-1, 1, ACTION_DIM))
+        q = decode(encode(p))
+        assert q.k == p.k and q.high_band == p.high_band
+        for name in ("alpha", "radius", "erase_p", "erase_area", "erase_aspect", "label_follow"):
+            assert getattr(q, name) == pytest.approx(getattr(p, name), rel=1e-5, abs=1e-6)
+
+
+def test_out_of_range_actions_are_clipped_and_nan_rejected() -> None:
+    assert decode(np.full(ACTION_DIM, 7.0)) == decode(np.ones(ACTION_DIM))
+    with pytest.raises(ValueError, match="NaN"):
+        decode(np.full(ACTION_DIM, np.nan))
+    with pytest.raises(ValueError, match="8 entries"):
+        decode(np.zeros(3))
+
+
+def test_bounds_squeeze_a_dimension_onto_the_given_range_on_its_own_scale() -> None:
+    b = {"radius": (0.0, 0.05), "alpha": (0.5, 2.0), "k": (1, 3)}
+    lo, mid, hi = (decode(np.full(ACTION_DIM, a), 6, b) for a in (-1.0, 0.0, 1.0))
+    assert (lo.radius, hi.radius) == pytest.approx((0.0, 0.05), abs=1e-6) and mid.radius == pytest.approx(0.025, abs=1e-6)
+    assert (lo.alpha, mid.alpha, hi.alpha) == pytest.approx((0.5, 1.0, 2.0), rel=1e-6)  # geometric centre: log scale
+    assert (lo.k, hi.k) == (1, 3)
+    rng = np.random.default_rng(0)
+    for a in rng.uniform(-1, 1, (50, ACTION_DIM)):
+        p, q = decode(a, 6, b), decode(a)
+        assert 0.0 <= p.radius <= 0.05 + 1e-6 and 1 <= p.k <= 3
+        assert (p.erase_p, p.erase_area, p.high_band) == (q.erase_p, q.erase_area, q.high_band)  # the rest unbounded
+
+
+@pytest.mark.parametrize("bounds, message", [({"radius": (0.1, 0.05)}, "lo <= hi"),
+                                             ({"radius": (0.0, 1.5)}, "leaves its range"),
+                                             ({"high_band": (0, 1)}, "fix it instead"),
+                                             ({"blur": (0, 1)}, "cannot bound 'blur'"),
+                                             ({"k": (1, 9)}, "k_max=6")])
+def test_bad_bounds_are_refused_with_the_parameter_named(bounds: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_bounds(bounds, 6)
+
+
+def test_fixed_parameters_override_the_decoded_ones_and_keep_the_rest() -> None:
+    p = decode(np.zeros(ACTION_DIM))
+    q = with_fixed(p, {"k": 2.4, "high_band": 1, "label_follow": 0})
+    assert (q.k, q.high_band, q.label_follow) == (2, True, 0.0)
+    assert (q.alpha, q.radius, q.erase_p) == (p.alpha, p.radius, p.erase_p)
+    assert with_fixed(p, {}) is p
+    with pytest.raises(ValueError, match="erase_p must be in"):
+        with_fixed(p, {"erase_p": 2.0})
+
+
+def test_the_centre_of_the_action_box_with_labels_and_band_fixed_is_the_documented_fixed_hybrid() -> None:
+    """RESULTS' `center` row is the action an untrained policy takes under --fix label_follow=0
+    --fix high_band=0 (docs/deploy.md's fixed example is the same with the radius at 0.125, `c125`):
+    the benchmark flags must decode from it."""
+    p = with_fixed(decode(np.zeros(ACTION_DIM)), {"label_follow": 0.0, "high_band": 0.0})
+    assert (p.k, p.alpha, p.radius, p.erase_p, p.high_band, p.label_follow) == (4, 1.0, 0.5, 0.5, False, 0.0)
+    assert p.erase_scale == pytest.approx((0.065, 0.26)) and p.erase_aspect == pytest.approx(1.817, abs=1e-3)
+
+
+def test_the_codec_decodes_by_the_table_then_squeezes_the_box_then_applies_the_fixes() -> None:
+    bounds, fixed = {"radius": (0.0, 0.05), "alpha": (0.5, 2.0)}, {"label_follow": 0.0, "k": 2.4}
+    codec = ActionCodec(bounds=bounds, fixed=fixed)
+    assert codec.bounds == {"radius": (0.0, 0.05), "alpha": (0.5, 2.0)} and codec.fixed == fixed
+    for a in np.random.default_rng(0).uniform(-1.5, 1.5, (20, ACTION_DIM)):
+        assert codec.decode(a) == with_fixed(decode(a, 6, bounds), fixed)
+
+
+def test_the_codec_applies_what_it_decodes_with_the_games_transform_and_fill() -> None:
+    codec = ActionCodec(mix_mode="dct", erase_fill=0.0)
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.nn.functional.one_hot(torch.arange(8) % 4, 4).float()
+    params, out, t = codec.augment(np.ones(ACTION_DIM), x, y, torch.Generator().manual_seed(1))
+    assert params == decode(np.ones(ACTION_DIM))
+    cfg = codec.augmentation(params)
+    assert cfg.mix.mode == "dct" and cfg.erase.value == 0.0
+    again = codec.apply(params, x, y, torch.Generator().manual_seed(1))
+    assert torch.equal(out, again[0]) and torch.equal(t, again[1])
+
+
+@pytest.mark.parametrize("kw, message", [(dict(mix_mode="wavelet"), "mode must be one of"),
+                                         (dict(erase_fill="noise"), "erase value must be"),
+                                         (dict(k_max=0), "k_max must be >= 1"),
+                                         (dict(fixed={"blur": 1.0}), "cannot fix 'blur'")])
+def test_a_bad_codec_setting_is_refused_when_it_is_built(kw: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ActionCodec(**kw)
