@@ -37,7 +37,6 @@ from veil.recognition import TrainerConfig, load_faces, split_identities
 from . import tracking
 from .attack_cli import attack_settings, load_target
 from .options import (
-    EPILOG_DATA,
     add_data_args,
     add_tracking_args,
     command_parser,
@@ -814,7 +813,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "over seeds), a privacy-utility plot with the Pareto front and reconstruction "
                                    "grids; one MLflow parent run with a nested run per cell. Finished cells are "
                                    "skipped on a rerun; a rerun with more attacks attacks the saved targets instead "
-                                   "of retraining.", epilog=EPILOG_DATA, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   "of retraining.",)
     b.add_argument("--defenses", default=",".join(p.rows), help=f"comma list of rows: {', '.join(DEFENSE_CHOICES)} "
                    f"and the plan's [defenses.NAME] (default: {','.join(p.rows)})")
     b.add_argument("--attacks", default=",".join(p.attacks.names),

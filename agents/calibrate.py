@@ -31,7 +31,7 @@ from veil.env.actions import with_fixed
 
 from . import tracking
 from .benchmark import RunOptions, add_plan_args, mean_ci, read_cells, run_benchmark, run_options
-from .options import EPILOG_DATA, add_data_args, add_tracking_args, command_parser, given_options
+from .options import add_data_args, add_tracking_args, command_parser, given_options
 from .plan import AttackPlan, CalibratePlan, Plan, calibration_plan, candidate_name, load_plan
 from .train_agent import parse_fixed
 
@@ -270,7 +270,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "training images and run the probe attack(s); choose the value with the lowest "
                                    "attack top-1 whose mean accuracy drop is within --budget points. Prints the "
                                    "veil train-agent --fix that plays the game there. Resumable (benchmark cells).",
-                       epilog=EPILOG_DATA, formatter_class=argparse.RawDescriptionHelpFormatter)
+                      )
     c.add_argument("--param", default=d.param, help=f"parameter to calibrate: {', '.join(CALIBRATABLE)} "
                                                     f"(default: {d.param})")
     c.add_argument("--values", default=None, metavar="V1,V2,...",

@@ -11,7 +11,7 @@ import argparse
 import copy
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from typing import Any
 
 from veil.defenses.baselines import BiDOConfig, MIDConfig, NegLSConfig
@@ -104,12 +104,7 @@ def data_configs(args: argparse.Namespace, base: tuple[DataConfig, SplitConfig] 
     for dest, (section, name) in NEGATED_DATA_FLAGS.items():
         if dest in chosen and hasattr(args, dest):
             changes[section][name] = not getattr(args, dest)
-    return _replace(data, changes["data"]), _replace(split, changes["split"])
-
-
-def _replace(cfg: Any, changes: dict[str, Any]) -> Any:
-    """``dataclasses.replace`` that runs the config's own checks again (``__post_init__``)."""
-    return type(cfg)(**{**{f.name: getattr(cfg, f.name) for f in fields(cfg) if f.init}, **changes})
+    return replace(data, **changes["data"]), replace(split, **changes["split"])
 
 
 def add_tracking_args(p: argparse.ArgumentParser) -> None:

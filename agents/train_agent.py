@@ -18,6 +18,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNorm
 from veil.attacks import PrivacyProbe, ProbeConfig
 from veil.attacks.evaluation import EvalModelConfig, train_eval_model
 from veil.env import DeployPrice, EnvConfig, FaceAugmentEnv
+from veil.env.actions import full_action
+from veil.env.face_augment import REWARD_TERMS
 from veil.recognition import load_faces, split_identities
 
 from . import tracking
@@ -312,8 +314,6 @@ def parse_bounds(specs: list[str] | None) -> dict[str, tuple[float, float]]:
 def _run_baseline(args: Any, env: Any, baseline_action, tracking, split) -> None:
     """Run a baseline policy through the same env for ``timesteps`` steps, logging the same terms."""
     rng = np.random.default_rng(args.seed)
-    from veil.env.actions import full_action
-    from veil.env.face_augment import REWARD_TERMS
 
     fixed = full_action(args.fixed_action).astype(np.float32) if args.fixed_action else None
     env.reset(seed=args.seed)

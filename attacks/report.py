@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
+from torchvision.utils import make_grid, save_image
 
 from .ddcs import ddcs
 from .metrics import FRECHET_NOTE, evaluate_reconstructions, per_identity, summarize
@@ -186,8 +188,6 @@ class AttackReport:
             idx = (self.labels == c).nonzero().flatten()[:per_identity]
             for i in idx.tolist():
                 cells += [self.images[i], self.nearest[i]]
-        from torchvision.utils import make_grid
-
         return make_grid(torch.stack(cells), nrow=min(10, len(cells)), padding=2, pad_value=1.0)
 
     def exposure_grid(self) -> torch.Tensor | None:
@@ -195,8 +195,6 @@ class AttackReport:
         top = self.extra.get("ddcs_top", [])
         if self.exposed is None or self.images is None or not top:
             return None
-        from torchvision.utils import make_grid
-
         cells = []
         for x, r in zip(self.exposed, top):
             cells += [x, self.images[r["nearest_recon"]]]
@@ -206,9 +204,6 @@ class AttackReport:
         """Write ``report.json``, ``report.md``, ``reconstructions.png``, ``exposed.png`` and the
         reconstructions themselves (``reconstructions.safetensors``: uint8 ``images``, ``labels``,
         ``nearest``) into ``out_dir``."""
-        from safetensors.torch import save_file
-        from torchvision.utils import save_image
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"json": out / "report.json", "markdown": out / "report.md", "grid": out / "reconstructions.png"}

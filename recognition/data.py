@@ -23,6 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from .io import atomic_torch_save, cache_dir
+from .synthetic import GENERATOR_VERSION, SyntheticConfig, generate_faces
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".pbm", ".bmp", ".tif", ".tiff", ".webp"})
 SHORTCUTS = {"att": "att_faces", "cfp": "cfp"}
@@ -310,8 +311,6 @@ def _read_images(entries: dict[str, list[Path]], config: DataConfig, source: str
 
 
 def _load_synthetic(config: DataConfig) -> FaceData:
-    from .synthetic import GENERATOR_VERSION, SyntheticConfig, generate_faces
-
     syn = SyntheticConfig(n_identities=config.synthetic_identities, images_per_identity=config.synthetic_images,
                           image_size=config.image_size, seed=config.synthetic_seed,
                           difficulty=config.synthetic_difficulty)

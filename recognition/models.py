@@ -8,6 +8,7 @@ Input normalization happens inside the model, so attacks and defenses work in pi
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -221,8 +222,6 @@ def load_weights(model: nn.Module, path: str) -> None:
     """Load a local state dict into ``model``, tolerating a bare backbone file (keys without
     the ``net.`` prefix, e.g. facenet-pytorch's VGGFace2 weights) and a head of another size,
     which is skipped with a warning because it is re-learned on the private identities."""
-    import warnings
-
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
