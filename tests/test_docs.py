@@ -227,3 +227,43 @@ def test_no_committed_image_is_a_reconstruction_grid() -> None:
         pytest.skip("not a git checkout")
     images = [f for f in tracked if f.lower().endswith((".png", ".jpg", ".jpeg", ".gif", ".webp"))]
     assert images and not [f for f in images if "grid" in Path(f).name or "reconstruction" in Path(f).name]
+
+
+def _command_lines(doc: str) -> list[str]:
+    """The ``veil ...`` command lines in ``doc``'s bash blocks: continuations joined, comments and
+    '...' (elided options) dropped."""
+    out = []
+    for block in re.findall(r"```bash\n(.*?)```", (ROOT / doc).read_text(), flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\s#.*$", "", line).strip()
+            line = re.sub(r"^\.venv/bin/", "", line)
+            if line.startswith("veil ") and "--help" not in line:
+                out.append(" ".join(w for w in line.split() if w != "...").replace("...the command above...", ""))
+    return out
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/reference.md", "docs/deploy.md"])
+def test_every_veil_command_in_the_docs_parses(doc: str) -> None:
+    """Each `veil` command the user docs show is one the CLI accepts (options and their arity)."""
+    import shlex
+
+    from veil.agents.cli import build_parser
+
+    lines = _command_lines(doc)
+    assert lines or doc != "README.md"
+    for line in lines:
+        try:
+            build_parser().parse_args(shlex.split(line)[1:])
+        except SystemExit:
+            pytest.fail(f"{doc}: {line}")
+
+
+def test_the_reference_plan_example_loads(tmp_path: Path) -> None:
+    """docs/reference.md's example plan is one ``veil benchmark --config`` reads."""
+    from veil.agents.plan import load_plan
+
+    text = (ROOT / "docs" / "reference.md").read_text()
+    example = re.search(r"```toml\n(.*?)```", text, flags=re.S).group(1)
+    (tmp_path / "plan.toml").write_text(example)
+    plan = load_plan(tmp_path / "plan.toml")
+    assert plan.row("c125").use == "hybrid" and plan.row("c125").options["mix_radius"] == [0.125]
