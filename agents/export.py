@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from veil.defenses.params import AugmentParams
@@ -51,8 +53,6 @@ def actor_layers(algo: Any) -> tuple[list[nn.Module], str]:
 
 def export_policy(algo: Any, path: str | Path, env_config: Any, fallbacks: dict[str, float]) -> Path:
     """Write the policy of ``algo`` (PPO, A2C, SAC or TD3 on ``FaceAugmentEnv``) to ``path``."""
-    from safetensors.torch import save_file
-
     layers, squash = actor_layers(algo)
     tensors: dict[str, torch.Tensor] = {}
     spec: list[str] = []
@@ -174,8 +174,6 @@ class PolicyAugmenter(nn.Module):
         batches before the policy acts (default: the game's own warm-up, 0 for a policy whose game
         fixed label_follow=0; see ``_default_warmup``); ``sample``: draw
         actions from the agent's Gaussian instead of taking its mean."""
-        from safetensors import safe_open
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"policy file {path} does not exist")

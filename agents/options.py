@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 from veil.defenses.baselines import BiDOConfig, MIDConfig, NegLSConfig
 from veil.defenses.dp import DPConfig
 from veil.defenses.erasing import EraseConfig
-from veil.defenses.mixup import MixConfig
+from veil.defenses.mixup import MixConfig, band_for
 from veil.defenses.tldmi import TLDMIConfig
 from veil.recognition import DataConfig, SplitConfig, TrainerConfig
 
@@ -180,14 +179,11 @@ def add_policy_use_args(g: argparse.ArgumentParser | argparse._ArgumentGroup) ->
 
 
 def mix_band(kind: str, radius: list[float]) -> tuple[float, float]:
-    """``--mix-band`` and ``--mix-radius`` as MixConfig's (lo, hi) band, as fractions of Nyquist."""
-    if kind == "band":
-        if len(radius) != 2:
-            raise ValueError(f"--mix-band band needs two radii, got {radius}")
-        return radius[0], radius[1]
-    if len(radius) != 1:
-        raise ValueError(f"--mix-band {kind} takes one radius, got {radius}")
-    return (0.0, radius[0]) if kind == "low" else (radius[0], math.inf)
+    """``--mix-band`` and ``--mix-radius`` as MixConfig's (lo, hi) band (``band_for``), the error naming the flags."""
+    try:
+        return band_for(kind, radius)
+    except ValueError as err:
+        raise ValueError(f"--mix-band {kind} --mix-radius {' '.join(map(str, radius))}: {err}") from None
 
 
 def defense_options(args: argparse.Namespace, seed: int) -> DefenseOptions:

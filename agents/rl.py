@@ -21,6 +21,8 @@ from tqdm.auto import tqdm
 from veil.env.actions import ACTION_DIM, PARAM_NAMES
 from veil.env.face_augment import REWARD_TERMS
 
+from . import tracking
+
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC, "td3": TD3, "a2c": A2C}
 
 
@@ -28,8 +30,6 @@ class MLflowOutputFormat(KVWriter):
     """SB3 logger output that sends every numeric record to the active MLflow run in one batch."""
 
     def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
-        from . import tracking
-
         numeric = {}
         for key, value in key_values.items():
             excluded = key_excluded.get(key) or ()
@@ -72,8 +72,6 @@ class EnvTermsCallback(BaseCallback):
         return True
 
     def _flush(self) -> None:
-        from . import tracking
-
         means = {k: float(np.mean(v)) for k, v in self._window.items() if v}
         stds = {f"{k}_std": float(np.std(v)) for k, v in self._window.items() if v and k.startswith("action.")}
         tracking.log_metrics({**means, **stds}, step=self.num_timesteps)
@@ -96,8 +94,6 @@ class FREvalCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         if self.num_timesteps % self.every < max(1, self.training_env.num_envs):
-            from . import tracking
-
             self.last = self.evaluate()
             tracking.log_metrics({f"fr.{k}": v for k, v in self.last.items()}, step=self.num_timesteps)
         return True

@@ -19,12 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.pytorch
 import torch
 from mlflow.entities import Metric, Param
+from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from torch import nn
+from torchvision.utils import make_grid
 
 import veil
+from veil.recognition.models import LogitsOnly
 
 DEFAULT_EXPERIMENT = "veil"
 
@@ -123,8 +127,6 @@ def log_json(obj: Any, artifact_file: str) -> None:
 
 def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
     """uint8 or [0, 1] images (B, C, H, W) -> an HWC uint8 grid (grey repeated to RGB)."""
-    from torchvision.utils import make_grid
-
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float().clamp(0, 1)
     if x.shape[1] == 1:
         x = x.repeat(1, 3, 1, 1)
@@ -169,11 +171,6 @@ def log_fr_model(model: nn.Module, example: torch.Tensor, name: str = "model") -
     (``veil_code_tree``), so MLflow neither probes the environment in a subprocess nor needs veil
     installed to load it.
     """
-    import mlflow.pytorch
-    from mlflow.models import infer_signature
-
-    from veil.recognition.models import LogitsOnly
-
     wrapped = LogitsOnly(model).eval()
     with torch.no_grad():
         out = wrapped(example)
