@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="the main job: train the agent briefly, then FR models with and without its policy",
                        description="On the embedded synthetic faces (or --data): train a PPO agent briefly "
                                    "(short rollouts, so it updates many times), then a fresh FR model with the "
-                                   "learned policy and one without, all logged to MLflow; about 6-8 minutes on 2 cores.")
+                                   "learned policy and one without, all logged to MLflow; about 10 minutes on 2 idle cores.")
     d.add_argument("--data", default="synthetic", metavar="{synthetic,att,cfp,PATH}", help="face data (default: synthetic)")
     d.add_argument("--timesteps", type=int, default=1024, help="agent steps (default: 1024)")
     d.add_argument("--epochs", type=int, default=10, help="epochs of each FR model (default: 10)")

@@ -31,7 +31,7 @@ EVAL_CACHE_VERSION = "1"
 @dataclass(frozen=True)
 class EvalModelConfig:
     """Args:
-        model: backbone (``recognition.models``); must differ from the target's (default ResNet-18
+        model: backbone (``veil.recognition.models``); must differ from the target's (default ResNet-18
             against the small-CNN target).
         epochs, batch_size, lr: training budget (Adam, cosine schedule).
         scale_min, shift: random resized-crop augmentation: zoom in to at least ``scale_min`` of

@@ -2,12 +2,12 @@
 every GAN attack shares (``GANRecipe`` + ``train_recipe``: Adam, critic and generator updates,
 time cap, cache, bookkeeping) with GMI's WGAN-GP as its first recipe, and the helpers of the GAN
 attacks (time-capped loop, frozen-model context, seeded construction, batches). The cache itself
-is ``attacks.cache``.
+is ``veil.attacks.cache``.
 
 GMI (Zhang et al., "The Secret Revealer: Generative Model-Inversion Attacks Against Deep Neural
 Networks", CVPR 2020) trains this GAN on public faces with the Wasserstein loss and gradient
-penalty (Gulrajani et al. 2017) and then searches its latent space (``attacks.gmi``). KEDMI and
-PLG-MI (``attacks.kedmi``, ``attacks.plgmi``) are recipes of the same scaffold: the same networks
+penalty (Gulrajani et al. 2017) and then searches its latent space (``veil.attacks.gmi``). KEDMI and
+PLG-MI (``veil.attacks.kedmi``, ``veil.attacks.plgmi``) are recipes of the same scaffold: the same networks
 with other heads, other losses and (PLG-MI) class-conditional labels.
 
 Networks work for square images of 16, 32, 64, 128 ... px and 1 or 3 channels; the generator maps

@@ -1,14 +1,14 @@
 """GMI, the generative model-inversion attack (Zhang, Jia, Pei, Wang, Li, Song, "The Secret
 Revealer: Generative Model-Inversion Attacks Against Deep Neural Networks", CVPR 2020).
 
-A WGAN-GP trained on the public split (``attacks.gan.train_gan``) is the prior; for each target
+A WGAN-GP trained on the public split (``veil.attacks.gan.train_gan``) is the prior; for each target
 class and restart the attack searches the latent ``z`` minimizing
 ``L_prior + lambda * L_id`` with ``L_prior = -D(G(z))`` (the critic's realism score) and
 ``L_id = CE(target(G(z)), class)``, clipping ``z`` to ``[-clip_z, clip_z]`` after each step as the
 authors do. All classes and restarts are one batch; each row's loss depends only on its own
 latent, and Adam's per-coordinate scaling keeps the rows independent of the batch size (the
 paper uses SGD with momentum on a batch mean). ``lomma`` swaps in LOMMA's logit loss and
-surrogate models (``attacks.lomma``).
+surrogate models (``veil.attacks.lomma``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ and score it with the evaluation model into an ``AttackReport``.
 Attacks are looked up by name in ``ATTACKS``; each is a function
 ``(target, split, classes, settings, generator) -> (images in [0, 1], labels[, budget])`` so a
 new attack is one entry; the optional ``budget`` dict (e.g. GAN steps done under a time cap) goes
-to the report's ``extra["budget"]``. ``settings`` is an ``AttackSettings`` (``attacks.settings``),
+to the report's ``extra["budget"]``. ``settings`` is an ``AttackSettings`` (``veil.attacks.settings``),
 which derives each attack's config; settings not given take each attack's own defaults.
 """
 

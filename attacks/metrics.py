@@ -7,7 +7,7 @@ report carries the public mean face's PSNR and SSIM as the reference a blurry av
 
 Also here: per-identity metrics with their mean ± std over identities (``per_identity``,
 ``summarize``) and a Fréchet distance in the evaluation model's feature space
-(``frechet_distance``, ``feature_frechet``). DDCS lives in ``attacks.ddcs``."""
+(``frechet_distance``, ``feature_frechet``). DDCS lives in ``veil.attacks.ddcs``."""
 
 from __future__ import annotations
 

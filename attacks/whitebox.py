@@ -12,7 +12,7 @@ harness: nothing ties ``x`` to the face manifold, so on a deep target it finds t
 adversarial patterns the target scores at probability ~1.0 that neither a person nor an
 evaluation model of another architecture would call the identity (veil's AT&T trial: from noise,
 target confidence 1.0, no face). The priors and the mean-face start keep it near a face longer;
-the PCA-prior attack (``attacks.pca``) and the GAN attacks are the ones that measure leakage.
+the PCA-prior attack (``veil.attacks.pca``) and the GAN attacks are the ones that measure leakage.
 """
 
 from __future__ import annotations

@@ -177,7 +177,7 @@ class FaceAugmentEnv(gym.Env):
     price keep the adversary from winning by wiping the faces.
 
     ## Action Space
-    ``Box(-1, 1, (8,), float32)``, decoded by ``veil.env.actions`` (its table, the README's action
+    ``Box(-1, 1, (8,), float32)``, decoded by ``veil.env.actions`` (its table; docs/reference.md's action
     table): k images mixed, Dirichlet alpha, band radius, band side, erase probability, erased
     area, aspect range, and how far MixUp's targets follow the mix (``label_follow``). Parameters in
     ``EnvConfig.fixed_params`` ignore their dimension; ``EnvConfig.param_bounds`` squeeze theirs.
@@ -230,7 +230,7 @@ class FaceAugmentEnv(gym.Env):
     * v1: ``label_follow`` joined the action as dimension 7 (veil 0.10), so the action has 8
       entries (was 7) and the observation, which ends with the last action, 16 (was 15); a policy
       exported under v0 still loads and acts with ``label_follow = 1``. Later, spaces unchanged:
-      ``fixed_params`` (0.10), ``preserve_on="heldout"`` (0.10.2) and ``"heldout-drop"`` (0.11),
+      ``fixed_params`` (0.10), ``preserve_on="heldout"`` (0.11) and ``"heldout-drop"`` (0.12),
       ``param_bounds`` (0.12), ``deploy_price`` and the ``reward_deploy`` term (0.14); the
       ``EnvConfig`` defaults became ``veil train-agent``'s (``batch_size`` 32, ``policy_steps`` and
       ``fr_steps`` 8; were 64, 32 and 32). Registered as ``veil/FaceAugment-v0`` until veil 0.16.

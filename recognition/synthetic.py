@@ -58,7 +58,7 @@ _SKIN_LIGHT = (0.96, 0.80, 0.68)
 _SKIN_DARK = (0.42, 0.27, 0.18)
 
 # Calibration: difficulty=1.0 applies this fraction of the nuisance ranges written below, chosen
-# for veil's default CNN (recognition.models.SmallCNN, whose embedding reads a 4x4 spatial map):
+# for veil's default CNN (veil.recognition.models.SmallCNN, whose embedding reads a 4x4 spatial map):
 # 100 ids x 30 images at 64 px, 50 private ids with 21 train / 9 test images, Adam 1e-3, batch 32,
 # flips, 10 epochs -> about 80% test top-1 at scale 1.0 (93% at 20 epochs). A weaker CNN with
 # global average pooling reached 25-36% at scale 1.0, 61% at 0.5 and 68% at 0.3.

@@ -84,7 +84,7 @@ def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor) -> torc
 
 
 class Trainer:
-    """Trains ``model`` (any ``recognition.models`` backbone) on soft targets.
+    """Trains ``model`` (any ``veil.recognition.models`` backbone) on soft targets.
 
     Example:
         >>> trainer = Trainer(model, TrainerConfig(epochs=5), num_classes=50)
