@@ -5,8 +5,11 @@ reports to MLflow, nested under the target's training run when it is a run ID.""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import time
 import typing
+from collections.abc import Iterator
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ from typing import Any
 import mlflow
 import mlflow.pytorch
 import torch
+from mlflow.exceptions import MlflowException
 from torch import nn
 
 from veil.attacks.evaluation import EvalModel, EvalModelConfig, build_eval_model, train_eval_model
@@ -122,13 +126,46 @@ def model_from_checkpoint(path: Path) -> tuple[nn.Module, str | None]:
     return model.eval(), extra.get("mlflow_run_id")
 
 
+@contextlib.contextmanager
+def no_pickle() -> Iterator[None]:
+    """MLflow may not unpickle anything in the block (``MLFLOW_ALLOW_PICKLE_DESERIALIZATION``, which
+    MLflow reads at each load): a pickled model folder is refused, a ``pt2`` one is checked for
+    pickle payloads before it is read."""
+    before = os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION")
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"]
+        else:
+            os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = before
+
+
+def load_mlflow_model(path: Path) -> nn.Module:
+    """An MLflow PyTorch model folder, loaded without unpickling: veil logs its models as ``pt2``
+    archives (``torch.export``), which MLflow checks for pickle payloads; a folder saved with pickle
+    could run code when opened and is refused."""
+    try:
+        with no_pickle():
+            return mlflow.pytorch.load_model(str(path), map_location="cpu")
+    except MlflowException as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "pickle" in first.lower():
+            raise ValueError(f"{path}: an MLflow model saved with pickle, which could run code when loaded; veil "
+                             "loads only pt2 model folders (as veil train-fr logs them), checkpoints or run IDs") \
+                from None
+        raise ValueError(f"{path} is not a loadable MLflow model folder: {first}") from None
+    except Exception as err:  # a corrupt archive: torch, zipfile and yaml raise their own types
+        raise ValueError(f"{path} is not a loadable MLflow model folder: {type(err).__name__}: {err}") from None
+
+
 def load_target(spec: str) -> tuple[nn.Module, str | None, dict[str, str]]:
     """The target model, its MLflow run ID (if known) and that run's params. ``spec`` is a veil
     checkpoint, an MLflow model folder, or a run ID of ``veil train-fr`` (its checkpoint artifact)."""
     path = Path(spec)
     if path.is_dir():
-
-        return DictOutputs(mlflow.pytorch.load_model(str(path), map_location="cpu")), None, {}
+        return DictOutputs(load_mlflow_model(path)), None, {}
     if path.is_file():
         model, run_id = model_from_checkpoint(path)
         try:  # the checkpoint names its training run: nest under it and take its data options
