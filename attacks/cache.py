@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from veil.recognition.io import atomic_torch_save, cache_dir
+from veil.recognition.io import cache_dir, save_cache_entry
 
 CACHE_VERSION = "1"  # hashed into every key: bumping it retires every GAN and LOMMA entry at once
 
@@ -70,7 +70,4 @@ def load_cached(prefix: str, key: str) -> dict | None:
 
 def save_cached(prefix: str, key: str, blob: dict) -> None:
     """Write a cache entry atomically; a failure to write only warns (the result is still used)."""
-    try:
-        atomic_torch_save(blob, cache_path(prefix, key))
-    except OSError as err:
-        warnings.warn(f"could not write the GAN cache in {cache_dir()}: {err}", stacklevel=2)
+    save_cache_entry(blob, cache_path(prefix, key), prefix)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from veil.recognition import ModelConfig, Trainer, TrainerConfig, build_model
-from veil.recognition.io import atomic_torch_save, cache_dir
+from veil.recognition.io import cache_dir, save_cache_entry
 
 from .cache import read_weights
 
@@ -151,6 +151,6 @@ def _train_or_load(split, config: EvalModelConfig, cache: bool, progress: bool) 
     if not math.isfinite(metrics["loss"]):
         raise FloatingPointError(f"the evaluation model diverged (test loss {metrics['loss']})")
     model.eval()
-    if cache:
-        atomic_torch_save({"model": model.state_dict(), "metrics": metrics, "config": asdict(config)}, path)
-    return EvalModel(model, config, metrics, path if cache else None, cached=False)
+    saved = cache and save_cache_entry({"model": model.state_dict(), "metrics": metrics, "config": asdict(config)},
+                                       path, "evaluation-model")
+    return EvalModel(model, config, metrics, path if saved else None, cached=False)

@@ -22,13 +22,14 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from .io import atomic_torch_save, cache_dir
+from .io import cache_dir, save_cache_entry
 from .synthetic import GENERATOR_VERSION, SyntheticConfig, generate_faces
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".pbm", ".bmp", ".tif", ".tiff", ".webp"})
 SHORTCUTS = {"att": "att_faces", "cfp": "cfp"}
 CELEBA_IDENTITY_FILE = "identity_CelebA.txt"
 LOADER_VERSION = "2"
+MAX_PIXELS = 40_000_000  # far above any face photo; a bigger image is refused before it is decoded
 
 
 class DataError(ValueError):
@@ -261,9 +262,11 @@ def _read_one(path: Path, config: DataConfig, aligner: _Aligner | None) -> np.nd
     """Decode, align or fit to ``image_size``, convert mode; ``None`` (with a warning) if unreadable."""
     try:
         with Image.open(path) as im:
+            if im.width * im.height > MAX_PIXELS:  # checked from the header, before anything is decoded
+                raise ValueError(f"{im.width}x{im.height} px is over the {MAX_PIXELS:,} px limit (a decompression bomb?)")
             im.load()
             img = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as err:
         msg = f"unreadable image {path}: {err}"
         if config.strict:
             raise DataError(msg) from err
@@ -332,7 +335,10 @@ def _load_synthetic(config: DataConfig) -> FaceData:
 
 def _cache_key(config: DataConfig, root: Path, entries: dict[str, list[Path]]) -> str:
     h = hashlib.sha1()
-    meta = {k: v for k, v in asdict(config).items() if k not in ("use_cache", "data_root", "source", "strict")}
+    # a strict load keys its own entry: it never takes one a lenient load wrote by skipping files
+    # (lenient keys are as before, so their entries stay valid)
+    skip = ("use_cache", "data_root", "source") + (() if config.strict else ("strict",))
+    meta = {k: v for k, v in asdict(config).items() if k not in skip}
     h.update(json.dumps([LOADER_VERSION, str(root.resolve()), meta], sort_keys=True).encode())
     for name, files in entries.items():
         for f in files:
@@ -357,11 +363,8 @@ def _read_cache(key: str) -> FaceData | None:
 
 
 def _write_cache(key: str, data: FaceData) -> None:
-    try:
-        atomic_torch_save({"images": data.images, "labels": data.labels, "names": data.names,
-                           "paths": data.paths, "source": data.source}, cache_dir() / f"faces-{key}.pt")
-    except OSError as err:
-        warnings.warn(f"could not write the data cache in {cache_dir()}: {err}", stacklevel=2)
+    save_cache_entry({"images": data.images, "labels": data.labels, "names": data.names, "paths": data.paths,
+                      "source": data.source}, cache_dir() / f"faces-{key}.pt", "data")
 
 
 # ----------------------------------------------------------------------------------- split

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,19 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_cache_entry(obj: Any, path: str | os.PathLike, what: str) -> bool:
+    """Write a cache entry atomically; a cache that cannot be written (full disk: torch's
+    ``RuntimeError``; read-only or missing folder: ``OSError``) only warns, since the result is
+    still in memory and the run goes on. Returns whether it was written."""
+    try:
+        atomic_torch_save(obj, path)
+        return True
+    except (OSError, RuntimeError) as err:
+        warnings.warn(f"could not write the {what} cache {path} ({str(err).splitlines()[0] if str(err) else err!r}); "
+                      "going on without it", stacklevel=2)
+        return False
 
 
 def cache_dir() -> Path:

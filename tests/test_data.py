@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -73,6 +74,41 @@ def test_corrupt_image_is_an_error_in_strict_mode(folder_set: Path) -> None:
     (folder_set / "person_2" / "broken.png").write_bytes(b"garbage")
     with pytest.raises(DataError, match="broken.png"):
         load_faces(DataConfig(source=str(folder_set), image_size=16, strict=True))
+
+
+def test_a_strict_load_is_not_bypassed_by_a_lenient_loads_cache(folder_set: Path) -> None:
+    (folder_set / "person_2" / "broken.png").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="broken.png"):
+        load_faces(DataConfig(source=str(folder_set), image_size=16))  # lenient: skips it, caches the rest
+    with pytest.raises(DataError, match="broken.png"):
+        load_faces(DataConfig(source=str(folder_set), image_size=16, strict=True))
+
+
+@pytest.mark.parametrize("side", [7000, 14000])  # 49 Mpx: over veil's limit; 196 Mpx: over PIL's own too
+def test_a_decompression_bomb_is_skipped_with_a_warning_before_it_is_decoded(folder_set: Path, side: int) -> None:
+    bomb = folder_set / "person_1" / "bomb.png"
+    Image.new("1", (side, side)).save(bomb, optimize=True)  # tens of KB on disk
+    assert bomb.stat().st_size < 100_000
+    with pytest.warns(UserWarning, match="(?i)bomb.png.*decompression bomb"):
+        data = load_faces(DataConfig(source=str(folder_set), image_size=16))
+    assert len(data) == 20 and not any(Path(p).name == "bomb.png" for p in data.paths)
+    with pytest.raises(DataError, match="bomb.png"):
+        load_faces(DataConfig(source=str(folder_set), image_size=16, strict=True))
+
+
+@pytest.mark.parametrize("error", [RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"),
+                                   OSError(30, "Read-only file system")])
+def test_a_cache_that_cannot_be_written_only_warns(folder_set: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   error: Exception) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr("veil.recognition.io.torch.save", fail)  # a full disk, a read-only cache
+    with pytest.warns(UserWarning, match="could not write the data cache"):
+        data = load_faces(DataConfig(source=str(folder_set), image_size=16))
+    assert len(data) == 20
+    assert not list(Path(os.environ["VEIL_CACHE_DIR"]).glob("*.tmp")) and not list(
+        Path(os.environ["VEIL_CACHE_DIR"]).glob(".faces-*"))  # no half-written file left
 
 
 def test_path_without_identities_is_a_clear_error(tmp_path: Path) -> None:

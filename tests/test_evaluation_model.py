@@ -70,6 +70,16 @@ def test_a_damaged_cache_entry_is_retrained(split, capsys) -> None:
     assert not again.cached and "unreadable" in capsys.readouterr().out
 
 
+def test_a_cache_that_cannot_be_written_keeps_the_fresh_model_with_a_warning(split, monkeypatch) -> None:
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr("veil.recognition.io.torch.save", read_only)
+    with pytest.warns(UserWarning, match="could not write the evaluation-model cache"):
+        ev = train_eval_model(split, EvalModelConfig(model="cnn", epochs=1, batch_size=8), progress=False)
+    assert ev.path is None and not ev.cached and 0.0 <= ev.metrics["top1"] <= 1.0
+
+
 def test_bad_config_names_the_value() -> None:
     with pytest.raises(ValueError, match="scale_min"):
         EvalModelConfig(scale_min=0.0)
