@@ -11,6 +11,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import torch
@@ -81,7 +82,30 @@ class FRJob:
     threads: int | None = None
     checkpoint: str | None = None
     resume: str | None = None
+    force: bool = False
     tracking: Tracking = field(default_factory=Tracking)
+
+    def resume_record(self) -> dict[str, Any]:
+        """What a checkpoint records of its run and a resume must match: data and split (not where
+        the files are or whether they are cached), model, training but its length, defenses, policy."""
+        return {"data": {k: v for k, v in asdict(self.data).items() if k not in ("data_root", "use_cache", "strict")},
+                "split": asdict(self.split), "model": {"name": self.model, "weights": self.weights},
+                "train": {k: v for k, v in asdict(self.train).items() if k != "epochs"},
+                "defense": self.defense.params(), "policy": asdict(self.policy) if self.policy else None}
+
+
+def first_difference(stored: Any, wanted: Any, where: str = "") -> str | None:
+    """The first place two records differ, as ``key: stored -> wanted``; None when they agree."""
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        for key in list(stored) + [k for k in wanted if k not in stored]:
+            diff = first_difference(stored.get(key), wanted.get(key), f"{where}.{key}" if where else key)
+            if diff:
+                return diff
+        return None
+    if isinstance(stored, (list, tuple)) and isinstance(wanted, (list, tuple)) and len(stored) == len(wanted):
+        return next((d for i, (a, b) in enumerate(zip(stored, wanted))
+                     if (d := first_difference(a, b, f"{where}[{i}]"))), None)
+    return None if stored == wanted else f"{where}: {stored!r} -> {wanted!r}"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -119,7 +143,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--checkpoint", default=None, metavar="FILE",
                    help="where to write the resumable checkpoint (default: checkpoints/<run id>.pt)")
     g.add_argument("--resume", default=None, metavar="FILE",
-                   help="resume training from a checkpoint (continues its MLflow run)")
+                   help="resume training from a checkpoint (continues its MLflow run); data, split, model, training "
+                        "and defense options must be the checkpoint's, and a larger --epochs stretches the learning-"
+                        "rate schedule to the new total")
+    g.add_argument("--force", action="store_true",
+                   help="with --resume: resume even where the options differ from the checkpoint's")
     add_tracking_args(p)
     p.set_defaults(handler=run)
 
@@ -133,7 +161,7 @@ def job_from_args(args: argparse.Namespace) -> FRJob:
     policy = PolicyUse(args.policy, args.policy_warmup, args.policy_sample) if args.policy else None
     return FRJob(data=data, split=split, train=train, model=args.model, weights=args.weights,
                  defense=defense_options(args, args.seed), policy=policy, threads=args.threads,
-                 checkpoint=args.checkpoint, resume=args.resume,
+                 checkpoint=args.checkpoint, resume=args.resume, force=args.force,
                  tracking=Tracking(args.tracking_uri, args.experiment, args.run_name))
 
 
@@ -187,14 +215,20 @@ def train_fr(job: FRJob) -> str:
               f"sample rate {ledger.sample_rate:.4f}, target epsilon {defense.dp.epsilon} at delta {defense.dp.delta}")
     run_id = None
     if job.resume:
-        def same_model(extra: dict) -> None:
-            if "model_config" not in extra:
-                return
-            stored, wanted = model_config_from_checkpoint(extra["model_config"]), replace(model_cfg, weights=None)
-            if stored != wanted:
-                raise ValueError(f"--resume {job.resume} was written for another model ({stored}), not {wanted}")
+        def same_run(extra: dict) -> None:
+            diff = first_difference(extra.get("job"), job.resume_record()) if "job" in extra else None
+            if diff and not job.force:
+                what = "another model" if diff.startswith("model.") else "other options"
+                raise ValueError(f"--resume {job.resume} was written for {what} ({diff}); give the checkpoint's "
+                                 "options, or --force to resume with these")
+            if diff:
+                print(f"warning: resuming {job.resume} with other options than it was written with ({diff}; --force)")
+            if "model_config" in extra:  # weights of another shape cannot be resumed, --force or not
+                stored, wanted = model_config_from_checkpoint(extra["model_config"]), replace(model_cfg, weights=None)
+                if stored != wanted:
+                    raise ValueError(f"--resume {job.resume} was written for another model ({stored}), not {wanted}")
 
-        extra = trainer.load_checkpoint(job.resume, check=same_model)
+        extra = trainer.load_checkpoint(job.resume, check=same_run)
         run_id = extra.get("mlflow_run_id")
         print(f"resumed from {job.resume} at epoch {trainer.epoch}")
 
@@ -243,7 +277,8 @@ def train_fr(job: FRJob) -> str:
         t1, start_epoch = time.perf_counter(), trainer.epoch
         # the checkpoint written at each epoch end records the run and the model too, so an
         # interrupted run is resumed into the same MLflow run and its checkpoint can be attacked
-        ckpt_extra = {"mlflow_run_id": run_id, "model_config": asdict(model_cfg), "defense": defense.params()}
+        ckpt_extra = {"mlflow_run_id": run_id, "model_config": asdict(model_cfg), "defense": defense.params(),
+                      "job": job.resume_record()}
         trainer.fit(split.train_images, split.train_labels, split.test_images, split.test_labels,
                     augment=augment, on_epoch_end=on_epoch_end, checkpoint_path=ckpt, progress=True,
                     checkpoint_extra=ckpt_extra)

@@ -62,8 +62,8 @@ class TrainerConfig:
             raise ValueError(f"optimizer must be adam, adamw or sgd, got {self.optimizer!r}")
         if self.schedule not in ("cosine", "step", "constant"):
             raise ValueError(f"schedule must be cosine, step or constant, got {self.schedule!r}")
-        if self.lr <= 0 or not math.isfinite(self.lr):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if not 0 < self.lr < torch.finfo(torch.float32).max:  # nan fails too; beyond float32 the optimizer overflows
+            raise ValueError(f"lr must be a positive number below {torch.finfo(torch.float32).max:.3g}, got {self.lr}")
         if self.batch_size < 1 or self.epochs < 0:
             raise ValueError(f"batch_size must be >= 1 and epochs >= 0, got {self.batch_size}, {self.epochs}")
 
@@ -234,8 +234,10 @@ class Trainer:
             raise ValueError("fit() got an empty training set")
         bs = self.config.batch_size
         steps_per_epoch = math.ceil(n / bs)
-        if self.total_steps is None:
-            self.total_steps = steps_per_epoch * self.config.epochs
+        # the schedule spans the configured run: a resume with more epochs stretches it to the new
+        # total (the added epochs continue at the rate a run planned that long has there, instead
+        # of at the floor the shorter schedule already reached)
+        self.total_steps = self.config.total_steps or steps_per_epoch * self.config.epochs
         epochs = range(self.epoch, self.config.epochs)
         bar = tqdm(total=steps_per_epoch * len(epochs), desc="training", unit="batch",
                    disable=None if progress else True, dynamic_ncols=True)
@@ -265,6 +267,7 @@ class Trainer:
                     ev = self.evaluate(test_images, test_labels)
                     metrics.update({"test_top1": ev["top1"], "test_top5": ev["top5"], "test_loss": ev["loss"]})
                 self.history.append(metrics)
+                self._check_finite(metrics)  # a diverged epoch never replaces the last good checkpoint
                 if checkpoint_path is not None:
                     self.save_checkpoint(checkpoint_path, checkpoint_extra)
                 if on_epoch_end is not None:
@@ -276,6 +279,17 @@ class Trainer:
         finally:
             bar.close()
         return self.history
+
+    def _check_finite(self, metrics: dict[str, float]) -> None:
+        """Raise if the epoch just trained diverged: a non-finite test loss or weight (the last step's
+        update can blow up the weights after its own loss was finite)."""
+        bad = [k for k in ("train_loss", "test_loss") if k in metrics and not math.isfinite(metrics[k])]
+        if not bad and not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            bad = ["weights"]
+        if bad:
+            raise FloatingPointError(f"epoch {self.epoch} diverged (non-finite {', '.join(bad)}, lr "
+                                     f"{self.lr_at(self.global_step - 1):.3g}); its checkpoint was not written, the "
+                                     "last good one is kept: lower the learning rate")
 
     # ------------------------------------------------------------------ checkpoints
 
