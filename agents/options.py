@@ -41,6 +41,9 @@ DATA_FLAGS: dict[str, tuple[str, str]] = {
 NEGATED_DATA_FLAGS = {"no_cache": ("data", "use_cache")}  # a store_true flag that turns a field off
 
 
+MAX_MIX_K = 6  # --mix-k's range, as the game's k_max
+
+
 @dataclass
 class FRBudget:
     """How a target trains: ``veil train-fr``'s model and budget options (also every benchmark row's).
@@ -128,7 +131,7 @@ def add_defense_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
     g.add_argument("--re-aspect", type=float, default=e.ratio[1],
                    help="re: aspect ratios drawn in [1/RHO, RHO] (default: 1, square)")
     g.add_argument("--re-fill", default=e.value, help="re: fill: mean (batch channel mean), random, or a number")
-    g.add_argument("--mix-k", type=int, default=m.k, help=f"mixup: images mixed per sample, 1-6 (default: {m.k})")
+    g.add_argument("--mix-k", type=int, default=m.k, help=f"mixup: images mixed per sample, 1-{MAX_MIX_K} (default: {m.k})")
     g.add_argument("--mix-alpha", type=float, default=m.alpha,
                    help=f"mixup: Dirichlet concentration (default: {m.alpha:g})")
     g.add_argument("--mix-band", choices=("low", "high", "band"), default="low",
@@ -193,6 +196,8 @@ def defense_options(args: argparse.Namespace, seed: int) -> DefenseOptions:
         freeze: str | float = float(args.tl_freeze)
     except ValueError:
         freeze = args.tl_freeze
+    if not 1 <= args.mix_k <= MAX_MIX_K:
+        raise ValueError(f"--mix-k must be 1-{MAX_MIX_K} (images mixed per sample), got {args.mix_k}")
     return DefenseOptions(
         names=parse_defenses(args.defense),
         erase=EraseConfig(p=args.re_p, scale=tuple(args.re_area), ratio=(1.0 / args.re_aspect, args.re_aspect),

@@ -98,6 +98,11 @@ def train(args: Any) -> Path | None:
 
     if not 0.0 <= args.gamma < 1.0:
         raise ValueError(f"--gamma must be in [0, 1), got {args.gamma}")
+    for option in ("timesteps", "n_envs", "n_steps", "n_epochs"):
+        if getattr(args, option) < 1:
+            raise ValueError(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
+    if not 0 < args.policy_lr < math.inf:
+        raise ValueError(f"--policy-lr must be a number > 0, got {args.policy_lr}")
     if args.threads:
         torch.set_num_threads(args.threads)
     data_cfg, split_cfg = data_configs(args)

@@ -85,6 +85,10 @@ class FRJob:
     force: bool = False
     tracking: Tracking = field(default_factory=Tracking)
 
+    def __post_init__(self) -> None:
+        if self.train.epochs < 1:
+            raise ValueError(f"--epochs must be >= 1 (a run of 0 epochs logs an untrained model), got {self.train.epochs}")
+
     def resume_record(self) -> dict[str, Any]:
         """What a checkpoint records of its run and a resume must match: data and split (not where
         the files are or whether they are cached), model, training but its length, defenses, policy."""

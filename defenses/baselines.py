@@ -13,6 +13,7 @@ that plug into ``recognition.Trainer`` (``augment`` for targets, ``regularizers`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +47,7 @@ class MIDConfig:
     bottleneck: int = 64
 
     def __post_init__(self) -> None:
-        if self.beta < 0 or self.bottleneck < 1:
+        if not (0 <= self.beta < math.inf and self.bottleneck >= 1):  # nan fails
             raise ValueError(f"MID needs beta >= 0 and bottleneck >= 1, got {self.beta}, {self.bottleneck}")
 
 
@@ -87,7 +88,7 @@ class BiDOConfig:
     lambda_y: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.lambda_x < 0 or self.lambda_y < 0:
+        if not (0 <= self.lambda_x < math.inf and 0 <= self.lambda_y < math.inf):  # nan fails
             raise ValueError(f"BiDO weights must be >= 0, got {self.lambda_x}, {self.lambda_y}")
 
 

@@ -31,11 +31,12 @@ class DPConfig:
     noise_multiplier: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.epsilon is not None and self.epsilon <= 0:
-            raise ValueError(f"DP epsilon must be > 0, got {self.epsilon}")
+        # written so that nan fails every check (a nan compares false both ways)
+        if self.epsilon is not None and not 0 < self.epsilon < math.inf:
+            raise ValueError(f"DP epsilon must be a number > 0, got {self.epsilon}")
         if not 0 < self.delta < 1:
             raise ValueError(f"DP delta must be in (0, 1), got {self.delta}")
-        if self.max_grad_norm <= 0 or self.noise_multiplier < 0:
+        if not (0 < self.max_grad_norm < math.inf and 0 <= self.noise_multiplier < math.inf):
             raise ValueError(f"DP needs max_grad_norm > 0 and noise_multiplier >= 0, got "
                              f"{self.max_grad_norm}, {self.noise_multiplier}")
 
