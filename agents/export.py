@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from veil.defenses.params import AugmentParams
-from veil.env.actions import ACTION_TABLE, ActionCodec
+from veil.env.actions import ACTION_DIM, ACTION_TABLE, LEGACY_ACTION_DIM, PARAM_NAMES, ActionCodec
 from veil.env.observation import OBS_NAMES, observation
 
 FORMAT = "veil-policy-1"
@@ -84,6 +84,55 @@ def export_policy(algo: Any, path: str | Path, env_config: Any, fallbacks: dict[
 
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
+
+
+MAX_K = 16  # the largest k_max a policy file may carry (the game's default is 6)
+LAYER_KINDS = ("linear", "tanh", "relu")
+
+
+def check_policy(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """A policy file's header and tensors checked before anything is built from them: each
+    problem is a ``ValueError`` naming the field (a file may come from anyone)."""
+    def need(ok: bool, field: str, why: str) -> None:
+        if not ok:
+            raise ValueError(f"{field}: {why}")
+
+    table = meta.get("action_table", [list(row) for row in ACTION_TABLE])
+    need(isinstance(table, list) and len(table) in (LEGACY_ACTION_DIM, ACTION_DIM)
+         and [r[0] if isinstance(r, list) and r else None for r in table] == list(PARAM_NAMES[:len(table)]),
+         "action_table", f"must list the {ACTION_DIM} action parameters ({LEGACY_ACTION_DIM} before label_follow)")
+    layers = meta.get("layers")
+    need(isinstance(layers, list) and bool(layers) and all(k in LAYER_KINDS for k in layers) and layers[-1] == "linear",
+         "layers", f"must be a list of {', '.join(LAYER_KINDS)} ending with linear, got {layers!r}")
+    need(meta.get("squash") in ("clip", "tanh"), "squash", f"must be clip or tanh, got {meta.get('squash')!r}")
+    k_max = meta.get("k_max")
+    need(isinstance(k_max, int) and not isinstance(k_max, bool) and 1 <= k_max <= MAX_K, "k_max",
+         f"must be an integer in 1..{MAX_K}, got {k_max!r}")
+    ema = meta.get("ema", 0.95)
+    need(isinstance(ema, (int, float)) and 0 <= ema < 1, "ema", f"must be in [0, 1), got {ema!r}")
+    fallbacks = meta.get("fallbacks", {})
+    need(isinstance(fallbacks, dict) and all(isinstance(v, (int, float)) and math.isfinite(v)
+                                             for v in fallbacks.values()), "fallbacks", "must map names to numbers")
+    need(isinstance(meta.get("env_config", {}), dict), "env_config", "must be a table")
+    width, expected = len(OBS_NAMES) + len(table), set()
+    for i, kind in enumerate(layers):
+        if kind != "linear":
+            continue
+        w, b = tensors.get(f"{i}.weight"), tensors.get(f"{i}.bias")
+        need(w is not None and b is not None, f"layer {i}", "its weight or bias tensor is missing")
+        need(w.ndim == 2 and b.shape == (w.shape[0],), f"layer {i}",
+             f"weight {tuple(w.shape)} and bias {tuple(b.shape)} do not make a linear layer")
+        need(w.shape[1] == width, f"layer {i}", f"takes {w.shape[1]} inputs where {width} come in")
+        need(bool(torch.isfinite(w).all() and torch.isfinite(b).all()), f"layer {i}", "holds NaN or inf")
+        width = w.shape[0]
+        expected |= {f"{i}.weight", f"{i}.bias"}
+    need(width == len(table), "layers", f"the last layer gives {width} outputs, the action has {len(table)}")
+    if "log_std" in tensors:
+        log_std = tensors["log_std"]
+        need(log_std.shape == (len(table),) and bool(torch.isfinite(log_std).all()), "log_std",
+             f"must be {len(table)} finite numbers, got shape {tuple(log_std.shape)}")
+        expected.add("log_std")
+    need(set(tensors) == expected, "tensors", f"unexpected {sorted(set(tensors) - expected)}")
 
 
 class PolicyAugmenter(nn.Module):
@@ -182,9 +231,14 @@ class PolicyAugmenter(nn.Module):
                 meta = json.loads((f.metadata() or {}).get("veil", "{}"))
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as err:
-            raise ValueError(f"{path} is not a veil policy file: {err}") from err
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a veil policy file (format {meta.get('format')!r})")
+            raise ValueError(f"{path} is not a veil policy file: {err}") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a veil policy file (format "
+                             f"{meta.get('format') if isinstance(meta, dict) else meta!r})")
+        try:
+            check_policy(meta, tensors)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
         layers: list[nn.Module] = []
         for i, kind in enumerate(meta["layers"]):
             if kind == "linear":
