@@ -209,7 +209,7 @@ def _log_eval_model(ev, split_summary: dict) -> str:
     found = mlflow.search_runs(filter_string=f"tags.`veil.eval_cache` = '{key}'", max_results=1, output_format="list")
     if found:
         return found[0].info.run_id
-    with mlflow.start_run(run_name=f"eval-model-{ev.config.model}", nested=mlflow.active_run() is not None) as run:
+    with tracking.start_run(run_name=f"eval-model-{ev.config.model}", nested=mlflow.active_run() is not None) as run:
         mlflow.set_tags({"veil.kind": "eval-model", "veil.eval_cache": key})
         tracking.log_params({"eval": asdict(ev.config), "split": split_summary})
         tracking.log_metrics({f"test_{k}": v for k, v in ev.metrics.items()}, step=0)
@@ -260,7 +260,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     settings = attack_settings(args)
     reports: list[AttackReport] = []
     out_root = Path(args.out_dir)
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"attack-{Path(args.model).name}"):
+    with tracking.start_run(run_id=run_id, run_name=None if run_id else f"attack-{Path(args.model).name}"):
         eval_run = _log_eval_model(ev, split.summary())
         for name in names:
             cfg = HarnessConfig(identities=args.identities, attack_seeds=args.attack_seeds, settings=settings,
@@ -270,7 +270,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
             report.context = {"target": args.model, "target_top1": acc["top1"], "num_private": split.num_private,
                               "eval_model": f"{ev.config.model} ({ev.metrics['top1']:.1%} private test top-1, "
                                             f"run {eval_run})", "data": split.source}
-            with mlflow.start_run(run_name=f"attack-{name}", nested=True) as child:
+            with tracking.start_run(run_name=f"attack-{name}", nested=True) as child:
                 mlflow.set_tags({"veil.kind": "attack", "veil.attack": name, "veil.eval_run": eval_run})
                 tracking.log_params({"attack": {"name": name, "identities": len(report.classes),
                                                 "attack_seeds": args.attack_seeds, **settings.to_dict()}})

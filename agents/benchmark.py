@@ -181,7 +181,7 @@ def _run_in_this_store(run_id: str, name: str) -> str:
         pass
     print(f"note: target {name} was trained under another MLflow store or experiment (run {run_id}); "
           "its new attacks are logged under a new run here")
-    with mlflow.start_run(run_name=name, nested=True) as run:
+    with tracking.start_run(run_name=name, nested=True) as run:
         mlflow.set_tags({"veil.kind": "fr", "veil.trained_in_run": run_id})
     return run.info.run_id
 
@@ -277,7 +277,7 @@ def run_cell(plan: Plan, opts: RunOptions, defense: str, seed: int, split, ev,
     missing = [a for a in plan.attacks.names if a not in record["attacks"]]
     settings = attack_settings(plan.attacks)
     record["fr_run"] = _run_in_this_store(record["fr_run"], f"{defense}-s{seed}")
-    with mlflow.start_run(run_id=record["fr_run"], nested=True):
+    with tracking.start_run(run_id=record["fr_run"], nested=True):
         for attack in missing:
             t1 = time.perf_counter()
             report = run_attack(attack, target, split, ev.model,
@@ -285,7 +285,7 @@ def run_cell(plan: Plan, opts: RunOptions, defense: str, seed: int, split, ev,
                                               settings=settings, seed=seed))
             report.context.update({"target": str(ckpt), "defense": defense, "seed": seed,
                                    "target_top1": record["natural_top1"]})
-            with mlflow.start_run(run_name=f"attack-{attack}", nested=True) as child:
+            with tracking.start_run(run_name=f"attack-{attack}", nested=True) as child:
                 mlflow.set_tags({"veil.kind": "attack", "veil.attack": attack, "veil.defense": defense})
                 tracking.log_metrics({f"attack.{k}": float(v) for k, v in report.summary.items()
                                       if isinstance(v, float) and math.isfinite(v)}, step=0)
@@ -700,7 +700,7 @@ def run_benchmark(plan: Plan, opts: RunOptions) -> list[dict[str, Any]]:
           f"{ev.metrics['top1']:.1%}; {len(defenses)} defenses x {len(seeds)} seeds x {len(attacks)} attacks")
     tracking.setup(opts.tracking.uri, opts.tracking.experiment)
     records: list[dict[str, Any]] = []
-    with mlflow.start_run(run_name=opts.tracking.run_name or f"benchmark-{Path(str(plan.data.source)).name}"):
+    with tracking.start_run(run_name=opts.tracking.run_name or f"benchmark-{Path(str(plan.data.source)).name}"):
         mlflow.set_tags({"veil.kind": "benchmark"})
         tracking.log_params({"benchmark": {"defenses": ",".join(defenses), "attacks": ",".join(attacks),
                                            "seeds": ",".join(map(str, seeds)), "epochs": plan.budget.epochs,

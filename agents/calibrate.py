@@ -224,7 +224,7 @@ def calibrate(plan: Plan, opts: RunOptions) -> Candidate | None:
     png = plot(candidates, base, c.param, c.budget, attacks, chosen, out / "calibration.png") if candidates else None
     run = None if opts.summarize_only else mlflow.last_active_run()
     if run is not None:
-        with mlflow.start_run(run_id=run.info.run_id):
+        with tracking.start_run(run_id=run.info.run_id):
             tracking.log_params({"calibrate": {"param": c.param, "values": ",".join(f"{v:g}" for v in c.values),
                                                "budget_points": c.budget,
                                                "chosen": "none" if chosen is None else f"{chosen.value:g}"}})

@@ -4,9 +4,11 @@ this module only builds the parser from them and dispatches."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
-from . import attack_cli, benchmark, calibrate, demo, train_agent, train_fr, ui
+from . import attack_cli, benchmark, calibrate, demo, tracking, train_agent, train_fr, ui
 
 COMMANDS = (train_fr, train_agent, demo, attack_cli, benchmark, calibrate, ui)
 
@@ -22,18 +24,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Stopped(Exception):
+    """The process was asked to stop (SIGTERM, SIGINT): unwinds like Ctrl-C, so every ``with``
+    block closes (atomic writes drop their temporary file; the last checkpoint stays)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one ``veil`` command; bad input or a diverged run ends in a one-line error and exit code 2."""
+    """Run one ``veil`` command; bad input or a diverged run ends in a one-line error and exit code 2;
+    SIGTERM or SIGINT in one line, the runs it had open marked KILLED, and exit code 128 + signal."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv  # what the user typed: a plan file keeps the options it does not set
+    main_thread = threading.current_thread() is threading.main_thread()  # only there can handlers be set
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
     try:
         return args.handler(args)
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         # bad input or a diverged run: a one-line error, the MLflow run (if any) already marked failed
         print(f"veil {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Stopped as stop:
+        marked = tracking.mark_stopped(f"stopped by {stop}")
+        print(f"veil {args.command}: stopped by {stop}"
+              + (f"; MLflow run(s) {', '.join(marked)} marked KILLED" if marked else "")
+              + "; what was written before (checkpoints, cells) is kept", file=sys.stderr)
+        return 128 + stop.signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

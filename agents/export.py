@@ -102,8 +102,8 @@ def check_policy(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None
          and [r[0] if isinstance(r, list) and r else None for r in table] == list(PARAM_NAMES[:len(table)]),
          "action_table", f"must list the {ACTION_DIM} action parameters ({LEGACY_ACTION_DIM} before label_follow)")
     layers = meta.get("layers")
-    need(isinstance(layers, list) and bool(layers) and all(k in LAYER_KINDS for k in layers) and layers[-1] == "linear",
-         "layers", f"must be a list of {', '.join(LAYER_KINDS)} ending with linear, got {layers!r}")
+    need(isinstance(layers, list) and "linear" in layers and all(k in LAYER_KINDS for k in layers),
+         "layers", f"must be a list of {', '.join(LAYER_KINDS)} with a linear layer, got {layers!r}")
     need(meta.get("squash") in ("clip", "tanh"), "squash", f"must be clip or tanh, got {meta.get('squash')!r}")
     k_max = meta.get("k_max")
     need(isinstance(k_max, int) and not isinstance(k_max, bool) and 1 <= k_max <= MAX_K, "k_max",

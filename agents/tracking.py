@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import socket
 import json
 import os
 import shutil
@@ -31,6 +32,8 @@ import veil
 from veil.recognition.models import LogitsOnly
 
 DEFAULT_EXPERIMENT = "veil"
+HOST = socket.gethostname()
+_STARTED: list[str] = []  # the runs this process started or resumed, for marking them when it is stopped
 
 
 def store_dir() -> Path:
@@ -48,6 +51,58 @@ def default_tracking_uri() -> str:
 
 def default_artifact_root() -> str:
     return (store_dir() / "artifacts").as_uri()
+
+
+@contextlib.contextmanager
+def start_run(**kwargs: Any) -> Iterator[mlflow.ActiveRun]:
+    """``mlflow.start_run`` that records which process runs it (``veil.host``, ``veil.pid``), so a
+    run whose process died (``kill -9``) can be told from one still going and marked KILLED."""
+    with mlflow.start_run(**kwargs) as run:
+        mlflow.set_tags({"veil.host": HOST, "veil.pid": str(os.getpid())})
+        _STARTED.append(run.info.run_id)
+        yield run
+
+
+def mark_stopped(reason: str) -> list[str]:
+    """Mark every run this process started that did not finish as KILLED, noting ``reason`` (the
+    process was stopped by a signal); returns their IDs."""
+    client, marked = MlflowClient(), []
+    for run_id in dict.fromkeys(_STARTED):
+        try:
+            if client.get_run(run_id).info.status != "FINISHED":
+                client.set_tag(run_id, "veil.stopped", reason)
+                client.set_terminated(run_id, "KILLED")
+                marked.append(run_id)
+        except Exception:  # noqa: BLE001 - the store may be what failed; the signal's message still goes out
+            pass
+    return marked
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def mark_orphans(experiment_id: str) -> list[str]:
+    """Runs of this machine left RUNNING by a process that is gone (``kill -9``, a crash): mark
+    them KILLED so a rerun's tables and the UI do not show them as going on; returns their IDs."""
+    client, marked = MlflowClient(), []
+    runs = client.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
+                                                             f"tags.`veil.host` = '{HOST}'", max_results=1000)
+    for run in runs:
+        pid = run.data.tags.get("veil.pid", "")
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            client.set_tag(run.info.run_id, "veil.stopped", f"orphaned: its process {pid} is gone")
+            client.set_terminated(run.info.run_id, "KILLED")
+            marked.append(run.info.run_id)
+    if marked:
+        print(f"note: marked {len(marked)} MLflow run(s) left RUNNING by a process that is gone as KILLED")
+    return marked
 
 
 def setup(tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT) -> str:
@@ -69,6 +124,7 @@ def setup(tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT)
         exp = mlflow.get_experiment_by_name(experiment)
         if exp is not None:
             mlflow.set_experiment(experiment_id=exp.experiment_id)
+            mark_orphans(exp.experiment_id)
             return exp.experiment_id
         location = default_artifact_root() if uri.startswith("sqlite:") else None
         exp_id = mlflow.create_experiment(experiment, artifact_location=location)

@@ -124,7 +124,7 @@ def train(args: Any) -> Path | None:
     name = args.run_name or (f"agent-{args.algo}" if not args.baseline else f"baseline-{args.baseline}")
     out_dir = Path(args.out_dir)
     normalize_reward = bool(args.normalize_reward)
-    with mlflow.start_run(run_name=name) as run:
+    with tracking.start_run(run_name=name) as run:
         mlflow.set_tags({"veil.kind": "agent" if not args.baseline else "baseline-policy",
                          "veil.algo": args.algo if not args.baseline else args.baseline})
         tracking.log_params({"env": asdict(env_cfg), "split": split.summary(),

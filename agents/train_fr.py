@@ -238,7 +238,7 @@ def train_fr(job: FRJob) -> str:
 
     tracking.setup(job.tracking.uri, job.tracking.experiment)
     run_name = job.tracking.run_name or f"fr-{job.model}-{Path(str(job.data.source)).name}"
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name,
+    with tracking.start_run(run_id=run_id, run_name=None if run_id else run_name,
                           nested=mlflow.active_run() is not None) as run:
         run_id = run.info.run_id
         ckpt = Path(job.checkpoint or Path("checkpoints") / f"{run_id}.pt")

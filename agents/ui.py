@@ -54,6 +54,12 @@ def run(args: argparse.Namespace) -> int:
     if uri.startswith("sqlite:"):
         cmd += ["--default-artifact-root", tracking.default_artifact_root()]
     print(f"serving {uri} at http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
+    return serve(cmd, env)
+
+
+def serve(cmd: list[str], env: dict[str, str]) -> int:
+    """Run the server ``cmd`` in its own process group until it exits or a signal, passed on to the
+    whole group, stops it; 0 when it was stopped as asked."""
     server = subprocess.Popen(cmd, env=env, start_new_session=True)
     stopped: list[int] = []
 

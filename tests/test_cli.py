@@ -163,7 +163,7 @@ def test_help_explains_every_option() -> None:
 def test_ui_serves_veils_store_on_localhost(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     calls = []
-    monkeypatch.setattr("subprocess.call", lambda cmd, env: calls.append((cmd, env)) or 0)
+    monkeypatch.setattr("veil.agents.ui.serve", lambda cmd, env: calls.append((cmd, env)) or 0)
     assert main(["ui", "--port", "5077"]) == 0
     cmd, env = calls[0]
     assert cmd[cmd.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
