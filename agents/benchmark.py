@@ -127,7 +127,7 @@ def _save_cell(record: dict[str, Any], cell: Path) -> dict[str, Any]:
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)
         if cell.is_file():
-            on_disk = json.loads(cell.read_text())
+            on_disk = load_cell(cell)
             same = all(on_disk.get(k) == record.get(k) for k in ("defense", "seed", "natural_top1")) \
                 and cell_options(on_disk) == cell_options(record)
             if same:
@@ -139,12 +139,39 @@ def _save_cell(record: dict[str, Any], cell: Path) -> dict[str, Any]:
     return record
 
 
+def load_cell(path: Path) -> dict[str, Any]:
+    """A cell's record, its fields checked (a cell file may have been edited or damaged): a
+    ``ValueError`` naming the file and the first bad field."""
+    try:
+        record = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"cell {path} is not JSON ({err})") from None
+
+    def unit(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0
+
+    if not isinstance(record, dict):
+        raise ValueError(f"cell {path} is not a cell record")
+    attacks = record.get("attacks")
+    checks = {"defense": isinstance(record.get("defense"), str), "seed": type(record.get("seed")) is int,
+              "natural_top1": unit(record.get("natural_top1")), "natural_top5": unit(record.get("natural_top5", 0.0)),
+              "attacks": isinstance(attacks, dict) and all(
+                  isinstance(a, dict) and (a.get("top1") is None or unit(a["top1"])) for a in attacks.values()),
+              "options": isinstance(record.get("options", {}), dict),
+              "train_args": isinstance(record.get("train_args", []), list)}
+    bad = next((field for field, ok in checks.items() if not ok), None)
+    if bad:
+        raise ValueError(f"cell {path}: field {bad!r} is missing or not what veil benchmark writes "
+                         f"({str(record.get(bad))[:60]!r})")
+    return record
+
+
 def _read_cell(cell: Path, ckpt: Path, split) -> dict[str, Any] | None:
     """A finished cell's record, or None. Cells written before the collapse check get it from
     their saved target (and are rewritten), so every row can say whether a target learned."""
     if not cell.is_file():
         return None
-    record = json.loads(cell.read_text())
+    record = load_cell(cell)
     if record.get("split", "test") != split.kind:
         raise ValueError(f"cell {cell} was scored on the {record.get('split', 'test')} split and this run scores on "
                          f"the {split.kind} split; use another out_dir (or drop validation to match)")
@@ -157,7 +184,7 @@ def _read_cell(cell: Path, ckpt: Path, split) -> dict[str, Any] | None:
 def read_cells(out: Path, defenses: list[str] | set[str], seeds: list[int] | set[int]) -> list[dict[str, Any]]:
     """The finished cells' records in ``out/cells`` for these defenses and seeds (none if the folder is missing)."""
     cells = out / "cells"
-    records = [json.loads(f.read_text()) for f in sorted(cells.glob("*.json"))] if cells.is_dir() else []
+    records = [load_cell(f) for f in sorted(cells.glob("*.json"))] if cells.is_dir() else []
     return [r for r in records if r["defense"] in defenses and r["seed"] in seeds]
 
 

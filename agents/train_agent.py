@@ -230,9 +230,23 @@ def read_calibration(path: str) -> dict[str, Any]:
         raise FileNotFoundError(f"--calibration: no file {path}") from None
     except ValueError as err:
         raise ValueError(f"--calibration {path}: not a veil calibrate calibration.json ({err})") from None
-    if not (isinstance(report, dict) and {"param", "chosen", "fixed"} <= report.keys()
-            and isinstance(report["fixed"], dict)):
+    if not (isinstance(report, dict) and {"param", "chosen", "fixed"} <= report.keys()):
         raise ValueError(f"--calibration {path}: not a veil calibrate calibration.json (needs param, chosen, fixed)")
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    checks = {"param": isinstance(report["param"], str),
+              "chosen": report["chosen"] is None or number(report["chosen"]),
+              "fixed": isinstance(report["fixed"], dict) and all(number(v) for v in report["fixed"].values()),
+              "budget_points": number(report.get("budget_points", 0)),
+              "candidates": isinstance(report.get("candidates", []), list) and all(
+                  isinstance(c, dict) and number(c.get("value")) and number(c.get("drop"))
+                  for c in report.get("candidates", []))}
+    bad = [field for field, ok in checks.items() if not ok]
+    if bad:
+        raise ValueError(f"--calibration {path}: field {bad[0]!r} is not what veil calibrate writes "
+                         f"({report.get(bad[0])!r})")
     return report
 
 

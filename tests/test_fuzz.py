@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from veil.agents.attack_cli import model_from_checkpoint
-from veil.agents.benchmark import cell_options
+from veil.agents.benchmark import cell_options, load_cell
 from veil.agents.export import PolicyAugmenter
 from veil.agents.plan import Plan, load_plan
 from veil.recognition.data import DataConfig, DataError, _read_one
@@ -125,5 +125,16 @@ def test_a_policy_of_any_header_and_tensors_loads_or_is_a_value_error(header: di
 def test_a_cells_recorded_options_read_or_are_a_value_error(words: list[str]) -> None:
     try:
         assert isinstance(cell_options({"defense": "x", "seed": 0, "train_args": words}), dict)
+    except ValueError:
+        pass
+
+
+@FAST
+@given(st.one_of(st.binary(max_size=200), st.dictionaries(st.sampled_from(
+    ["defense", "seed", "natural_top1", "natural_top5", "attacks", "options", "train_args"]), values, max_size=7)
+    .map(lambda d: json.dumps(d).encode())))
+def test_cell_bytes_load_or_are_a_value_error(data: bytes) -> None:
+    try:
+        assert isinstance(load_cell(write(data, "none-s0.json")), dict)
     except ValueError:
         pass

@@ -132,3 +132,37 @@ def test_a_malformed_policy_file_is_a_one_line_error_naming_the_field(tmp_path: 
 def test_the_committed_policies_pass_the_policy_check() -> None:
     for path in sorted(POLICY.parents[2].glob("*/policies/*.safetensors")):
         assert PolicyAugmenter.load(path).codec.k_max == 6
+
+
+@pytest.mark.parametrize("text, field", [
+    ('{"defense": "none", "seed": "0", "natural_top1": 0.5, "attacks": {}}', "field 'seed'"),
+    ('{"defense": "none", "seed": 0, "natural_top1": 7, "attacks": {}}', "field 'natural_top1'"),
+    ('{"defense": "none", "seed": 0, "natural_top1": 0.5, "attacks": {"pca": {"top1": "high"}}}', "field 'attacks'"),
+    ('{"defense": "none", "seed": 0, "natural_top1": 0.5, "attacks": {}, "options": [1]}', "field 'options'"),
+    ('{"defense": "none", "seed": 0', "is not JSON"),
+    ('[1, 2]', "is not a cell record"),
+])
+def test_a_damaged_cell_is_a_one_line_error_naming_the_file_and_field(tmp_path: Path, text: str, field: str,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    cell = tmp_path / "bench" / "cells" / "none-s0.json"
+    cell.parent.mkdir(parents=True)
+    cell.write_text(text)
+    assert main(["benchmark", "--defenses", "none", "--seeds", "0", "--attacks", "pca", "--summarize-only",
+                 "--out-dir", str(tmp_path / "bench")]) == 2
+    err = capsys.readouterr().err
+    assert one_line_error(err, "benchmark") and str(cell) in err and field in err
+
+
+@pytest.mark.parametrize("report, field", [
+    ({"param": "radius", "chosen": "0.1", "fixed": {}}, "field 'chosen'"),
+    ({"param": "radius", "chosen": 0.1, "fixed": {"label_follow": "zero"}}, "field 'fixed'"),
+    ({"param": "radius", "chosen": 0.1, "fixed": {}, "candidates": [{"value": 0.1}]}, "field 'candidates'"),
+    ({"param": 3, "chosen": 0.1, "fixed": {}}, "field 'param'"),
+])
+def test_a_malformed_calibration_is_a_one_line_error_naming_the_field(tmp_path: Path, report: dict, field: str,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps(report))
+    assert main(["train-agent", *TINY, "--calibration", str(path), "--timesteps", "8"]) == 2
+    err = capsys.readouterr().err
+    assert one_line_error(err, "train-agent") and str(path) in err and field in err
