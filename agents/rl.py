@@ -5,6 +5,7 @@ and the baseline policies (none, fixed, random) run through the same environment
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 import time
 from collections import defaultdict, deque
@@ -12,14 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from stable_baselines3 import A2C, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter, Logger
+from stable_baselines3.common.vec_env import VecNormalize
 from tqdm.auto import tqdm
 
 from veil.env.actions import ACTION_DIM, PARAM_NAMES
 from veil.env.face_augment import REWARD_TERMS
+from veil.recognition.io import atomic_torch_save
 
 from . import tracking
 
@@ -197,3 +201,89 @@ def commitment_warning(spread: dict[str, float] | None, threshold: float = UNCOM
             f"[-1, 1] box has 0.58). The game trained its FR model under near-random augmentation, so the "
             f"game's accuracy and probe describe that, not the exported mean action. Start narrower "
             f"(--log-std-init -1), drop the entropy bonus (--ent-coef 0) or train longer (--timesteps).")
+
+
+GAME_FORMAT = "veil-game-1"
+
+
+def _numpy_rng() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _set_numpy_rng(s: dict[str, Any]) -> None:
+    np.random.set_state((s["kind"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["cached"]))
+
+
+def game_checkpoint(agent: BaseAlgorithm, terms: EnvTermsCallback, fr_eval: FREvalCallback,
+                    options: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """The whole game at a rollout boundary (the rollout buffer is empty there): the agent's
+    network and optimizer, its counters and last observation, reward normalization, every env's
+    game, the callbacks' windows and history, and the RNG states; tensors and plain values only,
+    so it loads weights-only."""
+    vec = agent.get_env()
+    state: dict[str, Any] = {
+        "format": GAME_FORMAT, "options": options, "run_id": run_id, "num_timesteps": int(agent.num_timesteps),
+        "n_updates": int(getattr(agent, "_n_updates", 0)), "episode_num": int(agent._episode_num),
+        "policy": agent.policy.state_dict(), "optimizer": agent.policy.optimizer.state_dict(),
+        "last_obs": torch.from_numpy(np.asarray(agent._last_obs).copy()),
+        "last_episode_starts": torch.from_numpy(np.asarray(agent._last_episode_starts).copy()),
+        "envs": vec.env_method("game_state"),
+        "terms": {"window": {k: list(v) for k, v in terms._window.items()}, "history": list(terms.history)},
+        "fr_eval": dict(fr_eval.last),
+        "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng(), "random": random.getstate()},
+    }
+    if isinstance(vec, VecNormalize):
+        state["vecnormalize"] = {"mean": torch.from_numpy(np.asarray(vec.ret_rms.mean, dtype=np.float64).copy()),
+                                 "var": torch.from_numpy(np.asarray(vec.ret_rms.var, dtype=np.float64).copy()),
+                                 "count": float(vec.ret_rms.count),
+                                 "returns": torch.from_numpy(np.asarray(vec.returns, dtype=np.float64).copy()),
+                                 "old_reward": torch.from_numpy(np.asarray(vec.old_reward, dtype=np.float64).copy())}
+    return state
+
+
+def restore_game(agent: BaseAlgorithm, state: dict[str, Any], terms: EnvTermsCallback,
+                 fr_eval: FREvalCallback) -> None:
+    """Put a freshly built agent, its envs and callbacks where ``game_checkpoint`` found them; the
+    RNG states last, so the next draw is the one the interrupted run would have made."""
+    vec = agent.get_env()
+    agent.policy.load_state_dict(state["policy"])
+    agent.policy.optimizer.load_state_dict(state["optimizer"])
+    agent.num_timesteps = state["num_timesteps"]
+    agent._n_updates = state["n_updates"]
+    agent._episode_num = state["episode_num"]
+    agent._last_obs = state["last_obs"].numpy().copy()
+    agent._last_episode_starts = state["last_episode_starts"].numpy().copy()
+    for i, env_state in enumerate(state["envs"]):
+        vec.env_method("set_game_state", env_state, indices=i)
+    if isinstance(vec, VecNormalize) and "vecnormalize" in state:
+        norm = state["vecnormalize"]
+        vec.ret_rms.mean, vec.ret_rms.var = norm["mean"].numpy().copy(), norm["var"].numpy().copy()
+        vec.ret_rms.count = norm["count"]
+        vec.returns, vec.old_reward = norm["returns"].numpy().copy(), norm["old_reward"].numpy().copy()
+    terms._window.clear()
+    terms._window.update({k: list(v) for k, v in state["terms"]["window"].items()})
+    terms.history[:] = state["terms"]["history"]
+    fr_eval.last = dict(state["fr_eval"])
+    torch.set_rng_state(state["rng"]["torch"])
+    _set_numpy_rng(state["rng"]["numpy"])
+    random.setstate(state["rng"]["random"])
+
+
+class GameCheckpointCallback(BaseCallback):
+    """At the first rollout boundary after every ``every`` steps, write the whole game
+    (``game_checkpoint``) atomically to ``path``, so ``veil train-agent --resume`` continues it."""
+
+    def __init__(self, path: str | Path, every: int, make_state) -> None:
+        super().__init__()
+        self.path, self.every, self.make_state = Path(path), every, make_state
+        self.saved_at = 0
+
+    def _on_rollout_start(self) -> None:
+        if self.num_timesteps - self.saved_at >= self.every and self.num_timesteps > 0:
+            atomic_torch_save(self.make_state(), self.path)
+            self.saved_at = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        return True

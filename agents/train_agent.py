@@ -27,15 +27,19 @@ from .export import export_policy, log_policy_model
 from .options import EPILOG_DATA, add_data_args, add_tracking_args, data_configs
 from .rl import (
     ALGOS,
+    GAME_FORMAT,
     PARAM_NAMES,
     AtomicCheckpointCallback,
     EnvTermsCallback,
     FREvalCallback,
+    GameCheckpointCallback,
     ProgressCallback,
     action_spread,
     baseline_action,
     commitment_warning,
+    game_checkpoint,
     mlflow_logger,
+    restore_game,
 )
 
 
@@ -91,8 +95,36 @@ def run(args: Any) -> int:
     return 0
 
 
+RESUMABLE = ("ppo", "a2c")  # on-policy: a rollout boundary holds no buffer, so the game checkpoint is small
+
+
+def game_checkpoint_path(out_dir: str | Path, run_id: str) -> Path:
+    return Path(out_dir) / f"{run_id}-game.pt"
+
+
+def read_game(spec: str, out_dir: str) -> dict[str, Any]:
+    """A game checkpoint, given as its file or its MLflow run ID (looked for in ``out_dir``); weights-only."""
+    path = Path(spec) if Path(spec).is_file() else game_checkpoint_path(out_dir, spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {spec}: no game checkpoint {path} (train-agent writes one every "
+                                "--checkpoint-every steps, for PPO and A2C)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any damage: one line, nothing trusted
+        raise ValueError(f"--resume {path} is not a readable game checkpoint: {str(err).splitlines()[0]}") from None
+    if not isinstance(state, dict) or state.get("format") != GAME_FORMAT:
+        raise ValueError(f"--resume {path} is not a veil game checkpoint")
+    return state
+
+
 def train(args: Any) -> Path | None:
-    """Train the agent as ``args`` say; return the exported policy's path (``None`` for a baseline)."""
+    """Train the agent as ``args`` say; return the exported policy's path (``None`` for a baseline).
+    With ``args.resume``, continue the game a checkpoint recorded, with the options it recorded."""
+    resumed = None
+    if getattr(args, "resume", None):
+        resumed = read_game(args.resume, args.out_dir)
+        kept = {k: getattr(args, k) for k in ("resume", "threads")}
+        args = argparse.Namespace(**{**resumed["options"], **kept})
 
 
 
@@ -124,17 +156,22 @@ def train(args: Any) -> Path | None:
     name = args.run_name or (f"agent-{args.algo}" if not args.baseline else f"baseline-{args.baseline}")
     out_dir = Path(args.out_dir)
     normalize_reward = bool(args.normalize_reward)
-    with tracking.start_run(run_name=name) as run:
+    if args.checkpoint_every and args.algo not in RESUMABLE and not args.baseline:
+        print(f"note: {args.algo} keeps a replay buffer; its game is not checkpointed for --resume (PPO and A2C are)")
+    with tracking.start_run(run_name=None if resumed else name, run_id=resumed["run_id"] if resumed else None) as run:
         mlflow.set_tags({"veil.kind": "agent" if not args.baseline else "baseline-policy",
                          "veil.algo": args.algo if not args.baseline else args.baseline})
-        tracking.log_params({"env": asdict(env_cfg), "split": split.summary(),
-                             "agent": {"algo": args.algo, "timesteps": args.timesteps, "n_envs": args.n_envs,
-                                       "n_steps": args.n_steps, "ent_coef": args.ent_coef,
-                                       "policy_lr": args.policy_lr, "baseline": args.baseline,
-                                       "normalize_reward": normalize_reward, "log_std_init": args.log_std_init,
-                                       "gamma": args.gamma}})
+        if resumed:
+            print(f"resuming run {run.info.run_id} at step {resumed['num_timesteps']} of {args.timesteps}")
+        else:
+            tracking.log_params({"env": asdict(env_cfg), "split": split.summary(),
+                                 "agent": {"algo": args.algo, "timesteps": args.timesteps, "n_envs": args.n_envs,
+                                           "n_steps": args.n_steps, "ent_coef": args.ent_coef,
+                                           "policy_lr": args.policy_lr, "baseline": args.baseline,
+                                           "normalize_reward": normalize_reward, "log_std_init": args.log_std_init,
+                                           "gamma": args.gamma}})
         probe, ev = make_probe(args, split)
-        if ev is not None:
+        if ev is not None and not resumed:
             tracking.log_params({"probe": {"eval_model": ev.config.model, "eval_top1": round(ev.metrics["top1"], 4),
                                            "identities": args.probe_identities, "every": args.probe_every}})
         fns = [make_env_fn(env_cfg, split, i, 1 if args.n_envs > 1 else None, probe) for i in range(args.n_envs)]
@@ -171,9 +208,22 @@ def train(args: Any) -> Path | None:
             return eval_env.unwrapped.evaluate_fr()
 
         ckpt = out_dir / f"{run.info.run_id}-agent.zip"
-        callbacks = [terms, FREvalCallback(evaluate, every=args.eval_every),
-                     AtomicCheckpointCallback(ckpt, every=args.checkpoint_every), ProgressCallback(args.timesteps)]
-        agent.learn(total_timesteps=args.timesteps, callback=callbacks)
+        fr_eval = FREvalCallback(evaluate, every=args.eval_every)
+        callbacks = [terms, fr_eval, AtomicCheckpointCallback(ckpt, every=args.checkpoint_every),
+                     ProgressCallback(args.timesteps)]
+        if args.algo in RESUMABLE and args.checkpoint_every:
+            options = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))
+                       and k not in ("resume", "argv")}
+            callbacks.append(GameCheckpointCallback(
+                game_checkpoint_path(out_dir, run.info.run_id), args.checkpoint_every,
+                lambda: game_checkpoint(agent, terms, fr_eval, options, run.info.run_id)))
+        remaining = args.timesteps
+        if resumed:
+            base = vec.venv if isinstance(vec, VecNormalize) else vec
+            base._reset_seeds()  # the interrupted run's envs were seeded at its first reset, long ago
+            restore_game(agent, resumed, terms, fr_eval)
+            remaining = args.timesteps - agent.num_timesteps
+        agent.learn(total_timesteps=remaining, callback=callbacks, reset_num_timesteps=not resumed)
         final = evaluate()
         tracking.log_metrics({f"final_fr.{k}": v for k, v in final.items()}, step=agent.num_timesteps)
         spread = action_spread(agent, env_cfg.fixed_params)
@@ -452,7 +502,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     g.add_argument("--log-every", type=int, default=64, help="log env terms every N steps (default: 64)")
     g.add_argument("--eval-every", type=int, default=1024, help="FR test evaluation every N steps (default: 1024)")
-    g.add_argument("--checkpoint-every", type=int, default=1024, help="agent checkpoint every N steps (default: 1024)")
+    g.add_argument("--checkpoint-every", type=int, default=1024,
+                   help="agent checkpoint, and (PPO, A2C) a checkpoint of the whole game for --resume, every N steps "
+                        "(default: 1024)")
+    g.add_argument("--resume", default=None, metavar="RUN_ID|FILE",
+                   help="continue an interrupted game from its last game checkpoint (<out-dir>/<run id>-game.pt or the "
+                        "file), with the options it was started with, into the same MLflow run")
     g.add_argument("--out-dir", default="checkpoints", help="where the agent, the policy and plots go (default: checkpoints)")
     add_tracking_args(a)
 

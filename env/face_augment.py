@@ -327,6 +327,29 @@ class FaceAugmentEnv(gym.Env):
         """Clean top-1/top-5 of the FR model on the private test split."""
         return self.trainer.evaluate(self.split.test_images, self.split.test_labels)
 
+    # what changes as the game is played, beside the trainer and the batch generator (for a resume)
+    GAME_FIELDS = ("_cursor", "_perm", "_clean_heldout", "total_steps", "episode_step", "loss_clean", "loss_aug",
+                   "aug_mean", "aug_var", "aug_count", "acc_train", "acc_val", "probe_top1", "grad_norm", "last_action")
+
+    def game_state(self) -> dict[str, Any]:
+        """Everything of the game that changes as it is played (the FR trainer with its optimizer
+        and RNG, the batch order and generator, the running statistics), as tensors and plain
+        values a weights-only load reads; what the config rebuilds is left out."""
+        values = {name: getattr(self, name) for name in self.GAME_FIELDS}
+        values["last_action"] = torch.from_numpy(np.asarray(self.last_action, dtype=np.float32).copy())
+        return {"trainer": self.trainer.state_dict(), "snapshot": self._snapshot, "gen": self._gen.get_state(),
+                "values": values}
+
+    def set_game_state(self, state: dict[str, Any]) -> None:
+        """Put the game back where ``game_state`` left it."""
+        self.trainer.load_state_dict(state["trainer"])
+        self._snapshot = state["snapshot"]
+        self._gen.set_state(state["gen"])
+        for name, value in state["values"].items():
+            if name not in self.GAME_FIELDS:
+                raise ValueError(f"the game checkpoint holds an unknown field {name!r}")
+            setattr(self, name, value.numpy().copy() if name == "last_action" else value)
+
     def save_fr(self, path, extra: dict[str, Any] | None = None):
         """Write the game's FR model as a ``veil train-fr``-style checkpoint (atomic; it carries
         its model config, so ``veil attack`` can rebuild it without pickle)."""
