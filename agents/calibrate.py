@@ -30,9 +30,10 @@ from veil.defenses.params import AugmentParams
 from veil.env.actions import with_fixed
 
 from . import tracking
-from .benchmark import RunOptions, add_plan_args, mean_ci, read_cells, run_benchmark, run_options
+from .benchmark import RunOptions, add_plan_args, read_cells, run_benchmark, run_options
 from .options import add_data_args, add_tracking_args, command_parser, given_options
 from .plan import AttackPlan, CalibratePlan, Plan, calibration_plan, candidate_name, load_plan
+from .tables import mean_ci
 from .train_agent import parse_fixed
 
 CALIBRATABLE = ("k", "alpha", "radius", "erase_p", "erase_area", "erase_aspect", "label_follow")

@@ -16,22 +16,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from veil.agents import tracking
-from veil.agents.benchmark import (
-    _save_cell,
-    cell_job,
-    cell_options,
-    check_row_cell,
-    dominated_by,
-    eta,
-    headline,
-    markdown,
-    mean_ci,
-    pareto_front,
-    summarize,
-    target_verdict,
-)
+from veil.agents.benchmark import _save_cell, cell_job, cell_options, check_row_cell, eta
 from veil.agents.cli import main
 from veil.agents.plan import Plan, Row, parse_policy_flag, parse_variants
+from veil.agents.tables import dominated_by, headline, markdown, mean_ci, pareto_front, summarize, target_verdict
 from veil.agents.train_fr import Tracking
 
 TINY = ["--data", "synthetic", "--synthetic-identities", "8", "--synthetic-images", "8", "--image-size", "32",
@@ -741,7 +729,7 @@ def test_a_defense_keeps_its_colour_and_marker_in_every_panel_of_the_plot(tmp_pa
     missing from one attack does not shift the others' colours in that panel."""
     import matplotlib.pyplot as plt
 
-    from veil.agents.benchmark import plot
+    from veil.agents.tables import plot
 
     figs = []
     monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from veil.agents.benchmark import summarize, target_verdict
+from veil.agents.tables import summarize, target_verdict
 from veil.agents.calibrate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
