@@ -399,7 +399,7 @@ def plan_from_args(args: argparse.Namespace, add: Any) -> Plan:
     """The plan a command runs: its ``--config`` file (or the defaults), with the flags given over it;
     a calibration plan runs as its rows (``none`` and one per value, on the validation split)."""
     plan = load_plan(args.config) if args.config else Plan()
-    given = given_options(command_parser(add), args.argv) if hasattr(args, "argv") else set(vars(args))
+    given = given_options(command_parser(add), args.argv)
     return calibration_plan(plan.with_flags(args, given - {"config"}))
 
 

@@ -245,7 +245,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     with the flags given over it."""
     plan = load_plan(args.config) if args.config else Plan(attacks=AttackPlan(names=["pca"]),
                                                             out_dir="benchmarks/results/calibrate")
-    given = given_options(command_parser(add_parser), args.argv) if hasattr(args, "argv") else set(vars(args))
+    given = given_options(command_parser(add_parser), args.argv)
     plan = plan.with_flags(args, given - {"config"})
     c = plan.calibrate or CalibratePlan()
     changes: dict[str, Any] = {k: getattr(args, k) for k in ("param", "budget", "k_max", "erase_fill") if k in given}

@@ -314,5 +314,8 @@ def command_parser(add_parser: Callable[[argparse._SubParsersAction], None]) -> 
 
 
 def parse_command(add_parser: Callable[[argparse._SubParsersAction], None], argv: list[str]) -> argparse.Namespace:
-    """Parse one sub-command's options (``argv`` starts with its name)."""
-    return command_parser(add_parser).parse_args(argv)
+    """Parse one sub-command's options (``argv`` starts with its name), keeping ``argv`` as the
+    command line does, so a plan file keeps what these options do not set."""
+    args = command_parser(add_parser).parse_args(argv)
+    args.argv = list(argv)
+    return args

@@ -104,7 +104,6 @@ def test_flags_override_the_file_and_only_the_flags_given(tmp_path: Path) -> Non
     path = write(tmp_path, PLAN)
     argv = ["benchmark", "--config", str(path), "--epochs", "30", "--seeds", "3", "--data", "att"]
     args = parse_command(benchmark.add_parser, argv)
-    args.argv = argv
     plan = benchmark.plan_from_args(args, benchmark.add_parser)
     assert (plan.budget.epochs, plan.seeds, plan.data.source) == (30, [3], "att")  # 30 is also the flag's default
     assert (plan.budget.lr, plan.data.align, plan.attacks.names, plan.rows) == (3e-4, True, ["pca", "gmi"],
@@ -115,13 +114,11 @@ def test_a_calibration_plan_runs_as_none_and_one_row_per_value_on_the_validation
     path = write(tmp_path, "[calibrate]\nparam = \"radius\"\nvalues = [0.05, 0.1]\n")
     argv = ["benchmark", "--config", str(path)]
     args = parse_command(benchmark.add_parser, argv)
-    args.argv = argv
     plan = benchmark.plan_from_args(args, benchmark.add_parser)
     assert plan.rows == ["none", "cal-radius-0.05", "cal-radius-0.1"] and plan.split.validation
     assert plan.defenses["cal-radius-0.1"].options["mix_radius"] == [0.1]
     argv = ["calibrate", "--config", str(path), "--budget", "1.5"]
     args = parse_command(calibrate.add_parser, argv)
-    args.argv = argv
     c = calibrate.plan_from_args(args).calibrate
     assert (c.param, c.values, c.budget, c.fix) == ("radius", [0.05, 0.1], 1.5, {"label_follow": 0.0, "high_band": 0.0})
 
