@@ -395,12 +395,18 @@ def run_benchmark(plan: Plan, opts: RunOptions) -> list[dict[str, Any]]:
     return records
 
 
+def given_plan(args: argparse.Namespace, add: Any, default: Plan | None = None) -> tuple[Plan, set[str]]:
+    """A command's plan: its ``--config`` file (or ``default``) with the flags the command line gave
+    over it; and which flags those were (``add`` builds the command's parser)."""
+    plan = load_plan(args.config) if args.config else (default or Plan())
+    given = given_options(command_parser(add), args.argv) - {"config"}
+    return plan.with_flags(args, given), given
+
+
 def plan_from_args(args: argparse.Namespace, add: Any) -> Plan:
-    """The plan a command runs: its ``--config`` file (or the defaults), with the flags given over it;
-    a calibration plan runs as its rows (``none`` and one per value, on the validation split)."""
-    plan = load_plan(args.config) if args.config else Plan()
-    given = given_options(command_parser(add), args.argv)
-    return calibration_plan(plan.with_flags(args, given - {"config"}))
+    """The plan ``veil benchmark`` runs; a calibration plan runs as its rows (``none`` and one per
+    value, on the validation split)."""
+    return calibration_plan(given_plan(args, add)[0])
 
 
 def run_options(args: argparse.Namespace) -> RunOptions:

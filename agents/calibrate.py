@@ -30,9 +30,9 @@ from veil.defenses.params import AugmentParams
 from veil.env.actions import with_fixed
 
 from . import tracking
-from .benchmark import RunOptions, add_plan_args, read_cells, run_benchmark, run_options
-from .options import add_data_args, add_tracking_args, command_parser, given_options
-from .plan import AttackPlan, CalibratePlan, Plan, calibration_plan, candidate_name, load_plan
+from .benchmark import RunOptions, add_plan_args, given_plan, read_cells, run_benchmark, run_options
+from .options import add_data_args, add_tracking_args
+from .plan import AttackPlan, CalibratePlan, Plan, calibration_plan, candidate_name
 from .tables import mean_ci
 from .train_agent import parse_fixed
 
@@ -243,10 +243,8 @@ def calibrate(plan: Plan, opts: RunOptions) -> Candidate | None:
 def plan_from_args(args: argparse.Namespace) -> Plan:
     """The calibration plan: ``--config`` (or the defaults: the probe attack pca, its own out dir),
     with the flags given over it."""
-    plan = load_plan(args.config) if args.config else Plan(attacks=AttackPlan(names=["pca"]),
-                                                            out_dir="benchmarks/results/calibrate")
-    given = given_options(command_parser(add_parser), args.argv)
-    plan = plan.with_flags(args, given - {"config"})
+    plan, given = given_plan(args, add_parser, Plan(attacks=AttackPlan(names=["pca"]),
+                                                    out_dir="benchmarks/results/calibrate"))
     c = plan.calibrate or CalibratePlan()
     changes: dict[str, Any] = {k: getattr(args, k) for k in ("param", "budget", "k_max", "erase_fill") if k in given}
     if "fix" in given:
