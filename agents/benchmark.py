@@ -28,6 +28,7 @@ from mlflow.exceptions import MlflowException
 
 from veil.attacks.evaluation import EvalModelConfig, train_eval_model
 from veil.attacks.harness import ATTACKS, HarnessConfig, run_attack, target_accuracy
+from veil.attacks.proxy import ProxyConfig, privacy_proxies
 from veil.recognition import TrainerConfig, load_faces, split_identities
 
 from . import tracking
@@ -42,6 +43,7 @@ from .options import (
     row_options_from_argv,
 )
 from .plan import DEFENSE_CHOICES, Plan, Row, calibration_plan, load_plan
+from .schedules import load_schedule
 from .tables import METRICS, write_outputs
 from .train_fr import FRJob, PolicyUse, Tracking, train_fr
 
@@ -76,10 +78,14 @@ def cell_job(plan: Plan, name: str, seed: int, track: Tracking) -> FRJob:
             sample = pol == "policy-sampled" or bool(options.get("policy_sample"))
             policy = PolicyUse(plan.policy_for_seed(seed, name), options.get("policy_warmup"), sample)
             names.remove(pol)
+    schedule = row.schedule if "schedule" in names else None
+    if schedule:
+        names.remove("schedule")
     ns = row_namespace({**options, "defense": ",".join(names) or "none"})
     train = TrainerConfig(epochs=epochs, batch_size=plan.budget.batch_size, lr=plan.budget.lr, seed=seed)
     return FRJob(data=plan.data, split=plan.split, train=train, model=plan.budget.model,
-                 defense=defense_options(ns, seed), policy=policy, threads=plan.budget.threads,
+                 defense=defense_options(ns, seed), policy=policy, augment_schedule=schedule,
+                 threads=plan.budget.threads,
                  checkpoint=str(Path(plan.out_dir) / "checkpoints" / f"{name}-s{seed}.pt"),
                  tracking=replace(track, run_name=f"{name}-s{seed}"))
 
@@ -96,6 +102,10 @@ def check_row_cell(record: dict[str, Any] | None, row: Row, cell: Path) -> None:
     if record is not None and cell_options(record) != row.options:
         raise ValueError(f"cell {cell} was trained with {cell_options(record)} but its defense now means "
                          f"{row.options}; give the defense a new name or delete the cell to retrain it")
+    if record is not None and row.schedule and "schedule" in record \
+            and record["schedule"] != load_schedule(row.schedule).to_dict():
+        raise ValueError(f"cell {cell} was trained with another schedule than {row.schedule} holds now; give the "
+                         "defense a new name or delete the cell to retrain it")
 
 
 def _save_cell(record: dict[str, Any], cell: Path) -> dict[str, Any]:
@@ -115,6 +125,8 @@ def _save_cell(record: dict[str, Any], cell: Path) -> dict[str, Any]:
             if same:
                 for attack, result in on_disk.get("attacks", {}).items():
                     record["attacks"].setdefault(attack, result)
+                if "proxies" in on_disk:
+                    record.setdefault("proxies", on_disk["proxies"])
         _write_json(record, cell)
     finally:
         os.close(folder)  # closing the descriptor releases the lock
@@ -140,6 +152,8 @@ def load_cell(path: Path) -> dict[str, Any]:
               "attacks": isinstance(attacks, dict) and all(
                   isinstance(a, dict) and (a.get("top1") is None or unit(a["top1"])) for a in attacks.values()),
               "options": isinstance(record.get("options", {}), dict),
+              "proxies": isinstance(record.get("proxies", {}), dict) and all(
+                  unit(v) for v in record.get("proxies", {}).values()),
               "train_args": isinstance(record.get("train_args", []), list)}
     bad = next((field for field, ok in checks.items() if not ok), None)
     if bad:
@@ -268,6 +282,8 @@ def run_cell(plan: Plan, opts: RunOptions, defense: str, seed: int, split, ev,
                   "natural_top5": natural["top5"], "collapsed": bool(natural["collapsed"]), "attacks": {},
                   "split": split.kind, "options": plan.row(defense).options,
                   "seconds": time.perf_counter() - t0}
+        if plan.row(defense).schedule:
+            record["schedule"] = load_schedule(plan.row(defense).schedule).to_dict()
         _write_json(record, cell)
         if record["collapsed"]:
             print(f"warning: target {defense} seed {seed} collapsed (its output does not depend on the input); its "
@@ -307,6 +323,9 @@ def run_cell(plan: Plan, opts: RunOptions, defense: str, seed: int, split, ev,
                                          "evaluator": ev.fingerprint, **report.extra.get("budget", {})}
             record["seconds"] = record.get("seconds", 0.0) + time.perf_counter() - t1
             _save_cell(record, cell)
+    if "proxies" not in record:  # seconds: the candidates for a cheap privacy reward, checked against the attacks
+        record["proxies"] = privacy_proxies(target, split, ev.model, ProxyConfig(seed=seed))
+        _save_cell(record, cell)
     return record
 
 
@@ -335,6 +354,8 @@ def run_benchmark(plan: Plan, opts: RunOptions) -> list[dict[str, Any]]:
             path = Path(plan.policy_for_seed(s, d))
             if not path.is_file():
                 raise FileNotFoundError(f"policy: no file {path}")
+    for d in [d for d in defenses if plan.row(d).schedule]:
+        load_schedule(plan.row(d).schedule)  # a missing or malformed schedule fails before any cell runs
     split = split_identities(load_faces(plan.data), plan.split)
     ev = train_eval_model(split, EvalModelConfig(epochs=plan.attacks.eval_epochs))
     print(f"benchmark: {split.source}, {split.num_private} private identities; evaluation model {ev.config.model} "
@@ -365,7 +386,10 @@ def run_benchmark(plan: Plan, opts: RunOptions) -> list[dict[str, Any]]:
                         print(f"cell {d} seed {s}: {a} was scored by another evaluation model ({scored_by}, now "
                               f"{evaluator}); rerunning it so every row is judged by the same model")
                     del done["attacks"][a]
-            return done, [a for a in attacks if done is None or a not in done["attacks"]]
+            missing = [a for a in attacks if done is None or a not in done["attacks"]]
+            if done is not None and "proxies" not in done and (out / "checkpoints" / f"{d}-s{s}.pt").is_file():
+                missing.append("proxies")  # the cheap privacy proxies, computed on the saved target
+            return done, missing
 
         todo = []
         for d in defenses:

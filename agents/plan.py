@@ -23,6 +23,7 @@ an unknown key anywhere is an error naming the key and the file. Example::
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import shlex
 import tomllib
@@ -43,7 +44,8 @@ from .fr_defenses import DEFENSES
 from .options import FRBudget, data_configs, row_options_from_argv, row_options_typed
 
 DEFENSE_CHOICES = ("none", "re", "mixup", "hybrid", "tldmi", "negls", "mid", "bido", "dp", "policy", "policy+tldmi",
-                   "policy+negls", "policy-sampled", "policy-sampled+tldmi", "policy-sampled+negls")
+                   "policy+negls", "policy-sampled", "policy-sampled+tldmi", "policy-sampled+negls", "schedule",
+                   "schedule+tldmi", "schedule+negls")
 DEFAULT_DEFENSES = ("none", "re", "mixup", "hybrid", "tldmi", "negls", "mid", "bido", "dp")
 ROW_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 CURVE_NAME = re.compile(r"^none-e(\d+)$")
@@ -66,11 +68,13 @@ class AttackPlan:
 @dataclass
 class Row:
     """A named defense: the built-in row it trains (``use``), its ``veil train-fr`` options and,
-    for a policy row, its own exported policies (seed -> file; -1: every seed) over the plan's."""
+    for a policy row, its own exported policies (seed -> file; -1: every seed) over the plan's; for
+    a schedule row, its schedule file (``veil train-fr --augment-schedule``)."""
 
     use: str
     options: dict[str, Any] = field(default_factory=dict)
     policy: dict[int, str] = field(default_factory=dict)
+    schedule: str | None = None
 
 
 @dataclass
@@ -84,6 +88,49 @@ class CalibratePlan:
     fix: dict[str, float] = field(default_factory=lambda: {"label_follow": 0.0, "high_band": 0.0})
     k_max: int = 6
     erase_fill: str = "mean"
+
+
+RACE_BOX: dict[str, list[float]] = {"k": [1, 6], "alpha": [0.2, 5.0], "radius": [0.0125, 0.2], "erase_p": [0.0, 1.0],
+                                    "erase_area": [0.02, 0.5], "erase_aspect": [1.0, 3.3]}
+"""The race's default box: the agent's, with the radius inside the calibration grid's range."""
+
+
+@dataclass
+class RacePlan:
+    """``veil race``: contestants search on validation seeds; each one's pick, chosen by one rule
+    fixed before any run (the lowest mean ``select_attack`` top-1 whose mean paired accuracy drop
+    against ``none`` is at most ``budget`` points), is scored on fresh ``test_seeds``.
+
+    C1 is a finished ``veil calibrate`` folder (``calibration``, relative to the plan); C2 draws
+    ``random_points`` settings from ``box`` (with ``fix``); C3 is the two-phase schedules between
+    ``strong_radius`` and ``relaxed_radius`` (either first, switching at each of ``switches``) at the
+    box's centre otherwise; C4 draws a setting from the box per batch; ``learners`` names the plan's
+    own rows each learner selects among (T0, T1: exported policies or schedules)."""
+
+    validation_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    test_seeds: list[int] = field(default_factory=lambda: [10, 11, 12, 13, 14])
+    budget: float = 2.0
+    select_attack: str = "pca"
+    calibration: str = ""
+    fix: dict[str, float] = field(default_factory=lambda: {"label_follow": 0.0, "high_band": 0.0})
+    box: dict[str, list[float]] = field(default_factory=lambda: dict(RACE_BOX))
+    random_points: int = 5
+    random_seed: int = 0
+    strong_radius: float = 0.2
+    relaxed_radius: float = 0.025
+    switches: list[float] = field(default_factory=lambda: [1 / 3, 2 / 3])
+    learners: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.validation_seeds or not self.test_seeds:
+            raise ValueError("race: give validation_seeds and test_seeds")
+        if set(self.validation_seeds) & set(self.test_seeds):
+            raise ValueError(f"race: the test seeds must be fresh; {sorted(set(self.validation_seeds) & set(self.test_seeds))} "
+                             "are validation seeds too")
+        if not math.isfinite(self.budget) or self.budget < 0:
+            raise ValueError(f"race: budget must be a number of points >= 0, got {self.budget}")
+        if self.random_points < 0 or any(not 0 < s < 1 for s in self.switches):
+            raise ValueError("race: random_points must be >= 0 and switches fractions in (0, 1)")
 
 
 @dataclass
@@ -101,6 +148,7 @@ class Plan:
     attacks: AttackPlan = field(default_factory=AttackPlan)
     defenses: dict[str, Row] = field(default_factory=dict)
     calibrate: CalibratePlan | None = None
+    race: RacePlan | None = None
 
     def __post_init__(self) -> None:
         for name, row in self.defenses.items():
@@ -201,7 +249,7 @@ def is_known_base(base: str) -> bool:
     if base in DEFENSE_CHOICES:
         return True
     parts = base.split("+")
-    policies = [p for p in parts if p in ("policy", "policy-sampled")]
+    policies = [p for p in parts if p in ("policy", "policy-sampled", "schedule")]
     return (len(policies) <= 1 and len(set(parts)) == len(parts) and "none" not in parts
             and all(p in DEFENSES or p in policies for p in parts))
 
@@ -215,6 +263,9 @@ def check_row(name: str, row: Row, where: str) -> None:
         raise ValueError(f"{where}: defense {name!r} uses unknown defense {row.use!r}; choose from "
                          f"{', '.join(DEFENSE_CHOICES)}, or join train-fr defenses with '+' (e.g. tldmi+mixup)")
     row.options = row_options_typed(row.options, f"{where}: defense {name!r}")
+    if ("schedule" in row.use.split("+")) != (row.schedule is not None):
+        raise ValueError(f"{where}: defense {name!r}: a schedule row (use = \"schedule\") names its file "
+                         "(schedule = \"FILE\"), and only a schedule row does")
 
 
 def parse_variants(specs: list[str] | None) -> dict[str, Row]:
@@ -257,14 +308,20 @@ def load_plan(path: str | Path) -> Plan:
     for name, table in defenses.items():
         if not isinstance(table, dict) or "use" not in table or not isinstance(table["use"], str):
             raise ValueError(f"{where}: [defenses.{name}] needs use = \"<defense>\" (e.g. use = \"hybrid\")")
-        options = {k: v for k, v in table.items() if k not in ("use", "policy")}
+        options = {k: v for k, v in table.items() if k not in ("use", "policy", "schedule")}
+        schedule = table.get("schedule")
+        if schedule is not None and not isinstance(schedule, str):
+            raise ValueError(f"{where}: [defenses.{name}] schedule must be a file name, got {schedule!r}")
         try:
-            rows[name] = Row(table["use"], options, _policy_table(table.get("policy"), path.parent))
+            rows[name] = Row(table["use"], options, _policy_table(table.get("policy"), path.parent),
+                             str(path.parent / schedule) if schedule else None)
         except ValueError as err:
             raise ValueError(f"{where}: [defenses.{name}]: {err}") from None
     plan = build(Plan, raw, where)
     base = path.parent
     out_dir = str(base / plan.out_dir) if not Path(plan.out_dir).is_absolute() else plan.out_dir
+    if plan.race is not None and plan.race.calibration and not Path(plan.race.calibration).is_absolute():
+        plan.race.calibration = str(base / plan.race.calibration)
     try:
         plan = replace(plan, defenses=rows, out_dir=out_dir, policy=_policy_table(policy, base))
     except ValueError as err:

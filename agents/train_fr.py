@@ -46,6 +46,7 @@ from .options import (
     data_configs,
     defense_options,
 )
+from .schedules import ScheduleAugmenter, load_schedule
 
 
 @dataclass
@@ -79,6 +80,7 @@ class FRJob:
     weights: str | None = None
     defense: DefenseOptions = field(default_factory=DefenseOptions)
     policy: PolicyUse | None = None
+    augment_schedule: str | None = None
     threads: int | None = None
     checkpoint: str | None = None
     resume: str | None = None
@@ -95,7 +97,9 @@ class FRJob:
         return {"data": {k: v for k, v in asdict(self.data).items() if k not in ("data_root", "use_cache", "strict")},
                 "split": asdict(self.split), "model": {"name": self.model, "weights": self.weights},
                 "train": {k: v for k, v in asdict(self.train).items() if k != "epochs"},
-                "defense": self.defense.params(), "policy": asdict(self.policy) if self.policy else None}
+                "defense": self.defense.params(), "policy": asdict(self.policy) if self.policy else None,
+                "augment_schedule": (load_schedule(self.augment_schedule).to_dict()
+                                     if self.augment_schedule else None)}
 
 
 def first_difference(stored: Any, wanted: Any, where: str = "") -> str | None:
@@ -144,6 +148,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--policy", default=None, metavar="FILE",
                    help="augment every batch with a learned policy exported by veil train-agent (.safetensors)")
     add_policy_use_args(g)
+    g.add_argument("--augment-schedule", default=None, metavar="FILE",
+                   help="augment every batch by a schedule file (veil-schedule-1 TOML: phases of fixed settings or "
+                        "boxes drawn per batch, by training progress), e.g. one a veil race or learner found")
     g.add_argument("--checkpoint", default=None, metavar="FILE",
                    help="where to write the resumable checkpoint (default: checkpoints/<run id>.pt)")
     g.add_argument("--resume", default=None, metavar="FILE",
@@ -164,8 +171,8 @@ def job_from_args(args: argparse.Namespace) -> FRJob:
                           warmup_steps=args.warmup_steps, seed=args.seed)
     policy = PolicyUse(args.policy, args.policy_warmup, args.policy_sample) if args.policy else None
     return FRJob(data=data, split=split, train=train, model=args.model, weights=args.weights,
-                 defense=defense_options(args, args.seed), policy=policy, threads=args.threads,
-                 checkpoint=args.checkpoint, resume=args.resume, force=args.force,
+                 defense=defense_options(args, args.seed), policy=policy, augment_schedule=args.augment_schedule,
+                 threads=args.threads, checkpoint=args.checkpoint, resume=args.resume, force=args.force,
                  tracking=Tracking(args.tracking_uri, args.experiment, args.run_name))
 
 
@@ -210,6 +217,13 @@ def train_fr(job: FRJob) -> str:
         planned = -(-len(split.train_labels) // train_cfg.batch_size) * train_cfg.epochs
         policy_augment, augmenter = policy_augment_for(job.policy, trainer, seed, planned)
         augment = fr_defenses.with_label_defenses(policy_augment, defense)
+    if job.augment_schedule:
+        if job.policy or {"re", "mixup"} & set(defense.names):
+            raise ValueError("--augment-schedule sets the erasing and MixUp parameters itself; drop --policy and "
+                             "re/mixup/hybrid from --defense (negls, tldmi, mid, bido and dp combine with it)")
+        augmenter = ScheduleAugmenter.load(job.augment_schedule, seed=seed + 7919)
+        augment = fr_defenses.with_label_defenses(schedule_augment_for(augmenter, trainer), defense)
+        print(f"augment schedule: {job.augment_schedule} ({len(augmenter.schedule.phases)} phase(s))")
     ledger = None
     if "dp" in defense.names:
         if job.resume:
@@ -244,7 +258,10 @@ def train_fr(job: FRJob) -> str:
         ckpt = Path(job.checkpoint or Path("checkpoints") / f"{run_id}.pt")
         if not job.resume:
             mlflow.set_tags({"veil.kind": "fr", "veil.defense": ",".join(defense.names),
-                             "veil.policy": job.policy.path if job.policy else ""})
+                             "veil.policy": job.policy.path if job.policy else "",
+                             "veil.augment_schedule": job.augment_schedule or ""})
+            if job.augment_schedule:
+                tracking.log_file(job.augment_schedule, "schedule")
             synthetic = job.data.source == "synthetic"
             tracking.log_params({"data": {k: v for k, v in asdict(job.data).items() if not k.startswith("synthetic")
                                           or synthetic},
@@ -268,6 +285,7 @@ def train_fr(job: FRJob) -> str:
                                         "samples/public.png")
 
         policy_epochs: list[dict[str, float]] = []
+        prefix = "schedule" if job.augment_schedule else "policy"
 
         def on_epoch_end(metrics: dict[str, float]) -> None:
             if ledger is not None:
@@ -275,7 +293,7 @@ def train_fr(job: FRJob) -> str:
             if augmenter is not None:  # what the policy chose this epoch, as the agent's action.* metrics
                 acted = augmenter.take_param_means()
                 policy_epochs.append(acted)
-                metrics.update({f"policy.{k}": v for k, v in acted.items()})
+                metrics.update({f"{prefix}.{k}": v for k, v in acted.items()})
             tracking.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=int(metrics["epoch"]))
 
         t1, start_epoch = time.perf_counter(), trainer.epoch
@@ -301,13 +319,21 @@ def train_fr(job: FRJob) -> str:
     if ledger is not None:
         print(f"dp: spent epsilon {ledger.epsilon():.2f} at delta {ledger.delta}")
     if augmenter is not None and policy_epochs:
-        print("policy chose (mean of the epoch means): " + ", ".join(
+        print(f"{prefix} chose (mean of the epoch means): " + ", ".join(
             f"{k} {statistics.fmean(e[k] for e in policy_epochs if k in e):.2f}" for k in policy_epochs[-1])
-              + " (MLflow: policy.<name> per epoch)")
+              + f" (MLflow: {prefix}.<name> per epoch)")
     print(f"checkpoint: {ckpt}")
     print(f"MLflow run {run_id} in {uri}")
     print("look at it with:  veil ui   (then open http://127.0.0.1:5000)")
     return run_id
+
+
+def schedule_augment_for(augmenter: ScheduleAugmenter, trainer: Trainer):
+    """A schedule as the trainer's per-batch augmentation: its phase follows the trainer's progress."""
+    def augment(images, targets):
+        return augmenter(images, targets, step=trainer.global_step, total_steps=trainer.total_steps or 1)
+
+    return augment
 
 
 def policy_augment_for(policy: PolicyUse, trainer: Trainer | None, seed: int, planned_steps: int | None = None):

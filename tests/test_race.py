@@ -1,0 +1,118 @@
+"""``veil race``: contestants search on validation seeds, one fixed rule picks, fresh seeds test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from veil.agents import race
+from veil.agents.cli import main
+from veil.agents.plan import load_plan
+from veil.agents.schedules import load_schedule
+
+TINY_PLAN = """
+out_dir = "."
+[data]
+source = "synthetic"
+synthetic_identities = 8
+synthetic_images = 8
+image_size = 32
+[budget]
+epochs = 1
+batch_size = 16
+threads = 1
+[attacks]
+names = ["pca"]
+steps = 10
+restarts = 1
+attack_seeds = 1
+eval_epochs = 1
+"""
+
+RACE = """
+[race]
+calibration = "../cal"
+validation_seeds = [0]
+test_seeds = [5]
+budget = 100.0
+random_points = 1
+switches = [0.5]
+"""
+
+
+def write_race(tmp_path: Path, extra: str = "") -> Path:
+    (tmp_path / "race").mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "race" / "plan.toml"
+    path.write_text(TINY_PLAN + RACE + extra)
+    return path
+
+
+def cell(defense: str, seed: int, natural: float, pca: float) -> dict:
+    return {"defense": defense, "seed": seed, "natural_top1": natural, "attacks": {"pca": {"top1": pca}}}
+
+
+def test_the_rule_picks_the_lowest_probe_top1_within_the_accuracy_budget() -> None:
+    records = [cell("none", s, 0.9, 0.5) for s in (0, 1)] + \
+        [cell("a", s, 0.89, 0.3) for s in (0, 1)] + [cell("b", s, 0.85, 0.1) for s in (0, 1)] + \
+        [cell("c", 0, 0.9, 0.0)]  # c lacks seed 1: not a candidate yet
+    cands = race.candidates(records, ["a", "b", "c"], "pca", 2.0, [0, 1])
+    assert [c.name for c in cands] == ["a", "b"]
+    assert cands[0].drop == pytest.approx(1.0) and cands[1].drop == pytest.approx(5.0)
+    assert race.select(cands).name == "a"  # b attacks less but costs 5 points
+    assert race.select(race.candidates(records, ["b"], "pca", 2.0, [0, 1])) is None
+
+
+def test_the_random_search_is_seeded_inside_the_box_with_the_fixes(tmp_path: Path) -> None:
+    plan = load_plan(write_race(tmp_path))
+    plan.race.random_points = 4
+    rows = race.contestant_rows(plan)["c2"]
+    again = race.contestant_rows(plan)["c2"]
+    assert list(rows) == ["c2-r0", "c2-r1", "c2-r2", "c2-r3"] and rows == again
+    for row in rows.values():
+        if row.use in ("hybrid", "mixup"):
+            assert row.options["mix_label_follow"] == 0.0 and row.options["mix_band"] == "low"
+            assert 0.0125 <= row.options["mix_radius"][0] <= 0.2
+
+
+def test_the_schedules_are_written_beside_the_plan_and_switch_where_named(tmp_path: Path) -> None:
+    plan = load_plan(write_race(tmp_path))
+    rows = race.contestant_rows(plan)
+    assert set(rows["c3"]) == {"c3-strong-first-50", "c3-relaxed-first-50"}
+    strong_first = load_schedule(rows["c3"]["c3-strong-first-50"].schedule)
+    assert [p.params.radius for p in strong_first.phases] == [0.2, 0.025] and strong_first.phases[0].until == 0.5
+    c4 = load_schedule(rows["c4"]["c4-uniform"].schedule)
+    assert c4.phases[0].box is not None and c4.phases[0].box.ranges["label_follow"] == (0.0, 0.0)
+
+
+def test_test_seeds_must_be_fresh(tmp_path: Path) -> None:
+    path = write_race(tmp_path)
+    path.write_text(path.read_text().replace("test_seeds = [5]", "test_seeds = [0, 5]"))
+    with pytest.raises(ValueError, match=r"test seeds must be fresh; \[0\]"):
+        load_plan(path)
+
+
+def test_a_tiny_race_runs_both_stages_and_reports_against_c1(tmp_path: Path) -> None:
+    (tmp_path / "cal").mkdir()
+    calibration = tmp_path / "cal" / "plan.toml"
+    calibration.write_text("seeds = [0]\n" + TINY_PLAN + "[calibrate]\nparam = \"radius\"\nvalues = [0.05]\nbudget = 100.0\n")
+    assert main(["calibrate", "--config", str(calibration)]) == 0
+    plan = write_race(tmp_path)
+    assert main(["race", "--config", str(plan)]) == 0
+    out = tmp_path / "race"
+    val = {p.stem for p in (out / "validation" / "cells").glob("*.json")}
+    assert val == {"none-s0", "c2-r0-s0", "c3-strong-first-50-s0", "c3-relaxed-first-50-s0", "c4-uniform-s0"}
+    proxies = json.loads((out / "validation" / "cells" / "c4-uniform-s0.json").read_text())["proxies"]
+    assert set(proxies) == {"proxy_pca5", "proxy_conf", "proxy_lowpass"}  # every cell gets the cheap proxies
+    picks = json.loads((out / "race.json").read_text())
+    assert picks["c1"]["pick"]["name"] == "cal-radius-0.05" and picks["c1"]["fr_runs"] == 1
+    test = {p.stem for p in (out / "test" / "cells").glob("*.json")}
+    assert test == {"none-s5", "cal-radius-0.05-s5", f"{picks['c2']['pick']['name']}-s5",
+                    f"{picks['c3']['pick']['name']}-s5", "c4-uniform-s5"}
+    md = (out / "race.md").read_text()
+    assert "## Test: paired differences on the fresh seeds" in md and "C4 stochastic constant (`c4-uniform`)" in md
+    # the report rebuilds from the cells alone
+    (out / "race.md").unlink()
+    assert main(["race", "--config", str(plan), "--summarize-only"]) == 0
+    assert (out / "race.md").read_text() == md
