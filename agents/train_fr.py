@@ -19,6 +19,7 @@ from torch import nn
 
 from veil.defenses.dp import make_private, unwrap
 from veil.defenses.tldmi import freeze_until
+from veil.env.schedule_game import SCHEDULE_SEED_OFFSET
 from veil.recognition import (
     DataConfig,
     ModelConfig,
@@ -221,7 +222,7 @@ def train_fr(job: FRJob) -> str:
         if job.policy or {"re", "mixup"} & set(defense.names):
             raise ValueError("--augment-schedule sets the erasing and MixUp parameters itself; drop --policy and "
                              "re/mixup/hybrid from --defense (negls, tldmi, mid, bido and dp combine with it)")
-        augmenter = ScheduleAugmenter.load(job.augment_schedule, seed=seed + 7919)
+        augmenter = ScheduleAugmenter.load(job.augment_schedule, seed=seed + SCHEDULE_SEED_OFFSET)
         augment = fr_defenses.with_label_defenses(schedule_augment_for(augmenter, trainer), defense)
         print(f"augment schedule: {job.augment_schedule} ({len(augmenter.schedule.phases)} phase(s))")
     ledger = None
@@ -273,7 +274,10 @@ def train_fr(job: FRJob) -> str:
             if augment is not None:
                 idx = torch.linspace(0, len(split.train_labels) - 1, 16).long()  # spread over identities
                 x = to_float(split.train_images[idx])
+                draws = augmenter.generator.get_state() if job.augment_schedule else None
                 aug, _ = augment(x, one_hot(split.train_labels[idx], split.num_private))
+                if draws is not None:  # the grid does not take draws from the run: a schedule replays exactly
+                    augmenter.generator.set_state(draws)
                 tracking.log_image_grid(torch.cat([x, aug]), "samples/augmented.png", nrow=16)
                 if augmenter is not None:
                     augmenter.take_param_means()  # the sample grid is not part of the run

@@ -14,10 +14,15 @@ from .actions import ACTION_DIM, ACTION_TABLE, PARAM_NAMES, ActionCodec
 from .deploy_price import DeployPrice
 from .face_augment import EnvConfig, FaceAugmentEnv
 from .observation import OBS_DIM, OBS_NAMES, observation
+from .schedule_game import FaceScheduleEnv, ScheduleGameConfig, schedule_of
 
 ENV_ID = "veil/FaceAugment-v1"
+SCHEDULE_ENV_ID = "veil/FaceSchedule-v0"
 if ENV_ID not in gym.registry:
     gym.register(id=ENV_ID, entry_point="veil.env.face_augment:FaceAugmentEnv")
+if SCHEDULE_ENV_ID not in gym.registry:
+    gym.register(id=SCHEDULE_ENV_ID, entry_point="veil.env.schedule_game:FaceScheduleEnv")
 
 __all__ = ["ACTION_DIM", "ACTION_TABLE", "ActionCodec", "DeployPrice", "ENV_ID", "EnvConfig", "FaceAugmentEnv",
-           "OBS_DIM", "OBS_NAMES", "PARAM_NAMES", "observation"]
+           "FaceScheduleEnv", "OBS_DIM", "OBS_NAMES", "PARAM_NAMES", "SCHEDULE_ENV_ID", "ScheduleGameConfig",
+           "observation", "schedule_of"]
