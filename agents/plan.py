@@ -134,6 +134,34 @@ class RacePlan:
 
 
 @dataclass
+class LearnPlan:
+    """``veil learn-schedule``: a learner over whole-run episodes (``veil.env.FaceScheduleEnv``)
+    whose found schedule is written to ``out`` (relative to the plan). It plays inside the race's
+    box and fixes: the ``free`` parameters span the box per segment, the others sit at its centre.
+    ``episodes``: the FR training runs it may spend (PPO), or the population (PBT, one run each);
+    ``seed``: the first episode's seed, away from the race's validation and test seeds;
+    ``acc_reference``: an undefended target's validation top-1 (0: the mean of C1's ``none`` cells)."""
+
+    learner: str = "ppo"
+    episodes: int = 25
+    segments: int = 3
+    seed: int = 100
+    free: list[str] = field(default_factory=lambda: ["radius", "erase_p"])
+    penalty: float = 5.0
+    acc_reference: float = 0.0
+    out: str = "learned/t1-ppo.toml"
+    ppo_lr: float = 3e-3
+    ppo_episodes_per_update: int = 5
+    ppo_log_std_init: float = -0.5
+
+    def __post_init__(self) -> None:
+        if self.learner not in ("ppo", "pbt"):
+            raise ValueError(f"learn: learner must be ppo or pbt, got {self.learner!r}")
+        if self.episodes < 1 or self.segments < 1 or self.ppo_episodes_per_update < 1:
+            raise ValueError("learn: episodes, segments and ppo_episodes_per_update must be >= 1")
+
+
+@dataclass
 class Plan:
     """One experiment: rows x seeds x attacks on one data split at one budget."""
 
@@ -149,6 +177,7 @@ class Plan:
     defenses: dict[str, Row] = field(default_factory=dict)
     calibrate: CalibratePlan | None = None
     race: RacePlan | None = None
+    learn: dict[str, LearnPlan] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, row in self.defenses.items():
@@ -322,6 +351,9 @@ def load_plan(path: str | Path) -> Plan:
     out_dir = str(base / plan.out_dir) if not Path(plan.out_dir).is_absolute() else plan.out_dir
     if plan.race is not None and plan.race.calibration and not Path(plan.race.calibration).is_absolute():
         plan.race.calibration = str(base / plan.race.calibration)
+    for learn in plan.learn.values():
+        if not Path(learn.out).is_absolute():
+            learn.out = str(base / learn.out)
     try:
         plan = replace(plan, defenses=rows, out_dir=out_dir, policy=_policy_table(policy, base))
     except ValueError as err:

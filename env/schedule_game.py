@@ -14,6 +14,7 @@ its deterministic policy is a schedule: exported as a schedule file and replayed
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -129,7 +130,7 @@ class FaceScheduleEnv(gym.Env):
     ``fixed_params`` and ``param_bounds``. Observation: ``Box(0, 1, (1 + segments,))``: progress
     (the share of epochs done), then a one-hot of the segment. Reward: 0 until the last segment,
     then ``-probe_top1 - penalty * max(0, drop - budget) / 100``. ``info`` at the end carries
-    ``acc_val``, ``probe_top1``, ``drop`` and the chosen ``params``; ``model`` is the finished
+    ``acc_val``, ``probe_top1``, ``drop`` and every segment's ``segment_params``; ``model`` is the finished
     FR model and ``schedule`` the schedule the episode played.
     """
 
@@ -180,8 +181,8 @@ class FaceScheduleEnv(gym.Env):
         training copies from a better member at a segment end."""
         if self.trainer is None:
             raise RuntimeError("call reset() before game_state()")
-        return {"trainer": self.trainer.state_dict(), "generator": self.generator.get_state(),
-                "params": [asdict(p) for p in self.params], "run_seed": self.run_seed}
+        return copy.deepcopy({"trainer": self.trainer.state_dict(), "generator": self.generator.get_state(),
+                              "params": [asdict(p) for p in self.params], "run_seed": self.run_seed})
 
     def set_game_state(self, state: dict[str, Any]) -> np.ndarray:
         """Continue the run ``state`` holds (``game_state``); returns the observation before its next segment."""
@@ -223,6 +224,6 @@ class FaceScheduleEnv(gym.Env):
             top1 = float(self.probe(t.model, self.split, self.run_seed)) if self.probe else 0.0
             drop = 100.0 * (c.acc_reference - acc) if c.acc_reference is not None else 0.0
             reward = -top1 - c.penalty * max(0.0, drop - c.budget) / 100.0
-            info.update(probe_top1=top1, drop=drop, reward_privacy=-top1,
-                        reward_utility=reward + top1)
+            info.update(probe_top1=top1, drop=drop, reward_privacy=-top1, reward_utility=reward + top1,
+                        segment_params=list(self.params))
         return c.observation(min(i + 1, c.segments - 1)), float(reward), done, False, info
