@@ -40,7 +40,8 @@ from .tables import mean_ci
 
 CONTESTANTS = ("c1", "c2", "c3", "c4")
 LABELS = {"c1": "C1 best constant (grid)", "c2": "C2 random search", "c3": "C3 two-phase schedules",
-          "c4": "C4 stochastic constant"}
+          "c4": "C4 stochastic constant", "t0": "T0 the per-batch game's agent", "t1-ppo": "T1 PPO over whole runs",
+          "t1-pbt": "T1 PBT over whole runs"}
 
 
 def race_box(r: RacePlan) -> ParamBox:
