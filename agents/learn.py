@@ -52,6 +52,16 @@ def pca_probe(model: nn.Module, split: FaceSplit, seed: int, *, eval_model: nn.M
     return float(report.summary["top1"])
 
 
+def segment_reward(env: FaceScheduleEnv) -> float:
+    """PBT's score at a segment end: the deployed objective measured on the model so far (the
+    probe's top-1, the accuracy lost beyond the budget), so members are exploited on privacy too."""
+    c, model = env.config, env.model
+    acc = float(env.trainer.history[-1]["test_top1"]) if env.trainer and env.trainer.history else 0.0
+    top1 = float(env.probe(model, env.split, env.run_seed)) if env.probe else 0.0
+    drop = 100.0 * (c.acc_reference - acc) if c.acc_reference is not None else 0.0
+    return -top1 - c.penalty * max(0.0, drop - c.budget) / 100.0
+
+
 def game_config(plan: Plan, learn: LearnPlan, acc_reference: float) -> ScheduleGameConfig:
     """The whole-run game a learner plays: the plan's data and budget, the race's box with only
     ``learn.free`` left to choose (the rest at the box's centre, as C1's grid and C3's schedules)."""
@@ -158,7 +168,9 @@ def learn_schedule(plan: Plan, name: str, track: Tracking) -> Path:
         else:
             from .pbt import PBTConfig, pbt_search  # Ray is an optional extra (pip install veil[pbt])
 
-            result = pbt_search(game, split, probe, PBTConfig(population=learn.episodes, seed=learn.seed))
+            result = pbt_search(game, split, probe, PBTConfig(population=learn.episodes, seed=learn.seed,
+                                                              max_concurrent=learn.concurrent),
+                                segment_score=segment_reward)
             params, history, fr_runs = result.params, result.members, result.fr_runs
         schedule = schedule_of(game, params)
         note = (f"learned by veil learn-schedule ({learn.learner}, {learn.episodes} episodes, plan [learn.{name}]): "

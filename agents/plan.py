@@ -140,7 +140,8 @@ class LearnPlan:
     box and fixes: the ``free`` parameters span the box per segment, the others sit at its centre.
     ``episodes``: the FR training runs it may spend (PPO), or the population (PBT, one run each);
     ``seed``: the first episode's seed, away from the race's validation and test seeds;
-    ``acc_reference``: an undefended target's validation top-1 (0: the mean of C1's ``none`` cells)."""
+    ``acc_reference``: an undefended target's validation top-1 (0: the mean of C1's ``none`` cells);
+    ``concurrent``: PBT members training at once (one torch thread each)."""
 
     learner: str = "ppo"
     episodes: int = 25
@@ -153,6 +154,7 @@ class LearnPlan:
     ppo_lr: float = 3e-3
     ppo_episodes_per_update: int = 5
     ppo_log_std_init: float = -0.5
+    concurrent: int = 1
 
     def __post_init__(self) -> None:
         if self.learner not in ("ppo", "pbt"):

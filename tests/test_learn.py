@@ -126,3 +126,15 @@ def test_learn_schedule_writes_the_schedule_its_ppo_policy_plays(tmp_path: Path)
     assert record["fr_runs"] == 2 and len(record["episodes"]) == 2 and free <= set(record["episodes"][0]["params"][0])
     assert all(0.0 <= e["probe_top1"] <= 1.0 for e in record["episodes"])
     assert load_plan(tmp_path / "plan.toml").learn["t1-ppo"].out == str(tmp_path / "learned" / "t1-ppo.toml")
+
+
+def test_learn_schedule_with_pbt_scores_members_on_privacy_at_every_segment(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    plan = PLAN.replace("[learn.t1-ppo]", "[learn.t1-pbt]\nlearner = \"pbt\"").replace("t1-ppo.toml", "t1-pbt.toml")
+    (tmp_path / "plan.toml").write_text(plan)
+    assert main(["learn-schedule", "--config", str(tmp_path / "plan.toml"), "--name", "t1-pbt"]) == 0
+    schedule = load_schedule(tmp_path / "learned" / "t1-pbt.toml")
+    record = json.loads((tmp_path / "learned" / "t1-pbt.json").read_text())
+    assert len(schedule.phases) == 2 and record["fr_runs"] == 2 and len(record["episodes"]) == 2
+    best = max(record["episodes"], key=lambda m: m["reward"])
+    assert [p["radius"] for p in best["params"]] == [p.params.radius for p in schedule.phases]
