@@ -202,7 +202,8 @@ def _fmt(m: float, ci: float, n: int) -> str:
     return f"{m:+.1f}" + ("" if math.isnan(ci) else f" ± {ci:.1f}") + star
 
 
-def report(plan: Plan, sel: dict[str, dict[str, Any]], test_records: list[dict[str, Any]]) -> str:
+def report(plan: Plan, sel: dict[str, dict[str, Any]], test_records: list[dict[str, Any]],
+           validation_records: list[dict[str, Any]] | None = None) -> str:
     """``race.md``: the validation picks, then the test seeds' paired differences against C1."""
     r = _race(plan)
     lines = [f"# Race: {plan.data.source}, {plan.split.n_private} private identities, {plan.budget.epochs} epochs", "",
@@ -230,9 +231,11 @@ def report(plan: Plan, sel: dict[str, dict[str, Any]], test_records: list[dict[s
             f"`{x.name}` {x.drop:+.1f} / {100 * x.top1:.1f}%{'' if x.within_budget else ' (over budget)'}"
             for x in s["candidates"]))
     picks = {c: s["pick"].name for c, s in sel.items() if s["pick"] is not None}
-    lines += ["", "## Test: paired differences on the fresh seeds", ""]
+    lines += [""] + agreement_markdown(proxy_agreement(validation_records or [], [r.select_attack]),
+                                       "on the validation targets")
+    lines += ["## Test: paired differences on the fresh seeds", ""]
     if "c1" not in picks or not test_records:
-        lines.append("Not run yet: `veil race --config <plan> --stage test` runs it once every contestant has picked.")
+        lines.append("Not run yet: `veil race --config <plan> --stage test` runs each pick once its contestant has one.")
         return "\n".join(lines) + "\n"
     attacks = plan.attacks.names
     seeds = sorted({x["seed"] for x in test_records})
@@ -267,7 +270,55 @@ def report(plan: Plan, sel: dict[str, dict[str, Any]], test_records: list[dict[s
             row += (f" {_fmt(*paired(test_records, name, picks['c1'], _metric(a, 'nn_pixel_acc')))} |"
                     f" {_fmt(*paired(test_records, name, picks['c1'], _metric(a, 'sink_share')))} |")
         lines.append(row)
+    lines += [""] + agreement_markdown(proxy_agreement(test_records, attacks), "on the test targets")
     return "\n".join(lines) + "\n"
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); nan for fewer than 3 pairs or a constant side."""
+    if len(x) < 3:
+        return math.nan
+
+    def ranks(v: list[float]) -> np.ndarray:
+        a = np.asarray(v, dtype=float)
+        order = a.argsort(kind="stable")
+        r = np.empty(len(a))
+        r[order] = np.arange(len(a), dtype=float)
+        for value in np.unique(a):  # ties share their mean rank
+            r[a == value] = r[a == value].mean()
+        return r
+
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return math.nan
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def proxy_agreement(records: list[dict[str, Any]], attacks: list[str]) -> dict[str, dict[str, tuple[float, int]]]:
+    """For each cheap proxy a cell records, its Spearman correlation with each attack's top-1 over
+    the cells that have both (targets of every row and seed), with the number of targets."""
+    names = sorted({k for r in records for k in r.get("proxies", {})})
+    out: dict[str, dict[str, tuple[float, int]]] = {}
+    for name in names:
+        out[name] = {}
+        for a in attacks:
+            pairs = [(r["proxies"][name], r["attacks"][a]["top1"]) for r in records
+                     if name in r.get("proxies", {}) and r["attacks"].get(a, {}).get("top1") is not None]
+            out[name][a] = (spearman([p for p, _ in pairs], [t for _, t in pairs]), len(pairs))
+    return out
+
+
+def agreement_markdown(agreement: dict[str, dict[str, tuple[float, int]]], where: str) -> list[str]:
+    if not agreement:
+        return []
+    attacks = list(next(iter(agreement.values())))
+    lines = [f"Cheap proxies against the full attacks, {where}: Spearman's rho over targets (n); a proxy may "
+             "stand in for an attack as a reward only at rho >= 0.8.", "",
+             "| proxy | " + " | ".join(f"{a} top-1" for a in attacks) + " |", "|" + "---|" * (1 + len(attacks))]
+    for name, row in agreement.items():
+        lines.append(f"| `{name}` | " + " | ".join(
+            "-" if math.isnan(rho) else f"{rho:+.2f} ({n})" for rho, n in row.values()) + " |")
+    return lines + [""]
 
 
 def race(plan: Plan, opts: RunOptions, stage: str = "all", only: list[str] | None = None) -> dict[str, Any]:
@@ -278,18 +329,18 @@ def race(plan: Plan, opts: RunOptions, stage: str = "all", only: list[str] | Non
     if stage in ("all", "validation") and not opts.summarize_only:
         run_benchmark(validation_plan(plan, only), opts)
     sel = selection(plan)
-    picks = {c: s["pick"] for c, s in sel.items()}
+    picks = {c: s["pick"] for c, s in sel.items() if s["complete"]}  # a contestant still searching joins later
     test_records: list[dict[str, Any]] = []
-    if all(s["complete"] for s in sel.values()) and picks.get("c1") is not None:
+    if picks.get("c1") is not None:
         tp = test_plan(plan, picks)
         if stage in ("all", "test") and not opts.summarize_only:
             run_benchmark(replace(tp, rows=[n for n in tp.rows if not only or n in only]), opts)
         test_records = read_cells(Path(tp.out_dir), set(tp.rows), set(r.test_seeds))
     elif stage == "test" and not opts.summarize_only:
-        unfinished = [c for c, s in sel.items() if not s["complete"]]
-        raise ValueError(f"the test stage needs every contestant's validation cells; unfinished: {', '.join(unfinished)}"
-                         + ("" if picks.get("c1") else "; C1 picked nothing"))
-    md = report(plan, sel, test_records)
+        raise ValueError("the test stage compares with C1's pick: C1's calibration has no pick within the budget "
+                         "(or its cells are missing)")
+    val = validation_plan(plan)
+    md = report(plan, sel, test_records, read_cells(Path(val.out_dir), set(val.rows), set(r.validation_seeds)))
     out.mkdir(parents=True, exist_ok=True)
     (out / "race.md").write_text(md)
     (out / "race.json").write_text(json.dumps(

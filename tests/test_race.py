@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,18 @@ def test_a_tiny_race_runs_both_stages_and_reports_against_c1(tmp_path: Path) -> 
     (out / "race.md").unlink()
     assert main(["race", "--config", str(plan), "--summarize-only"]) == 0
     assert (out / "race.md").read_text() == md
+
+
+def test_spearman_ranks_with_ties_as_scipy_does() -> None:
+    assert race.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert race.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert race.spearman([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486832980505139)  # scipy.stats.spearmanr
+    assert math.isnan(race.spearman([1, 2], [1, 2])) and math.isnan(race.spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_each_proxy_is_ranked_against_each_attack_over_the_cells_that_have_both() -> None:
+    records = [{**cell("a", s, 0.9, top1), "proxies": {"proxy_conf": conf}}
+               for s, (top1, conf) in enumerate([(0.1, 0.2), (0.3, 0.5), (0.5, 0.4), (0.7, 0.9)])]
+    records.append(cell("b", 0, 0.9, 0.2))  # no proxies: left out
+    agreement = race.proxy_agreement(records, ["pca"])
+    assert agreement == {"proxy_conf": {"pca": (pytest.approx(0.8), 4)}}
