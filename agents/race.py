@@ -161,9 +161,18 @@ def selection(plan: Plan) -> dict[str, dict[str, Any]]:
     for c, (names, recs) in groups.items():
         cands = candidates(recs, names, r.select_attack, r.budget, r.validation_seeds)
         pick = select(cands) if len(cands) == len(names) else None
+        learning = sum(learning_runs(plan.row(n)) for n in names) if c in r.learners else 0.0
         out[c] = {"candidates": cands, "pick": pick, "complete": len(cands) == len(names),
-                  "fr_runs": len(names) * len(r.validation_seeds), "rows": names}
+                  "fr_runs": len(names) * len(r.validation_seeds) + learning, "rows": names}
     return out
+
+
+def learning_runs(row: Row) -> float:
+    """The FR runs a learner spent finding a schedule row's file (its JSON record), 0 otherwise."""
+    record = Path(row.schedule).with_suffix(".json") if row.schedule else None
+    if record is None or not record.is_file():
+        return 0.0
+    return float(json.loads(record.read_text()).get("fr_runs", 0.0))
 
 
 def test_plan(plan: Plan, picks: dict[str, Candidate | None]) -> Plan:
@@ -211,18 +220,19 @@ def report(plan: Plan, sel: dict[str, dict[str, Any]], test_records: list[dict[s
              f"paired accuracy drop against `none` is at most {r.budget:g} points; validation seeds "
              f"{','.join(map(str, r.validation_seeds))}, test seeds {','.join(map(str, r.test_seeds))}.", "",
              "## Validation: each contestant's candidates and pick", "",
-             f"| contestant | compute (FR runs) | candidates | pick | its drop (points) | its {r.select_attack} top-1 |",
+             f"| contestant | compute (FR runs: search, learning and validation) | candidates | pick | its drop (points) "
+             f"| its {r.select_attack} top-1 |",
              "|---|---|---|---|---|---|"]
     for c, s in sel.items():
         p = s["pick"]
         label = LABELS.get(c, c)
         status = "" if s["complete"] else f" ({len(s['candidates'])} of {len(s['rows'])} finished)"
         if p is None:
-            lines.append(f"| {label} | {s['fr_runs']} | {len(s['rows'])}{status} | "
+            lines.append(f"| {label} | {s['fr_runs']:g} | {len(s['rows'])}{status} | "
                          f"{'none within the budget' if s['complete'] else 'not yet'} | - | - |")
         else:
             ci = "" if math.isnan(p.drop_ci) else f" ± {p.drop_ci:.1f}"
-            lines.append(f"| {label} | {s['fr_runs']} | {len(s['rows'])} | `{p.name}` | {p.drop:+.1f}{ci} | "
+            lines.append(f"| {label} | {s['fr_runs']:g} | {len(s['rows'])} | `{p.name}` | {p.drop:+.1f}{ci} | "
                          f"{100 * p.top1:.1f}% |")
     lines += ["", "Every candidate (drop: mean paired accuracy drop vs none, points; top-1: mean over the "
               "validation seeds):", ""]
