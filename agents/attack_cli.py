@@ -162,7 +162,8 @@ def load_mlflow_model(path: Path) -> nn.Module:
 
 def load_target(spec: str) -> tuple[nn.Module, str | None, dict[str, str]]:
     """The target model, its MLflow run ID (if known) and that run's params. ``spec`` is a veil
-    checkpoint, an MLflow model folder, or a run ID of ``veil train-fr`` (its checkpoint artifact)."""
+    checkpoint, an MLflow model folder, or a run ID of ``veil train-fr`` (its checkpoint artifact)
+    or of ``veil train-agent`` (its game's FR model, the ``game_target`` artifact)."""
     path = Path(spec)
     if path.is_dir():
         return DictOutputs(load_mlflow_model(path)), None, {}
@@ -173,10 +174,12 @@ def load_target(spec: str) -> tuple[nn.Module, str | None, dict[str, str]]:
         except ValueError:
             return model, None, {}
     params = _run_params(spec)
-    dest = Path(mlflow.artifacts.download_artifacts(run_id=spec, artifact_path="checkpoint"))
-    files = sorted(dest.glob("*.pt")) if dest.is_dir() else [dest]
+    where = next((w for w in ("checkpoint", "game_target") if mlflow.MlflowClient().list_artifacts(spec, w)), None)
+    dest = Path(mlflow.artifacts.download_artifacts(run_id=spec, artifact_path=where)) if where else None
+    files = (sorted(dest.glob("*.pt")) if dest.is_dir() else [dest]) if dest else []
     if not files:
-        raise ValueError(f"run {spec} has no checkpoint artifact (was it made by veil train-fr?)")
+        raise ValueError(f"run {spec} has no checkpoint or game_target artifact (was it made by veil train-fr or "
+                         "veil train-agent?)")
     model, _ = model_from_checkpoint(files[0])
     return model, spec, params
 

@@ -1,7 +1,8 @@
 """``veil benchmark``: every defense under every attack, same data, budget and seeds.
 
 What runs is a plan (``plan.py``: a TOML file given with ``--config``, flags over it). Each cell
-(row x target seed) trains a target with ``veil train-fr``'s code, measures its natural accuracy,
+(row x target seed) trains a target with ``veil train-fr``'s code (a ``use = "target"`` row takes a
+given checkpoint instead, e.g. a ``veil train-agent`` game's FR model), measures its natural accuracy,
 runs every attack through the harness and writes ``cells/<row>-s<seed>.json`` atomically after
 training and after each attack, so an interrupted benchmark resumes where it stopped and a rerun
 with more attacks attacks the saved targets instead of retraining them. The summary (Markdown,
@@ -13,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import filecmp
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -25,6 +28,7 @@ from typing import Any
 import mlflow
 import torch
 from mlflow.exceptions import MlflowException
+from torch import nn
 
 from veil.attacks.evaluation import EvalModelConfig, train_eval_model
 from veil.attacks.harness import ATTACKS, HarnessConfig, run_attack, target_accuracy
@@ -32,7 +36,7 @@ from veil.attacks.proxy import ProxyConfig, privacy_proxies
 from veil.recognition import TrainerConfig, load_faces, split_identities
 
 from . import tracking
-from .attack_cli import attack_settings, load_target
+from .attack_cli import attack_settings, load_target, model_from_checkpoint
 from .options import (
     add_data_args,
     add_tracking_args,
@@ -45,7 +49,7 @@ from .options import (
 from .plan import DEFENSE_CHOICES, Plan, Row, calibration_plan, load_plan
 from .schedules import load_schedule
 from .tables import METRICS, write_outputs
-from .train_fr import FRJob, PolicyUse, Tracking, train_fr
+from .train_fr import FRJob, PolicyUse, Tracking, data_record, first_difference, train_fr
 
 
 @dataclass
@@ -106,6 +110,12 @@ def check_row_cell(record: dict[str, Any] | None, row: Row, cell: Path) -> None:
             and record["schedule"] != load_schedule(row.schedule).to_dict():
         raise ValueError(f"cell {cell} was trained with another schedule than {row.schedule} holds now; give the "
                          "defense a new name or delete the cell to retrain it")
+    if record is not None and row.target:  # a target row: the cell's copy must be what the row's file holds now
+        given = Path(row.target_for_seed(record["seed"], record["defense"]))
+        copy = cell.parent.parent / "checkpoints" / f"{cell.stem}.pt"
+        if given.is_file() and copy.is_file() and not filecmp.cmp(given, copy, shallow=False):
+            raise ValueError(f"cell {cell} scored another target than {given} holds now; give the defense a new "
+                             "name or delete the cell to score the new one")
 
 
 def _save_cell(record: dict[str, Any], cell: Path) -> dict[str, Any]:
@@ -154,7 +164,8 @@ def load_cell(path: Path) -> dict[str, Any]:
               "options": isinstance(record.get("options", {}), dict),
               "proxies": isinstance(record.get("proxies", {}), dict) and all(
                   unit(v) for v in record.get("proxies", {}).values()),
-              "train_args": isinstance(record.get("train_args", []), list)}
+              "train_args": isinstance(record.get("train_args", []), list),
+              "target": isinstance(record.get("target", ""), str)}
     bad = next((field for field, ok in checks.items() if not ok), None)
     if bad:
         raise ValueError(f"cell {path}: field {bad!r} is missing or not what veil benchmark writes "
@@ -209,9 +220,53 @@ def _run_in_this_store(run_id: str, name: str) -> str:
     return run.info.run_id
 
 
+def check_given_target(path: Path, plan: Plan, split) -> tuple[nn.Module, str | None]:
+    """A target row's checkpoint, loaded (``model_from_checkpoint``) and checked against the plan:
+    the data and split it records (train-fr's under ``job``, train-agent's at the top), where it
+    records them, and its number of classes; returns the model and the MLflow run it names."""
+    if not path.is_file():
+        raise FileNotFoundError(f"target: no file {path}")
+    target, run_id = model_from_checkpoint(path)
+    extra = torch.load(path, map_location="cpu", weights_only=True).get("extra", {})
+    recorded, wanted = extra.get("job", extra), data_record(plan.data, plan.split)
+    for key in ("data", "split"):
+        if isinstance(recorded.get(key), dict):  # only what it records: a field added since is not a mismatch
+            diff = first_difference(recorded[key], {k: wanted[key].get(k) for k in recorded[key]}, key)
+            if diff:
+                raise ValueError(f"target {path} was trained on {'other data' if key == 'data' else 'another split'} "
+                                 f"than the plan's ({diff})")
+    with torch.no_grad():
+        n_out = target(split.test_images[:1].float() / 255.0)["logits"].shape[1]
+    if n_out != split.num_private:
+        raise ValueError(f"target {path} has {n_out} classes but the plan's split has {split.num_private} private "
+                         "identities")
+    return target, run_id
+
+
+def _take_target(plan: Plan, defense: str, seed: int, split, ckpt: Path):
+    """A target row's cell: its given checkpoint, checked, copied to ``ckpt`` (atomically, so a rerun
+    attacks it as a trained cell's target) and logged as a nested run; returns that run, the model
+    and its natural accuracy."""
+    path = Path(plan.row(defense).target_for_seed(seed, defense))
+    target, run_id = check_given_target(path, plan, split)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt.with_name(f".{ckpt.name}.tmp")
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, ckpt)
+    natural = target_accuracy(target, split)
+    with tracking.start_run(run_name=f"{defense}-s{seed}", nested=True) as run:
+        mlflow.set_tags({"veil.kind": "fr", "veil.defense": defense, "veil.target": str(path),
+                         "veil.trained_in_run": run_id or ""})
+        tracking.log_metrics({"final_test_top1": natural["top1"], "final_test_top5": natural["top5"]}, step=0)
+    return run.info.run_id, target, natural
+
+
 def _train_target(plan: Plan, track: Tracking, defense: str, seed: int, split, ckpt: Path):
-    """Train one cell's target with its options and seed (``train_fr`` writes ``ckpt``); return the
-    FR run, the loaded model and its natural accuracy on the test split."""
+    """Train one cell's target with its options and seed (``train_fr`` writes ``ckpt``; a target
+    row takes its given checkpoint instead); return the FR run, the loaded model and its natural
+    accuracy on the test split."""
+    if plan.row(defense).use == "target":
+        return _take_target(plan, defense, seed, split, ckpt)
     fr_run = train_fr(cell_job(plan, defense, seed, track))
     target, _, _ = load_target(str(ckpt))
     return fr_run, target, target_accuracy(target, split)
@@ -223,7 +278,8 @@ def retrain_lost_target(plan: Plan, track: Tracking, defense: str, seed: int, sp
     reaches exactly the recorded natural accuracy (top-1 and top-5 on the same test images); else
     set the new checkpoint aside and stop, since attacks on another model would be mixed into the
     cell. One-thread training on the same torch and CPU reproduces; other setups may not."""
-    print(f"target {ckpt} is gone: training it again (seed {seed}) and checking it against the cell")
+    again = "copying it again from its file" if plan.row(defense).use == "target" else "training it again"
+    print(f"target {ckpt} is gone: {again} (seed {seed}) and checking it against the cell")
     fr_run, target, natural = _train_target(plan, track, defense, seed, split, ckpt)
     aside = ckpt.with_name(ckpt.stem + ".mismatch.pt")
     try:
@@ -284,15 +340,17 @@ def run_cell(plan: Plan, opts: RunOptions, defense: str, seed: int, split, ev,
                   "seconds": time.perf_counter() - t0}
         if plan.row(defense).schedule:
             record["schedule"] = load_schedule(plan.row(defense).schedule).to_dict()
+        if plan.row(defense).target:
+            record["target"] = plan.row(defense).target_for_seed(seed, defense)
         _write_json(record, cell)
         if record["collapsed"]:
             print(f"warning: target {defense} seed {seed} collapsed (its output does not depend on the input); its "
                   "attack scores are those of a model that learned nothing. The table counts it and says so.")
-    elif ckpt.is_file() and _set_aside_if_partial(ckpt) is None:
+    elif ckpt.is_file() and (plan.row(defense).use == "target" or _set_aside_if_partial(ckpt) is None):
         target, _, _ = load_target(str(ckpt))
         _check_reproduces(target_accuracy(target, split), split, record, f"the target {ckpt} of cell {defense} seed {seed}",
                           "Delete the cell (or the checkpoint) to train it again.")
-    elif opts.retrain_lost:
+    elif opts.retrain_lost or plan.row(defense).use == "target":  # a given target is copied again
         target = retrain_lost_target(plan, opts.tracking, defense, seed, split, record, ckpt)
         _write_json(record, cell)
     else:
@@ -356,7 +414,13 @@ def run_benchmark(plan: Plan, opts: RunOptions) -> list[dict[str, Any]]:
                 raise FileNotFoundError(f"policy: no file {path}")
     for d in [d for d in defenses if plan.row(d).schedule]:
         load_schedule(plan.row(d).schedule)  # a missing or malformed schedule fails before any cell runs
+    given = {Path(plan.row(d).target_for_seed(s, d)) for d in defenses if plan.row(d).use == "target" for s in seeds}
+    for path in sorted(given):
+        if not path.is_file():
+            raise FileNotFoundError(f"target: no file {path}")
     split = split_identities(load_faces(plan.data), plan.split)
+    for path in sorted(given):
+        check_given_target(path, plan, split)  # another split or class count fails before any cell runs
     ev = train_eval_model(split, EvalModelConfig(epochs=plan.attacks.eval_epochs))
     print(f"benchmark: {split.source}, {split.num_private} private identities; evaluation model {ev.config.model} "
           f"{ev.metrics['top1']:.1%}; {len(defenses)} defenses x {len(seeds)} seeds x {len(attacks)} attacks")

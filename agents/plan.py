@@ -2,9 +2,10 @@
 
 A plan names its data and split (``DataConfig``, ``SplitConfig``), the targets' budget, the
 attacks, the seeds and its rows: built-in defenses or named ones (``[defenses.NAME]``: a base
-defense and ``veil train-fr`` defense options, named as the flags without dashes). Paths in a plan
-(``out_dir``, ``policy``) are relative to the plan file. Command-line flags override the file;
-an unknown key anywhere is an error naming the key and the file. Example::
+defense and ``veil train-fr`` defense options, named as the flags without dashes; or ``use =
+"target"``: given target checkpoints, scored instead of trained). Paths in a plan (``out_dir``,
+``policy``, ``schedule``, ``target``) are relative to the plan file. Command-line flags override
+the file; an unknown key anywhere is an error naming the key and the file. Example::
 
     rows = ["none", "c125"]
     seeds = [0, 1, 2]
@@ -45,7 +46,7 @@ from .options import FRBudget, data_configs, row_options_from_argv, row_options_
 
 DEFENSE_CHOICES = ("none", "re", "mixup", "hybrid", "tldmi", "negls", "mid", "bido", "dp", "policy", "policy+tldmi",
                    "policy+negls", "policy-sampled", "policy-sampled+tldmi", "policy-sampled+negls", "schedule",
-                   "schedule+tldmi", "schedule+negls")
+                   "schedule+tldmi", "schedule+negls", "target")
 DEFAULT_DEFENSES = ("none", "re", "mixup", "hybrid", "tldmi", "negls", "mid", "bido", "dp")
 ROW_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 CURVE_NAME = re.compile(r"^none-e(\d+)$")
@@ -69,12 +70,27 @@ class AttackPlan:
 class Row:
     """A named defense: the built-in row it trains (``use``), its ``veil train-fr`` options and,
     for a policy row, its own exported policies (seed -> file; -1: every seed) over the plan's; for
-    a schedule row, its schedule file (``veil train-fr --augment-schedule``)."""
+    a schedule row, its schedule file (``veil train-fr --augment-schedule``); for a target row
+    (``use = "target"``), the target checkpoints it scores instead of training (seed -> file; -1:
+    every seed), e.g. the FR models ``veil train-agent`` games leave (``<run>-game-fr.pt``)."""
 
     use: str
     options: dict[str, Any] = field(default_factory=dict)
     policy: dict[int, str] = field(default_factory=dict)
     schedule: str | None = None
+    target: dict[int, str] = field(default_factory=dict)
+
+    def target_for_seed(self, seed: int, name: str) -> str:
+        """The checkpoint this target row (called ``name``) scores as its target of seed ``seed``."""
+        if not self.target:
+            raise ValueError(f"the target row {name!r} names no target: target = \"FILE\" or {{ SEED = \"FILE\" }} "
+                             "in its [defenses.NAME]")
+        if -1 in self.target:
+            return self.target[-1]
+        if seed not in self.target:
+            raise ValueError(f"the target row {name!r} names no target for seed {seed} (it has seeds "
+                             f"{sorted(self.target)})")
+        return self.target[seed]
 
 
 @dataclass
@@ -297,6 +313,12 @@ def check_row(name: str, row: Row, where: str) -> None:
     if ("schedule" in row.use.split("+")) != (row.schedule is not None):
         raise ValueError(f"{where}: defense {name!r}: a schedule row (use = \"schedule\") names its file "
                          "(schedule = \"FILE\"), and only a schedule row does")
+    if (row.use == "target") != bool(row.target):
+        raise ValueError(f"{where}: defense {name!r}: a target row (use = \"target\") names its checkpoints "
+                         "(target = \"FILE\" or { SEED = \"FILE\" }), and only a target row does")
+    if row.use == "target" and (row.options or row.policy or row.schedule):
+        raise ValueError(f"{where}: defense {name!r}: a target row is scored, not trained: it takes no train-fr "
+                         f"options, policy or schedule (got {sorted(row.options) or 'a policy or schedule'})")
 
 
 def parse_variants(specs: list[str] | None) -> dict[str, Row]:
@@ -339,13 +361,14 @@ def load_plan(path: str | Path) -> Plan:
     for name, table in defenses.items():
         if not isinstance(table, dict) or "use" not in table or not isinstance(table["use"], str):
             raise ValueError(f"{where}: [defenses.{name}] needs use = \"<defense>\" (e.g. use = \"hybrid\")")
-        options = {k: v for k, v in table.items() if k not in ("use", "policy", "schedule")}
+        options = {k: v for k, v in table.items() if k not in ("use", "policy", "schedule", "target")}
         schedule = table.get("schedule")
         if schedule is not None and not isinstance(schedule, str):
             raise ValueError(f"{where}: [defenses.{name}] schedule must be a file name, got {schedule!r}")
         try:
             rows[name] = Row(table["use"], options, _policy_table(table.get("policy"), path.parent),
-                             str(path.parent / schedule) if schedule else None)
+                             str(path.parent / schedule) if schedule else None,
+                             _policy_table(table.get("target"), path.parent, "target"))
         except ValueError as err:
             raise ValueError(f"{where}: [defenses.{name}]: {err}") from None
     plan = build(Plan, raw, where)
@@ -363,15 +386,16 @@ def load_plan(path: str | Path) -> Plan:
     return plan
 
 
-def _policy_table(value: Any, base: Path) -> dict[int, str]:
-    """``policy = "FILE"`` (every seed) or a ``[policy]`` table of ``SEED = "FILE"``."""
+def _policy_table(value: Any, base: Path, key: str = "policy") -> dict[int, str]:
+    """``policy = "FILE"`` (every seed) or a ``[policy]`` table of ``SEED = "FILE"``; ``key`` names
+    the table in errors (a target row's ``target`` reads the same way)."""
     if value is None:
         return {}
     if isinstance(value, str):
         return {-1: str(base / value)}
     if isinstance(value, dict) and all(k.isdigit() and isinstance(v, str) for k, v in value.items()):
         return {int(k): str(base / v) for k, v in value.items()}
-    raise ValueError(f"policy must be a file name or a table of SEED = \"FILE\", got {value!r}")
+    raise ValueError(f"{key} must be a file name or a table of SEED = \"FILE\", got {value!r}")
 
 
 def build(cls: type, raw: Any, where: str) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from .rl import (
     mlflow_logger,
     restore_game,
 )
+from .train_fr import data_record
 
 
 def _plot_actions(history: list[dict[str, float]], path: Path) -> Path | None:
@@ -100,6 +102,23 @@ RESUMABLE = ("ppo", "a2c")  # on-policy: a rollout boundary holds no buffer, so 
 
 def game_checkpoint_path(out_dir: str | Path, run_id: str) -> Path:
     return Path(out_dir) / f"{run_id}-game.pt"
+
+
+def game_target_path(out_dir: str | Path, run_id: str) -> Path:
+    return Path(out_dir) / f"{run_id}-game-fr.pt"
+
+
+def save_game_target(save: Callable[[str, dict[str, Any]], Any], out_dir: str | Path, run_id: str,
+                     env_cfg: EnvConfig, defense: str) -> Path:
+    """Write the game's FR model (``save``: env 0's ``save_fr``) as a ``veil train-fr`` target
+    checkpoint ``<out>/<run>-game-fr.pt``, recording the data, split and validation hold-out it was
+    trained on, and log it as the run's ``game_target`` artifact: ``veil attack`` and a benchmark's
+    ``use = "target"`` row score it."""
+    path = game_target_path(out_dir, run_id)
+    save(str(path), {"mlflow_run_id": run_id, "defense": {"names": defense},
+                     **data_record(env_cfg.data, env_cfg.split), "val_fraction": env_cfg.val_fraction})
+    tracking.log_file(path, "game_target")
+    return path
 
 
 def read_game(spec: str, out_dir: str) -> dict[str, Any]:
@@ -178,9 +197,8 @@ def train(args: Any) -> Path | None:
         if args.baseline:
             env = fns[0]()
             _run_baseline(args, env, baseline_action, tracking, split)
-            fr_ckpt = out_dir / f"{run.info.run_id}-fr.pt"
-            env.save_fr(fr_ckpt, {"mlflow_run_id": run.info.run_id, "defense": {"names": f"baseline-{args.baseline}"}})
-            tracking.log_file(fr_ckpt, "checkpoint")
+            fr_ckpt = save_game_target(env.save_fr, out_dir, run.info.run_id, env_cfg, f"baseline-{args.baseline}")
+            print(f"FR model of the game: {fr_ckpt} (veil attack --model {fr_ckpt})")
             return None
         vec = SubprocVecEnv(fns) if args.n_envs > 1 else DummyVecEnv(fns)
         eval_env = vec.envs[0] if isinstance(vec, DummyVecEnv) else None
@@ -230,13 +248,9 @@ def train(args: Any) -> Path | None:
         if spread:
             tracking.log_metrics({f"final_policy.std.{k}": v for k, v in spread.items()}, step=agent.num_timesteps)
         warning = commitment_warning(spread)
-        fr_ckpt = out_dir / f"{run.info.run_id}-fr.pt"
-        extra = {"mlflow_run_id": run.info.run_id, "defense": {"names": "policy"}}
-        if eval_env is None:
-            vec.env_method("save_fr", str(fr_ckpt), extra, indices=0)
-        else:
-            eval_env.unwrapped.save_fr(fr_ckpt, extra)
-        tracking.log_file(fr_ckpt, "checkpoint")
+        save_fr = (eval_env.unwrapped.save_fr if eval_env is not None
+                   else lambda path, extra: vec.env_method("save_fr", path, extra, indices=0))
+        fr_ckpt = save_game_target(save_fr, out_dir, run.info.run_id, env_cfg, "policy")
         grad = [h.get("env.grad_norm") for h in terms.history if h.get("env.grad_norm") is not None]
         fallbacks = {"acc_val": float(np.mean([h["env.acc_val"] for h in terms.history[-8:]])) if terms.history else 0.0,
                      "grad_norm": float(np.mean(grad)) if grad else 1.0}
@@ -250,7 +264,8 @@ def train(args: Any) -> Path | None:
         vec.close()
     print(f"\nFR model of env 0: clean top-1 {final['top1']:.1%} on the private test split")
     print(f"policy: {policy_path}   (veil train-fr --policy {policy_path})")
-    print(f"agent checkpoint: {ckpt}\nFR model of the game: {fr_ckpt} (veil attack --model {run.info.run_id})")
+    print(f"agent checkpoint: {ckpt}\nFR model of the game: {fr_ckpt} (veil attack --model {fr_ckpt}; "
+          f"use = \"target\" in a benchmark plan)")
     print(f"MLflow run {run.info.run_id}; look at it with: veil ui")
     if warning:
         print(warning)

@@ -95,12 +95,18 @@ class FRJob:
     def resume_record(self) -> dict[str, Any]:
         """What a checkpoint records of its run and a resume must match: data and split (not where
         the files are or whether they are cached), model, training but its length, defenses, policy."""
-        return {"data": {k: v for k, v in asdict(self.data).items() if k not in ("data_root", "use_cache", "strict")},
-                "split": asdict(self.split), "model": {"name": self.model, "weights": self.weights},
+        return {**data_record(self.data, self.split), "model": {"name": self.model, "weights": self.weights},
                 "train": {k: v for k, v in asdict(self.train).items() if k != "epochs"},
                 "defense": self.defense.params(), "policy": asdict(self.policy) if self.policy else None,
                 "augment_schedule": (load_schedule(self.augment_schedule).to_dict()
                                      if self.augment_schedule else None)}
+
+
+def data_record(data: DataConfig, split: SplitConfig) -> dict[str, Any]:
+    """What a target checkpoint records of the faces and identities it was trained on (``data``,
+    ``split``; not where the files are or whether they are cached), so a reader can check them."""
+    return {"data": {k: v for k, v in asdict(data).items() if k not in ("data_root", "use_cache", "strict")},
+            "split": asdict(split)}
 
 
 def first_difference(stored: Any, wanted: Any, where: str = "") -> str | None:

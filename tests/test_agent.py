@@ -383,7 +383,7 @@ def test_train_agent_logs_sb3_metrics_env_terms_policy_and_plot(tmp_path: Path,
     assert m["final_policy.std.radius"] > 0.5
     assert run.data.params["agent.algo"] == "ppo" and run.data.params["env.batch_size"] == "16"
     arts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
-    assert {"policy", "plots", "action_history.json", "checkpoint"} <= arts
+    assert {"policy", "plots", "action_history.json", "game_target"} <= arts
     from veil.agents.attack_cli import data_from_params, load_target
 
     game_fr, run_id, params = load_target(run.info.run_id)  # the game's FR model, as veil attack sees it
