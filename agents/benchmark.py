@@ -143,6 +143,27 @@ def _save_cell(record: dict[str, Any], cell: Path) -> dict[str, Any]:
     return record
 
 
+def identity_top1(per_identity: list[dict[str, Any]]) -> dict[str, float]:
+    """An attack report's top-1 per attacked identity (``{"7": 0.5, ...}``), kept in the cell so
+    whether exposure follows the identity across seeds can be read from committed cells."""
+    return {str(int(e["identity"])): float(e["top1"]) for e in per_identity if e.get("top1") is not None}
+
+
+def _fill_identity_top1(record: dict[str, Any]) -> bool:
+    """Give a cell's attacks their per-identity top-1 from the attack's own saved report (cells
+    written before it was recorded), where that report is still on disk; True if anything changed."""
+    changed = False
+    for result in record["attacks"].values():
+        report = Path(str(result.get("report", ""))).with_name("report.json")
+        if "identity_top1" not in result and result.get("report") and report.is_file():
+            try:
+                result["identity_top1"] = identity_top1(json.loads(report.read_text()).get("per_identity", []))
+                changed = True
+            except (ValueError, KeyError, TypeError):
+                continue  # a damaged report: the cell simply lacks the per-identity figures
+    return changed
+
+
 def load_cell(path: Path) -> dict[str, Any]:
     """A cell's record, its fields checked (a cell file may have been edited or damaged): a
     ``ValueError`` naming the file and the first bad field."""
@@ -376,6 +397,7 @@ def run_cell(plan: Plan, opts: RunOptions, defense: str, seed: int, split, ev,
                 for p in paths.values():
                     tracking.log_file(p, "report")
             record["attacks"][attack] = {**{k: report.summary.get(k) for k in METRICS},
+                                         "identity_top1": identity_top1(report.per_identity),
                                          "seconds": sum(report.seconds), "report": str(paths["markdown"]),
                                          "grid": str(paths["grid"]), "attack_run": child.info.run_id,
                                          "evaluator": ev.fingerprint, **report.extra.get("budget", {})}
@@ -450,6 +472,8 @@ def run_benchmark(plan: Plan, opts: RunOptions) -> list[dict[str, Any]]:
                         print(f"cell {d} seed {s}: {a} was scored by another evaluation model ({scored_by}, now "
                               f"{evaluator}); rerunning it so every row is judged by the same model")
                     del done["attacks"][a]
+            if done is not None and _fill_identity_top1(done):
+                _save_cell(done, cell)
             missing = [a for a in attacks if done is None or a not in done["attacks"]]
             if done is not None and "proxies" not in done and (out / "checkpoints" / f"{d}-s{s}.pt").is_file():
                 missing.append("proxies")  # the cheap privacy proxies, computed on the saved target

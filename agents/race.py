@@ -243,6 +243,12 @@ def report(plan: Plan, sel: dict[str, dict[str, Any]], test_records: list[dict[s
     picks = {c: s["pick"].name for c, s in sel.items() if s["pick"] is not None}
     lines += [""] + agreement_markdown(proxy_agreement(validation_records or [], [r.select_attack]),
                                        "on the validation targets")
+    stability = identity_stability(validation_records or [], r.select_attack)
+    if stability:
+        lines += [f"Is an identity's exposure a property of the identity? Mean Spearman's rho, over pairs of "
+                  f"validation seeds, of the per-identity {r.select_attack} top-1 (per-identity strength is worth "
+                  "building only at rho >= 0.5): " + "; ".join(
+                      f"`{row}` {rho:+.2f} ({n} pairs)" for row, (rho, n) in sorted(stability.items())) + ".", ""]
     lines += ["## Test: paired differences on the fresh seeds", ""]
     if "c1" not in picks or not test_records:
         lines.append("Not run yet: `veil race --config <plan> --stage test` runs each pick once its contestant has one.")
@@ -315,6 +321,30 @@ def proxy_agreement(records: list[dict[str, Any]], attacks: list[str]) -> dict[s
             pairs = [(r["proxies"][name], r["attacks"][a]["top1"]) for r in records
                      if name in r.get("proxies", {}) and r["attacks"].get(a, {}).get("top1") is not None]
             out[name][a] = (spearman([p for p, _ in pairs], [t for _, t in pairs]), len(pairs))
+    return out
+
+
+def identity_stability(records: list[dict[str, Any]], attack: str) -> dict[str, tuple[float, int]]:
+    """Per row: the mean Spearman correlation, over pairs of seeds, of which identities the attack
+    reconstructs (per-identity top-1, ``identity_top1`` in the cells), with the number of pairs:
+    whether an identity's exposure is a property of the identity (per-identity strength can
+    target it) or of the seed (it cannot)."""
+    out: dict[str, tuple[float, int]] = {}
+    rows: dict[str, list[dict[str, float]]] = {}
+    for r in records:
+        per = r["attacks"].get(attack, {}).get("identity_top1")
+        if isinstance(per, dict) and per:
+            rows.setdefault(r["defense"], []).append(per)
+    for row, seeds in rows.items():
+        rhos = []
+        for i in range(len(seeds)):
+            for j in range(i + 1, len(seeds)):
+                ids = sorted(set(seeds[i]) & set(seeds[j]))
+                rho = spearman([seeds[i][k] for k in ids], [seeds[j][k] for k in ids])
+                if not math.isnan(rho):
+                    rhos.append(rho)
+        if rhos:
+            out[row] = (float(np.mean(rhos)), len(rhos))
     return out
 
 

@@ -132,3 +132,15 @@ def test_each_proxy_is_ranked_against_each_attack_over_the_cells_that_have_both(
     records.append(cell("b", 0, 0.9, 0.2))  # no proxies: left out
     agreement = race.proxy_agreement(records, ["pca"])
     assert agreement == {"proxy_conf": {"pca": (pytest.approx(0.8), 4)}}
+
+
+def test_identity_stability_averages_the_rank_agreement_of_seed_pairs() -> None:
+    def with_ids(defense: str, seed: int, per: dict) -> dict:
+        c = cell(defense, seed, 0.9, 0.5)
+        c["attacks"]["pca"]["identity_top1"] = per
+        return c
+
+    records = [with_ids("none", 0, {"0": 0.0, "1": 0.5, "2": 1.0}), with_ids("none", 1, {"0": 0.25, "1": 0.5, "2": 0.75}),
+               with_ids("none", 2, {"0": 1.0, "1": 0.5, "2": 0.0}), cell("re", 0, 0.9, 0.5)]
+    stability = race.identity_stability(records, "pca")
+    assert stability == {"none": (pytest.approx((1.0 - 1.0 - 1.0) / 3), 3)}  # s0~s1 +1, s0~s2 -1, s1~s2 -1
