@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -189,8 +189,9 @@ def schedule_from_dict(raw: Mapping[str, Any], where: str = "schedule") -> Sched
                     raise ValueError(f"unknown parameter {sorted(extra)[0]!r}; choose from {', '.join(PARAM_RANGES)}")
                 if missing:
                     raise ValueError(f"give every parameter; {', '.join(sorted(missing))} missing")
-                if isinstance(rest["k"], bool) or not isinstance(rest["k"], int):
-                    raise ValueError(f"k must be a whole number, got {rest['k']!r}")
+                k_hi = int(PARAM_RANGES["k"][1])
+                if isinstance(rest["k"], bool) or not isinstance(rest["k"], int) or not 1 <= rest["k"] <= k_hi:
+                    raise ValueError(f"k must be a whole number in 1..{k_hi}, got {rest['k']!r}")
                 if not isinstance(rest["high_band"], bool):
                     raise ValueError(f"high_band must be true or false, got {rest['high_band']!r}")
                 if not all(_number(rest[n]) for n in names - {"k", "high_band"}):
@@ -215,7 +216,3 @@ def two_phase(strong: AugmentParams, relaxed: AugmentParams, switch: float, stro
     first, second = (strong, relaxed) if strong_first else (relaxed, strong)
     return Schedule((Phase(switch, params=first), Phase(1.0, params=second)), mode, fill)
 
-
-def with_params(params: AugmentParams, **changes: Any) -> AugmentParams:
-    """``params`` with some fields changed (checked by ``AugmentParams``)."""
-    return replace(params, **changes)

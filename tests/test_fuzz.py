@@ -20,6 +20,9 @@ from veil.agents.attack_cli import model_from_checkpoint
 from veil.agents.benchmark import cell_options, load_cell
 from veil.agents.export import PolicyAugmenter
 from veil.agents.plan import Plan, load_plan
+from veil.agents.schedules import FORMAT as SCHEDULE_FORMAT
+from veil.agents.schedules import load_schedule
+from veil.defenses.schedule import Schedule
 from veil.recognition.data import DataConfig, DataError, _read_one
 
 FAST = settings(max_examples=int(os.environ.get("VEIL_FUZZ_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -32,7 +35,10 @@ PLAN_KEYS = {"": ["rows", "seeds", "out_dir", "undefended_curve", "policy", "bog
              "budget": ["epochs", "batch_size", "lr", "model", "threads"],
              "attacks": ["names", "identities", "attack_seeds", "restarts", "gan_steps", "gan_seconds"],
              "defenses.d1": ["use", "mix_k", "mix_radius", "re_area", "policy", "mix_band", "nope"],
-             "calibrate": ["param", "values", "budget", "fix", "k_max"]}
+             "calibrate": ["param", "values", "budget", "fix", "k_max"],
+             "race": ["calibration", "validation_seeds", "test_seeds", "budget", "box", "switches", "learners", "z"],
+             "learn.t1": ["learner", "episodes", "segments", "free", "out", "ppo_lr", "w"],
+             "defenses.d2": ["use", "schedule", "target"]}
 
 
 def toml_value(v) -> str:
@@ -79,6 +85,28 @@ def write(data: bytes | str, name: str) -> Path:
 def test_a_plan_of_any_keys_and_types_loads_or_is_a_value_error(text: str) -> None:
     plan = reads_or_refuses(load_plan, write(text, "plan.toml"))
     assert plan is None or isinstance(plan, Plan)
+
+
+SCHEDULE_KEYS = ["until", "k", "alpha", "radius", "high_band", "erase_p", "erase_area", "erase_aspect", "label_follow",
+                 "box", "bogus"]
+
+
+@st.composite
+def schedule_texts(draw) -> str:
+    """A schedule file with phases of known and unknown keys of any type."""
+    lines = [f'format = "{SCHEDULE_FORMAT}"'] if draw(st.booleans()) else []
+    for _ in range(draw(st.integers(0, 3))):
+        lines.append("[[phase]]")
+        lines += [f"{key} = {toml_value(draw(values))}"
+                  for key in draw(st.lists(st.sampled_from(SCHEDULE_KEYS), unique=True, max_size=10))]
+    return "\n".join(lines) + "\n"
+
+
+@FAST
+@given(st.one_of(schedule_texts(), st.binary(max_size=300).map(lambda b: b.decode("latin-1"))))
+def test_a_schedule_file_of_any_content_loads_or_is_a_value_error(text: str) -> None:
+    schedule = reads_or_refuses(load_schedule, write(text, "schedule.toml"))
+    assert schedule is None or isinstance(schedule, Schedule)
 
 
 @FAST
