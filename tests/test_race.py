@@ -11,6 +11,7 @@ import pytest
 from veil.agents import race
 from veil.agents.cli import main
 from veil.agents.plan import load_plan
+from veil.agents.benchmark import read_cells
 from veil.agents.schedules import load_schedule
 
 TINY_PLAN = """
@@ -144,3 +145,41 @@ def test_identity_stability_averages_the_rank_agreement_of_seed_pairs() -> None:
                with_ids("none", 2, {"0": 1.0, "1": 0.5, "2": 0.0}), cell("re", 0, 0.9, 0.5)]
     stability = race.identity_stability(records, "pca")
     assert stability == {"none": (pytest.approx((1.0 - 1.0 - 1.0) / 3), 3)}  # s0~s1 +1, s0~s2 -1, s1~s2 -1
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_committed_att_race_report_rebuilds_from_its_cells(tmp_path: Path) -> None:
+    """``veil race --config docs/results/att-race-90ep/plan.toml --summarize-only`` writes the
+    committed race.md from the committed cells (the calibration folder's for C1)."""
+    import shutil
+
+    results = ROOT / "docs" / "results"
+    keep = shutil.ignore_patterns("reports", "checkpoints", "*.png")
+    for folder in ("att-race-90ep", "att-calibrate-90ep", "att-label-follow-90ep"):
+        shutil.copytree(results / folder, tmp_path / folder, ignore=keep)
+    committed = (results / "att-race-90ep" / "race.md").read_text()
+    (tmp_path / "att-race-90ep" / "race.md").unlink()
+    assert main(["race", "--config", str(tmp_path / "att-race-90ep" / "plan.toml"), "--summarize-only"]) == 0
+    assert (tmp_path / "att-race-90ep" / "race.md").read_text() == committed
+
+
+def test_the_att_race_figures_in_results_come_from_the_committed_cells() -> None:
+    """docs/RESULTS.md (Does learning pay: the race): the validation picks, the learners priced out
+    by the rule, the proxies' rank agreement with PCA and the per-identity pilot."""
+    plan = load_plan(ROOT / "docs" / "results" / "att-race-90ep" / "plan.toml")
+    sel = race.selection(plan)
+    figures = {c: {x.name: (round(x.drop, 1), round(100 * x.top1, 1)) for x in s["candidates"]} for c, s in sel.items()}
+    assert sel["c1"]["pick"].name == "cal-radius-0.05" and figures["c1"]["cal-radius-0.05"] == (1.0, 24.7)
+    assert sel["c2"]["pick"].name == "c2-r1" and figures["c2"]["c2-r1"] == (1.0, 29.5)
+    assert figures["t1-ppo"]["t1-ppo"] == (3.5, 11.8) and figures["t0"]["t0-fr05"] == (2.5, 31.0)
+    assert figures["c4"]["c4-uniform"] == (4.0, 23.2) and figures["c3"]["c3-strong-first-33"] == (8.0, 8.0)
+    assert all(sel[c]["pick"] is None for c in ("c3", "c4", "t0", "t1-ppo"))
+    assert [sel[c]["fr_runs"] for c in ("c1", "c2", "c3", "c4", "t0", "t1-ppo")] == [25, 25, 20, 5, 5, 25]
+    val = race.validation_plan(plan)
+    records = read_cells(Path(val.out_dir), set(val.rows), set(plan.race.validation_seeds))
+    agreement = race.proxy_agreement(records, ["pca"])
+    assert {k: (round(v["pca"][0], 2), v["pca"][1]) for k, v in agreement.items()} == {
+        "proxy_conf": (0.88, 65), "proxy_lowpass": (0.84, 65), "proxy_pca5": (0.71, 65)}
+    assert round(race.identity_stability(records, "pca")["none"][0], 2) == 0.62
