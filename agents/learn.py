@@ -55,11 +55,9 @@ def pca_probe(model: nn.Module, split: FaceSplit, seed: int, *, eval_model: nn.M
 def segment_reward(env: FaceScheduleEnv) -> float:
     """PBT's score at a segment end: the deployed objective measured on the model so far (the
     probe's top-1, the accuracy lost beyond the budget), so members are exploited on privacy too."""
-    c, model = env.config, env.model
     acc = float(env.trainer.history[-1]["test_top1"]) if env.trainer and env.trainer.history else 0.0
-    top1 = float(env.probe(model, env.split, env.run_seed)) if env.probe else 0.0
-    drop = 100.0 * (c.acc_reference - acc) if c.acc_reference is not None else 0.0
-    return -top1 - c.penalty * max(0.0, drop - c.budget) / 100.0
+    top1 = float(env.probe(env.model, env.split, env.run_seed)) if env.probe else 0.0
+    return env.config.reward(acc, top1)[0]
 
 
 def game_config(plan: Plan, learn: LearnPlan, acc_reference: float) -> ScheduleGameConfig:

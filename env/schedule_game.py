@@ -105,6 +105,12 @@ class ScheduleGameConfig:
         """The epoch each segment ends at."""
         return [round((i + 1) * self.epochs / self.segments) for i in range(self.segments)]
 
+    def reward(self, acc_val: float, probe_top1: float) -> tuple[float, float]:
+        """The deployed objective of a model with validation top-1 ``acc_val`` and probe top-1
+        ``probe_top1``: ``-probe_top1 - penalty * max(0, drop - budget) / 100``, and the drop (points)."""
+        drop = 100.0 * (self.acc_reference - acc_val) if self.acc_reference is not None else 0.0
+        return -probe_top1 - self.penalty * max(0.0, drop - self.budget) / 100.0, drop
+
     def observation(self, segment: int) -> np.ndarray:
         """What the agent sees before segment ``segment``: progress, then the segment one-hot."""
         obs = np.zeros(1 + self.segments, dtype=np.float32)
@@ -222,8 +228,7 @@ class FaceScheduleEnv(gym.Env):
         if done:
             t.config = replace(t.config, total_steps=None)  # as veil train-fr's finished trainer has it
             top1 = float(self.probe(t.model, self.split, self.run_seed)) if self.probe else 0.0
-            drop = 100.0 * (c.acc_reference - acc) if c.acc_reference is not None else 0.0
-            reward = -top1 - c.penalty * max(0.0, drop - c.budget) / 100.0
+            reward, drop = c.reward(acc, top1)
             info.update(probe_top1=top1, drop=drop, reward_privacy=-top1, reward_utility=reward + top1,
                         segment_params=list(self.params))
         return c.observation(min(i + 1, c.segments - 1)), float(reward), done, False, info
