@@ -121,7 +121,9 @@ class RacePlan:
     ``random_points`` settings from ``box`` (with ``fix``); C3 is the two-phase schedules between
     ``strong_radius`` and ``relaxed_radius`` (either first, switching at each of ``switches``) at the
     box's centre otherwise; C4 draws a setting from the box per batch; ``learners`` names the plan's
-    own rows each learner selects among (T0, T1: exported policies or schedules)."""
+    own rows each learner selects among (T0, T1: exported policies or schedules); ``test_extra``
+    names rows also scored on the test seeds outside the rule (never a pick: e.g. the strongest
+    learner over budget on validation, to price it and to check the proxies against GMI)."""
 
     validation_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     test_seeds: list[int] = field(default_factory=lambda: [10, 11, 12, 13, 14])
@@ -136,6 +138,7 @@ class RacePlan:
     relaxed_radius: float = 0.025
     switches: list[float] = field(default_factory=lambda: [1 / 3, 2 / 3])
     learners: dict[str, list[str]] = field(default_factory=dict)
+    test_extra: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.validation_seeds or not self.test_seeds:

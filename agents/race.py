@@ -182,8 +182,12 @@ def test_plan(plan: Plan, picks: dict[str, Candidate | None]) -> Plan:
     rows = {n: row for cands in contestant_rows(plan).values() for n, row in cands.items()}
     rows.update(calib.defenses)
     chosen = [p.name for p in picks.values() if p is not None]
-    return replace(plan, rows=["none", *chosen], seeds=list(r.test_seeds),
-                   defenses={**plan.defenses, **{n: rows[n] for n in chosen}}, undefended_curve=[], race=None,
+    extra = [n for n in r.test_extra if n not in chosen and n != "none"]
+    unknown = [n for n in extra if n not in rows]
+    if unknown:
+        raise ValueError(f"race: test_extra {unknown[0]!r} is not a row of this race ({', '.join(rows)})")
+    return replace(plan, rows=["none", *chosen, *extra], seeds=list(r.test_seeds),
+                   defenses={**plan.defenses, **{n: rows[n] for n in chosen + extra}}, undefended_curve=[], race=None,
                    out_dir=str(Path(plan.out_dir) / "test"))
 
 
@@ -261,7 +265,10 @@ def report(plan: Plan, sel: dict[str, dict[str, Any]], test_records: list[dict[s
     head = "| contestant (pick) | natural top-1 | Δ natural vs none | " + " | ".join(
         f"{a} top-1 | Δ {a} vs C1" for a in attacks) + " |"
     lines += [head, "|" + "---|" * (3 + 2 * len(attacks))]
-    for c, name in [("none", "none"), *picks.items()]:
+    owner = {n: c for c, s in sel.items() for n in s["rows"]}
+    extra = [(f"{LABELS.get(owner.get(n, ''), owner.get(n, n))}, outside the rule", n)
+             for n in r.test_extra if n not in picks.values() and n != "none"]
+    for c, name in [("none", "none"), *picks.items(), *extra]:
         cells = [x for x in test_records if x["defense"] == name]
         if not cells:
             continue
@@ -278,7 +285,7 @@ def report(plan: Plan, sel: dict[str, dict[str, Any]], test_records: list[dict[s
               "evaluation model) and the sink share (reconstructions on the most-hit class):", "",
               "| contestant | " + " | ".join(f"Δ {a} nn_pixel | Δ {a} sink" for a in attacks) + " |",
               "|" + "---|" * (1 + 2 * len(attacks))]
-    for c, name in picks.items():
+    for c, name in [*picks.items(), *extra]:
         if c == "c1":
             continue
         row = f"| {LABELS.get(c, c)} |"

@@ -95,6 +95,19 @@ def test_test_seeds_must_be_fresh(tmp_path: Path) -> None:
         load_plan(path)
 
 
+def test_rows_outside_the_rule_join_the_test_stage_but_never_as_picks(tmp_path: Path) -> None:
+    plan = load_plan(write_race(tmp_path, 'test_extra = ["c4-uniform"]\n'))
+    (tmp_path / "cal").mkdir()
+    (tmp_path / "cal" / "plan.toml").write_text(TINY_PLAN + "[calibrate]\nparam = \"radius\"\nvalues = [0.05]\n")
+    pick = race.Candidate("c2-r0", 1.0, 0.5, 0.2, 1, True)
+    tp = race.test_plan(plan, {"c1": None, "c2": pick})
+    assert tp.rows == ["none", "c2-r0", "c4-uniform"] and tp.seeds == [5]
+    assert tp.defenses["c4-uniform"].schedule.endswith("c4-uniform.toml")
+    plan.race.test_extra = ["c9-typo"]
+    with pytest.raises(ValueError, match="test_extra 'c9-typo' is not a row of this race"):
+        race.test_plan(plan, {"c1": None, "c2": pick})
+
+
 def test_a_tiny_race_runs_both_stages_and_reports_against_c1(tmp_path: Path) -> None:
     (tmp_path / "cal").mkdir()
     calibration = tmp_path / "cal" / "plan.toml"
