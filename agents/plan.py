@@ -123,7 +123,8 @@ class RacePlan:
     box's centre otherwise; C4 draws a setting from the box per batch; ``learners`` names the plan's
     own rows each learner selects among (T0, T1: exported policies or schedules); ``test_extra``
     names rows also scored on the test seeds outside the rule (never a pick: e.g. the strongest
-    learner over budget on validation, to price it and to check the proxies against GMI)."""
+    learner over budget on validation, to price it and to check the proxies against GMI);
+    ``baselines``: which of C2-C4 run (C1 always does)."""
 
     validation_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     test_seeds: list[int] = field(default_factory=lambda: [10, 11, 12, 13, 14])
@@ -139,8 +140,11 @@ class RacePlan:
     switches: list[float] = field(default_factory=lambda: [1 / 3, 2 / 3])
     learners: dict[str, list[str]] = field(default_factory=dict)
     test_extra: list[str] = field(default_factory=list)
+    baselines: list[str] = field(default_factory=lambda: ["c2", "c3", "c4"])
 
     def __post_init__(self) -> None:
+        if any(b not in ("c2", "c3", "c4") for b in self.baselines):
+            raise ValueError(f"race: baselines are among c2, c3, c4, got {self.baselines}")
         if not self.validation_seeds or not self.test_seeds:
             raise ValueError("race: give validation_seeds and test_seeds")
         if set(self.validation_seeds) & set(self.test_seeds):

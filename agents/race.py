@@ -76,7 +76,8 @@ def contestant_rows(plan: Plan) -> dict[str, dict[str, Row]]:
             c3[name] = Row("schedule", schedule=path)
     c4_path = _write_if_changed(Schedule((Phase(1.0, box=box),)), out / "c4-uniform.toml",
                                 "a setting drawn from the race's box for every batch")
-    rows = {"c2": c2, "c3": c3, "c4": {"c4-uniform": Row("schedule", schedule=c4_path)}}
+    rows = {k: v for k, v in {"c2": c2, "c3": c3, "c4": {"c4-uniform": Row("schedule", schedule=c4_path)}}.items()
+            if k in r.baselines}
     for learner, names in r.learners.items():
         rows[learner] = {n: plan.row(n) for n in names}
     return rows

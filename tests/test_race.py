@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from veil.agents import race
+from veil.agents.benchmark import read_cells
 from veil.agents.cli import main
 from veil.agents.plan import load_plan
-from veil.agents.benchmark import read_cells
 from veil.agents.schedules import load_schedule
 
 TINY_PLAN = """
@@ -86,6 +86,12 @@ def test_the_schedules_are_written_beside_the_plan_and_switch_where_named(tmp_pa
     assert [p.params.radius for p in strong_first.phases] == [0.2, 0.025] and strong_first.phases[0].until == 0.5
     c4 = load_schedule(rows["c4"]["c4-uniform"].schedule)
     assert c4.phases[0].box is not None and c4.phases[0].box.ranges["label_follow"] == (0.0, 0.0)
+
+
+def test_a_race_may_leave_out_the_baselines_c2_to_c4(tmp_path: Path) -> None:
+    plan = load_plan(write_race(tmp_path, 'baselines = ["c4"]\n'))
+    assert set(race.contestant_rows(plan)) == {"c4"}
+    assert race.validation_plan(plan).rows == ["none", "c4-uniform"]
 
 
 def test_test_seeds_must_be_fresh(tmp_path: Path) -> None:
