@@ -1,0 +1,67 @@
+"""``veil demo``: an undefended and a defended model, attacked, ending in a table and a verdict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from veil.agents import demo
+from veil.agents.cli import main
+from veil.agents.plan import load_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cell(natural: float, top1: float, nn_pixel: float = 0.4, sink: float = 0.1) -> dict:
+    return {"defense": "x", "seed": 0, "natural_top1": natural,
+            "attacks": {"pca": {"top1": top1, "nn_pixel_acc": nn_pixel, "sink_share": sink}}}
+
+
+def test_the_verdict_says_protected_with_the_price_within_budget() -> None:
+    line = demo.verdict(cell(0.90, 0.60), cell(0.89, 0.20, nn_pixel=0.1))
+    assert line.startswith("Verdict: protected: the pca attack recovered 20% of the identities instead of 60% (67% fewer)")
+    assert "at 1.0 points of accuracy (within veil's 2-point budget)" in line
+
+
+def test_the_verdict_says_so_when_the_defense_made_things_worse() -> None:
+    line = demo.verdict(cell(0.85, 0.35), cell(0.77, 0.40))
+    assert line.startswith("Verdict: no protection here: the pca attack recovered 40% of the identities from the "
+                           "defended model against 35%")
+    assert "at 8.0 points of accuracy, more than veil's 2-point budget" in line
+
+
+def test_the_verdict_flags_a_fall_in_top1_that_the_pixel_check_does_not_share() -> None:
+    line = demo.verdict(cell(0.90, 0.60, nn_pixel=0.3), cell(0.90, 0.40, nn_pixel=0.35, sink=0.5))
+    assert "protected partly" in line and "(33% fewer)" in line
+    assert "pixel-space neighbour check did not fall" in line and "sink class" in line
+
+
+def test_the_table_sets_the_two_models_side_by_side_with_their_changes() -> None:
+    table = demo.side_by_side(cell(0.90, 0.60), cell(0.85, 0.30))
+    lines = table.splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| undefended | 90.0% | 60.0% |")
+    assert lines[3].startswith("| recommended | 85.0% (-5.0) | 30.0% (-30.0, -50% relative) |")
+
+
+def test_the_demo_defends_with_the_radius_its_calibration_picked() -> None:
+    calibration = ROOT / "docs" / "results" / "demo-calibrate" / "calibration.json"
+    picked = json.loads(calibration.read_text())
+    plan = load_plan(demo.DEMO_PLAN)
+    cal = load_plan(calibration.with_name("plan.toml"))
+    assert plan.data == cal.data and plan.split == cal.split and plan.budget == cal.budget
+    assert plan.defenses["recommended"].options["mix_radius"] == [picked["chosen"]]
+
+
+def test_a_tiny_demo_ends_with_a_verdict_and_its_plot_and_grid(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(demo, "HEARTBEAT", 1.0)
+    out = tmp_path / "demo"
+    assert main(["demo", "--epochs", "1", "--eval-epochs", "1", "--out-dir", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| undefended |" in text and "| recommended |" in text and "\nVerdict: " in text
+    assert "s elapsed; none: " in text  # progress lines while the rows train, terminal or not
+    assert (out / "privacy_utility.png").is_file() and (out / "grid-pca.png").is_file()
+    cells = {p.stem for p in (out / "cells").glob("*.json")}
+    assert cells == {"none-s0", "recommended-s0"}
