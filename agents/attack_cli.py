@@ -36,7 +36,7 @@ from veil.recognition import (
 
 from . import tracking
 from .fr_defenses import embedding_dim
-from .options import add_data_args, add_tracking_args, data_configs
+from .options import add_data_args, add_tracking_args, count, data_configs
 
 
 class DictOutputs(nn.Module):
@@ -207,12 +207,16 @@ def load_eval_model(spec: str | None, split, args: argparse.Namespace, target_ar
 
 
 def _log_eval_model(ev, split_summary: dict) -> str:
-    """Log the evaluation model once per cache file, as its own run; returns that run's ID."""
+    """Log the evaluation model once per cache file, as its own top-level run (every attack that
+    scores with it names it in its ``veil.eval_run`` tag; it belongs to no one target); returns
+    that run's ID. A model trained just now gets a run that starts when its training did."""
     key = ev.path.name if ev.path else "uncached"
     found = mlflow.search_runs(filter_string=f"tags.`veil.eval_cache` = '{key}'", max_results=1, output_format="list")
     if found:
         return found[0].info.run_id
-    with tracking.start_run(run_name=f"eval-model-{ev.config.model}", nested=mlflow.active_run() is not None) as run:
+    seconds = ev.metrics.get("train_seconds") if not ev.cached else None
+    started = time.time() - seconds if seconds else None
+    with tracking.start_run(run_name=f"eval-model-{ev.config.model}", started=started) as run:
         mlflow.set_tags({"veil.kind": "eval-model", "veil.eval_cache": key})
         tracking.log_params({"eval": asdict(ev.config), "split": split_summary})
         tracking.log_metrics({f"test_{k}": v for k, v in ev.metrics.items()}, step=0)
@@ -263,20 +267,29 @@ def cmd_attack(args: argparse.Namespace) -> int:
     settings = attack_settings(args)
     reports: list[AttackReport] = []
     out_root = Path(args.out_dir)
-    with tracking.start_run(run_id=run_id, run_name=None if run_id else f"attack-{Path(args.model).name}"):
-        eval_run = _log_eval_model(ev, split.summary())
+    eval_run = _log_eval_model(ev, split.summary())  # before any attack run: it is top-level
+    target_run = mlflow.get_run(run_id) if run_id else None
+    target_name = (target_run.info.run_name if target_run else None) or Path(args.model).name
+    # a run ID's attacks hang under its run, which stays as it was (finished, its times those of
+    # its training); a file's under a run of their own
+    group = contextlib.nullcontext() if run_id else tracking.start_run(run_name=f"attack-{target_name}")
+    with group:
         for name in names:
             cfg = HarnessConfig(identities=args.identities, attack_seeds=args.attack_seeds, settings=settings,
                                 seed=args.seed)
             t0 = time.perf_counter()
-            report = run_attack(name, target, split, ev.model, cfg)
-            report.context = {"target": args.model, "target_top1": acc["top1"], "num_private": split.num_private,
-                              "eval_model": f"{ev.config.model} ({ev.metrics['top1']:.1%} private test top-1, "
-                                            f"run {eval_run})", "data": split.source}
-            with tracking.start_run(run_name=f"attack-{name}", nested=True) as child:
-                mlflow.set_tags({"veil.kind": "attack", "veil.attack": name, "veil.eval_run": eval_run})
-                tracking.log_params({"attack": {"name": name, "identities": len(report.classes),
-                                                "attack_seeds": args.attack_seeds, **settings.to_dict()}})
+            with tracking.start_run(run_name=f"attack-{name}-{target_name}", parent_run_id=run_id,
+                                    nested=run_id is None) as child:  # opened before the attack: its duration
+                mlflow.set_tags({"veil.kind": "attack", "veil.attack": name, "veil.eval_run": eval_run,
+                                 "veil.target_run": run_id or "", "veil.target": args.model,
+                                 "veil.defense": target_run.data.tags.get("veil.defense", "") if target_run else ""})
+                tracking.log_params({"attack": {"name": name, "attack_seeds": args.attack_seeds,
+                                                **settings.to_dict()}})
+                report = run_attack(name, target, split, ev.model, cfg)
+                report.context = {"target": args.model, "target_top1": acc["top1"], "num_private": split.num_private,
+                                  "eval_model": f"{ev.config.model} ({ev.metrics['top1']:.1%} private test top-1, "
+                                                f"run {eval_run})", "data": split.source}
+                tracking.log_params({"attack": {"identities": len(report.classes)}})
                 metrics = {f"attack.{k}": v for k, v in report.summary.items() if isinstance(v, float)}
                 metrics.update({f"attack.{k}_std": s for k, (_, s) in report.spread.items()})
                 metrics.update({"attack.seconds": sum(report.seconds), "target.top1": acc["top1"]})
@@ -284,6 +297,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
                 paths = report.save(out_root / child.info.run_id)
                 for p in paths.values():
                     tracking.log_file(p, "report")
+            if run_id:  # the headline number on the target's own run, where the runs table shows it
+                tracking.log_headline(run_id, {f"attack.{name}.top1": report.summary["top1"]})
             print(f"{name}: attack top-1 {report.summary['top1']:.1%} ({time.perf_counter() - t0:.0f}s); "
                   f"report in {paths['markdown']}")
             reports.append(report)
@@ -305,22 +320,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--model", required=True, metavar="RUN_ID_OR_PATH", help="the target model")
     a.add_argument("--attack", default="pca", help="attack(s), comma-separated: pca, whitebox, gmi, kedmi, plgmi "
                                                    "(default: pca)")
-    a.add_argument("--identities", type=int, default=0, help="private identities attacked (default: 0 = all)")
-    a.add_argument("--attack-seeds", type=int, default=2, help="independent attack runs (default: 2)")
-    a.add_argument("--restarts", type=int, default=2, help="reconstructions per identity per run (default: 2)")
-    a.add_argument("--steps", type=int, default=None, help="optimization steps (default: each attack's own)")
+    a.add_argument("--identities", type=count(0), default=0, help="private identities attacked (default: 0 = all)")
+    a.add_argument("--attack-seeds", type=count(1), default=2, help="independent attack runs (default: 2)")
+    a.add_argument("--restarts", type=count(1), default=2, help="reconstructions per identity per run (default: 2)")
+    a.add_argument("--steps", type=count(1), default=None, help="optimization steps (default: each attack's own)")
     a.add_argument("--lomma", action="store_true", help="GAN attacks: LOMMA's logit loss and model augmentation")
     a.add_argument("--gan-seconds", type=float, default=None,
                    help="GAN attacks: time cap of GAN training; 0 = none, train all --gan-steps "
                         "(default: 180 s per GAN)")
-    a.add_argument("--gan-steps", type=int, default=None, help="GAN attacks: generator updates (default: 2000)")
+    a.add_argument("--gan-steps", type=count(1), default=None, help="GAN attacks: generator updates (default: 2000)")
     a.add_argument("--eval-model", default=None, metavar="RUN_ID_OR_PATH",
                    help="evaluation model (default: train one, or reuse the cached one for this data and split)")
     a.add_argument("--eval-arch", choices=("resnet18", "cnn", "inception"), default="resnet18",
                    help="evaluation model architecture; differs from the target's (default: resnet18)")
-    a.add_argument("--eval-epochs", type=int, default=40, help="evaluation model training epochs (default: 40)")
+    a.add_argument("--eval-epochs", type=count(1), default=40, help="evaluation model training epochs (default: 40)")
     a.add_argument("--seed", type=int, default=0, help="seed of identities and attack runs (default: 0)")
-    a.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    a.add_argument("--threads", type=count(1), default=None, help="torch CPU threads (default: all cores)")
     a.add_argument("--out-dir", default="reports", help="where reports are written (default: reports)")
     add_data_args(a)
     a.set_defaults(data=None, handler=cmd_attack)  # data None: take the data options from the target's run

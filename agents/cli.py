@@ -13,9 +13,17 @@ from . import attack_cli, benchmark, calibrate, demo, learn, race, tracking, tra
 COMMANDS = (train_fr, train_agent, learn, demo, attack_cli, benchmark, calibrate, race, ui)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser (the sub-commands' too) whose errors are one line, as veil's other errors
+    are: ``veil train-fr: error: argument --epochs: must be >= 1, got -1 (see veil train-fr --help)``."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """``veil`` and its sub-commands; each sub-command's ``handler`` runs it."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="veil", description="veil: train face-recognition models that resist model-inversion attacks.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -42,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     SIGTERM or SIGINT in one line, the runs it had open marked KILLED, and exit code 128 + signal."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help (0) or a bad option (2, its one-line error already written)
+        return done.code if isinstance(done.code, int) else 2
     args.argv = argv  # what the user typed: a plan file keeps the options it does not set
     main_thread = threading.current_thread() is threading.main_thread()  # only there can handlers be set
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}

@@ -44,6 +44,22 @@ NEGATED_DATA_FLAGS = {"no_cache": ("data", "use_cache")}  # a store_true flag th
 MAX_MIX_K = 6  # --mix-k's range, as the game's k_max
 
 
+def count(minimum: int = 1) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number >= ``minimum``, so an impossible count (``--epochs -1``)
+    is refused while the command line is read, before any data loads, in one line naming it."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"count>={minimum}"
+    return parse
+
+
 @dataclass
 class FRBudget:
     """How a target trains: ``veil train-fr``'s model and budget options (also every benchmark row's).
@@ -66,7 +82,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help=f"face data to train on (default: {d.source}; see 'data sources' below)")
     g.add_argument("--data-root", default=d.data_root, metavar="DIR",
                    help="folder holding att_faces/ and cfp/ (default: $VEIL_DATA_ROOT or ../shared/datasets)")
-    g.add_argument("--image-size", type=int, default=d.image_size,
+    g.add_argument("--image-size", type=count(1), default=d.image_size,
                    help=f"side of the square images in pixels (default: {d.image_size})")
     g.add_argument("--channels", type=int, choices=(1, 3), default=d.channels,
                    help="3: grey sets become RGB (default); 1: everything becomes grey")
@@ -75,9 +91,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pose", choices=("frontal", "profile", "all"), default=d.pose,
                    help=f"CFP-style sets: which poses to load (default: {d.pose})")
     g.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
-    g.add_argument("--max-identities", type=int, default=d.max_identities,
+    g.add_argument("--max-identities", type=count(1), default=d.max_identities,
                    help="keep only the N identities with the most images (large sets like CelebA)")
-    g.add_argument("--n-private", type=int, default=s.n_private,
+    g.add_argument("--n-private", type=count(1), default=s.n_private,
                    help="number of private (target) identities; the rest are public (default: half)")
     g.add_argument("--test-fraction", type=float, default=s.test_fraction,
                    help=f"share of each private identity's images held out for testing (default: {s.test_fraction})")
@@ -87,9 +103,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="score on a validation split carved from the private training images (--test-fraction of "
                         "them); the test images join no set, so what you tune on it leaves the test split unseen")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the preprocessed-data cache")
-    g.add_argument("--synthetic-identities", type=int, default=d.synthetic_identities,
+    g.add_argument("--synthetic-identities", type=count(1), default=d.synthetic_identities,
                    help=f"synthetic data: number of identities (default: {d.synthetic_identities})")
-    g.add_argument("--synthetic-images", type=int, default=d.synthetic_images,
+    g.add_argument("--synthetic-images", type=count(1), default=d.synthetic_images,
                    help=f"synthetic data: images per identity (default: {d.synthetic_images})")
 
 

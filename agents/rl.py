@@ -9,6 +9,7 @@ import random
 import tempfile
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,11 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.vec_env import VecNormalize
-from tqdm.auto import tqdm
 
 from veil.env.actions import ACTION_DIM, PARAM_NAMES
 from veil.env.face_augment import REWARD_TERMS
 from veil.recognition.io import atomic_torch_save
+from veil.recognition.progress import progress_bar
 
 from . import tracking
 
@@ -31,7 +32,14 @@ ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC, "td3": TD3, "a2
 
 
 class MLflowOutputFormat(KVWriter):
-    """SB3 logger output that sends every numeric record to the active MLflow run in one batch."""
+    """SB3 logger output that sends every numeric record to the active MLflow run in one batch.
+
+    SB3's ``time/fps`` is an integer, 0 for a game slower than one step a second (each step trains
+    the FR model on a batch); it is replaced by ``rate()`` (steps per second, a float) when given,
+    else left out."""
+
+    def __init__(self, rate: Callable[[], float | None] | None = None) -> None:
+        self.rate = rate
 
     def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
         numeric = {}
@@ -39,6 +47,8 @@ class MLflowOutputFormat(KVWriter):
             excluded = key_excluded.get(key) or ()
             if "mlflow" in excluded:
                 continue
+            if key == "time/fps":
+                value = self.rate() if self.rate is not None else None
             if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
                 numeric[key.replace("/", ".")] = float(value)
         if numeric:
@@ -48,18 +58,20 @@ class MLflowOutputFormat(KVWriter):
         pass
 
 
-def mlflow_logger() -> Logger:
-    return Logger(folder=None, output_formats=[MLflowOutputFormat()])
+def mlflow_logger(rate: Callable[[], float | None] | None = None) -> Logger:
+    """SB3's logger writing to MLflow; ``rate`` gives ``time.fps`` (see ``MLflowOutputFormat``)."""
+    return Logger(folder=None, output_formats=[MLflowOutputFormat(rate)])
 
 
 class EnvTermsCallback(BaseCallback):
     """Averages every reward term, FR statistic and decoded parameter from ``info`` over windows
-    of ``every`` steps and logs them to MLflow (``env.*`` and ``action.*``); keeps the history
+    of ``every`` steps and logs them to MLflow (``env.*`` and ``action.*``), but the terms in
+    ``skip`` (those of a game that does not play them, ``unplayed_terms``); keeps the history
     for the parameter plot."""
 
-    def __init__(self, every: int = 64) -> None:
+    def __init__(self, every: int = 64, skip: frozenset[str] | set[str] = frozenset()) -> None:
         super().__init__()
-        self.every = every
+        self.every, self.skip = every, frozenset(skip)
         self._window: dict[str, list[float]] = defaultdict(list)
         self.history: list[dict[str, float]] = []
 
@@ -67,7 +79,7 @@ class EnvTermsCallback(BaseCallback):
         for info in self.locals.get("infos", []):
             for key in ("loss_aug", "acc_aug", "acc_preserve", "loss_clean", "acc_val", "probe_top1", "grad_norm",
                         "loss_excess", *REWARD_TERMS):
-                if key in info:
+                if key in info and key not in self.skip:
                     self._window[f"env.{key}"].append(float(info[key]))
             for name, value in info.get("params", {}).items():
                 self._window[f"action.{name}"].append(float(value))
@@ -85,6 +97,17 @@ class EnvTermsCallback(BaseCallback):
     def _on_training_end(self) -> None:
         if self._window:
             self._flush()
+
+
+def unplayed_terms(probe_every: int, deploy_price: Any = None) -> frozenset[str]:
+    """The ``info`` terms that are a constant 0 in a game without them, so not logged: the probe's
+    top-1 and the privacy reward when the probe is off, the deployment price when none is charged."""
+    out = set()
+    if not probe_every:
+        out |= {"probe_top1", "reward_privacy"}
+    if deploy_price is None:
+        out.add("reward_deploy")
+    return frozenset(out)
 
 
 class FREvalCallback(BaseCallback):
@@ -131,24 +154,35 @@ class AtomicCheckpointCallback(BaseCallback):
 
 
 class ProgressCallback(BaseCallback):
-    """A tqdm bar over the timesteps with the latest mean reward."""
+    """Progress over the timesteps with the latest mean reward: a tqdm bar on a terminal, a line
+    every ``$VEIL_PROGRESS_SECONDS`` in a log (``progress_bar``); ``rate()`` is the steps per
+    second of this process's learning so far."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, done: int = 0) -> None:
         super().__init__()
-        self.total = total
-        self.bar: tqdm | None = None
+        self.total, self.done = total, done
+        self.bar: Any = None
         self._rewards: deque[float] = deque(maxlen=64)
+        self._t0: float | None = None
+        self._start_steps = 0
 
     def _on_training_start(self) -> None:
-        self.bar = tqdm(total=self.total, desc="agent", unit="step", dynamic_ncols=True, disable=None)
-        self._t0 = time.perf_counter()
+        self.bar = progress_bar(total=self.total, initial=self.done, desc="train-agent", unit="step",
+                                dynamic_ncols=True)
+        self._t0, self._start_steps = time.perf_counter(), self.num_timesteps
+
+    def rate(self) -> float | None:
+        """Agent steps per second since learning started in this process (None before a step)."""
+        if self._t0 is None or self.num_timesteps <= self._start_steps:
+            return None
+        return (self.num_timesteps - self._start_steps) / max(time.perf_counter() - self._t0, 1e-9)
 
     def _on_step(self) -> bool:
         self._rewards.extend(float(r) for r in self.locals.get("rewards", []))
         if self.bar is not None:
-            self.bar.update(self.training_env.num_envs)
             if self.n_calls % 16 == 0 and self._rewards:
-                self.bar.set_postfix(reward=f"{np.mean(self._rewards):+.3f}")
+                self.bar.set_postfix(reward=f"{np.mean(self._rewards):+.3f}", refresh=False)
+            self.bar.update(self.training_env.num_envs)
         return True
 
     def _on_training_end(self) -> None:

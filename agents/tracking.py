@@ -3,16 +3,24 @@
 MLflow 3 refuses the old file store unless forced, so veil keeps its runs in
 ``sqlite:///<cwd>/mlruns/mlflow.db`` with artifacts in ``mlruns/artifacts`` (or any URI given
 by ``--tracking-uri`` / ``$VEIL_TRACKING_URI``). ``veil ui`` serves the same store.
+
+The layout: each ``veil train-fr`` / ``train-agent`` run is top-level, tagged ``veil.kind`` and
+``veil.defense`` (what it trained with, ``policy``/``schedule`` included), with its natural top-1
+(``final_test_top1``) and, once attacked, each attack's top-1 (``attack.<name>.top1``, copied by
+``log_headline``). Its attacks are child runs ``attack-<name>-<target run name>``; the evaluation
+model that scored them is one top-level run per cache file (``veil.kind = eval-model``), which the
+attack runs name in ``veil.eval_run``. Runs start and end around their work (``start_run``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
-import socket
 import json
+import math
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,15 +33,61 @@ import torch
 from mlflow.entities import Metric, Param
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context import registry as context_registry
 from torch import nn
 from torchvision.utils import make_grid
 
 import veil
+from veil.attacks.harness import ATTACKS
 from veil.recognition.models import LogitsOnly
 
 DEFAULT_EXPERIMENT = "veil"
 HOST = socket.gethostname()
 _STARTED: list[str] = []  # the runs this process started or resumed, for marking them when it is stopped
+_EXPERIMENT: list[str] = []  # the experiment setup() chose last
+
+
+RUNS_VIEW = "veil-key-numbers"
+"""The saved view of the runs table that ``veil ui`` opens (an experiment tag MLflow's UI reads)."""
+KEY_COLUMNS = (["tags.`veil.kind`", "tags.`veil.defense`", "metrics.`final_test_top1`", "metrics.`final_fr.top1`"]
+               + [f"metrics.`attack.{a}.top1`" for a in ATTACKS] + ["metrics.`fit_seconds`"])
+"""The runs table's columns in that view: what a run is, its natural top-1 and each attack's top-1."""
+
+
+def runs_view_tags(now_ms: int | None = None) -> dict[str, str]:
+    """Experiment tags that make MLflow 3's UI show runs, not GenAI traces (``mlflow.experimentKind``),
+    and save the view ``RUNS_VIEW`` with ``KEY_COLUMNS`` shown (``mlflow.sharedViewState.<key>``,
+    MLflow's saved-view envelope around the runs page's UI state)."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    state = {"selectedColumns": KEY_COLUMNS, "orderByKey": "attributes.start_time", "orderByAsc": False}
+    view = {"name": "veil: key numbers", "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+    return {"mlflow.experimentKind": "custom_model_development",
+            f"mlflow.sharedViewState.{RUNS_VIEW}": json.dumps(view)}
+
+
+def runs_url(base: str, experiment_id: str) -> str:
+    """The UI's runs table of an experiment, in the model-training workflow, with veil's saved view."""
+    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW}")
+
+
+def prepare_ui(tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """Make sure the store has the experiment, tagged for the runs view (``runs_view_tags``);
+    returns its ID."""
+    exp_id = setup(tracking_uri, experiment)
+    client = MlflowClient()
+    for key, value in runs_view_tags().items():
+        client.set_experiment_tag(exp_id, key, value)
+    return exp_id
+
+
+def log_headline(run_id: str, metrics: dict[str, float]) -> None:
+    """Copy headline numbers (an attack's top-1 as ``attack.<name>.top1``) to a top-level run that
+    may be finished (its status and times are not touched), so the runs table shows them."""
+    ts = int(time.time() * 1000)
+    items = [Metric(k, float(v), ts, 0) for k, v in metrics.items() if math.isfinite(v)]
+    if items:
+        MlflowClient().log_batch(run_id, metrics=items)
 
 
 def store_dir() -> Path:
@@ -54,13 +108,55 @@ def default_artifact_root() -> str:
 
 
 @contextlib.contextmanager
-def start_run(**kwargs: Any) -> Iterator[mlflow.ActiveRun]:
+def start_run(*, started: float | None = None, continue_work: bool = False,
+              **kwargs: Any) -> Iterator[mlflow.ActiveRun]:
     """``mlflow.start_run`` that records which process runs it (``veil.host``, ``veil.pid``), so a
-    run whose process died (``kill -9``) can be told from one still going and marked KILLED."""
-    with mlflow.start_run(**kwargs) as run:
-        mlflow.set_tags({"veil.host": HOST, "veil.pid": str(os.getpid())})
-        _STARTED.append(run.info.run_id)
-        yield run
+    run whose process died (``kill -9``) can be told from one still going and marked KILLED.
+
+    A run's start and end bracket its work, so the UI's durations are true:
+
+    - ``started`` (``time.time()`` seconds): a new run's start time, for work done before the run
+      could be opened (a model trained, then found worth logging);
+    - reopening a FINISHED run (``run_id``) to add to it (attacks on a trained model, a summary)
+      keeps it FINISHED with its end time, even if the block fails, unless ``continue_work``
+      (``--resume`` of training: the run's work goes on, its end moves)."""
+    client = MlflowClient()
+    run_id = kwargs.get("run_id")
+    keep_end = None
+    if run_id and not continue_work:
+        info = client.get_run(run_id).info
+        if info.status == "FINISHED" and info.end_time:
+            keep_end = info.end_time
+    if started is not None and not run_id:
+        tags = {**(kwargs.pop("tags", None) or {})}
+        if kwargs.get("nested") or kwargs.get("parent_run_id"):
+            parent = kwargs.pop("parent_run_id", None) or mlflow.active_run().info.run_id
+            tags["mlflow.parentRunId"] = parent
+        run_name = kwargs.pop("run_name", None)
+        if run_name:
+            tags["mlflow.runName"] = run_name
+        created = client.create_run(_experiment_id(), start_time=int(started * 1000), run_name=run_name,
+                                    tags=context_registry.resolve_tags(tags))  # user, source, as start_run's
+        kwargs.pop("parent_run_id", None)
+        kwargs["run_id"] = created.info.run_id
+    try:
+        with mlflow.start_run(**kwargs) as run:
+            mlflow.set_tags({"veil.host": HOST, "veil.pid": str(os.getpid())})
+            if keep_end is None:
+                _STARTED.append(run.info.run_id)
+            yield run
+    finally:
+        if keep_end is not None:
+            client.set_terminated(run_id, "FINISHED", end_time=keep_end)
+
+
+def _experiment_id() -> str:
+    """The active experiment: the one ``setup`` chose, else MLflow's default."""
+    if _EXPERIMENT:
+        return _EXPERIMENT[-1]
+    from mlflow.tracking.fluent import _get_experiment_id
+
+    return _get_experiment_id()
 
 
 def mark_stopped(reason: str) -> list[str]:
@@ -125,10 +221,12 @@ def setup(tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT)
         if exp is not None:
             mlflow.set_experiment(experiment_id=exp.experiment_id)
             mark_orphans(exp.experiment_id)
+            _EXPERIMENT.append(exp.experiment_id)
             return exp.experiment_id
         location = default_artifact_root() if uri.startswith("sqlite:") else None
-        exp_id = mlflow.create_experiment(experiment, artifact_location=location)
+        exp_id = mlflow.create_experiment(experiment, artifact_location=location, tags=runs_view_tags())
         mlflow.set_experiment(experiment_id=exp_id)
+        _EXPERIMENT.append(exp_id)
         return exp_id
 
 

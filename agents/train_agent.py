@@ -22,10 +22,11 @@ from veil.env import DeployPrice, EnvConfig, FaceAugmentEnv
 from veil.env.actions import full_action
 from veil.env.face_augment import REWARD_TERMS
 from veil.recognition import load_faces, split_identities
+from veil.recognition.progress import progress_bar
 
 from . import tracking
 from .export import export_policy, log_policy_model
-from .options import EPILOG_DATA, add_data_args, add_tracking_args, data_configs
+from .options import EPILOG_DATA, add_data_args, add_tracking_args, count, data_configs
 from .rl import (
     ALGOS,
     GAME_FORMAT,
@@ -41,6 +42,7 @@ from .rl import (
     game_checkpoint,
     mlflow_logger,
     restore_game,
+    unplayed_terms,
 )
 from .train_fr import data_record
 
@@ -177,7 +179,8 @@ def train(args: Any) -> Path | None:
     normalize_reward = bool(args.normalize_reward)
     if args.checkpoint_every and args.algo not in RESUMABLE and not args.baseline:
         print(f"note: {args.algo} keeps a replay buffer; its game is not checkpointed for --resume (PPO and A2C are)")
-    with tracking.start_run(run_name=None if resumed else name, run_id=resumed["run_id"] if resumed else None) as run:
+    with tracking.start_run(run_name=None if resumed else name, run_id=resumed["run_id"] if resumed else None,
+                            continue_work=True) as run:
         mlflow.set_tags({"veil.kind": "agent" if not args.baseline else "baseline-policy",
                          "veil.algo": args.algo if not args.baseline else args.baseline})
         if resumed:
@@ -196,7 +199,8 @@ def train(args: Any) -> Path | None:
         fns = [make_env_fn(env_cfg, split, i, 1 if args.n_envs > 1 else None, probe) for i in range(args.n_envs)]
         if args.baseline:
             env = fns[0]()
-            _run_baseline(args, env, baseline_action, tracking, split)
+            _run_baseline(args, env, baseline_action, tracking, split,
+                          skip=unplayed_terms(env_cfg.probe_every, env_cfg.deploy_price))
             fr_ckpt = save_game_target(env.save_fr, out_dir, run.info.run_id, env_cfg, f"baseline-{args.baseline}")
             print(f"FR model of the game: {fr_ckpt} (veil attack --model {fr_ckpt})")
             return None
@@ -217,8 +221,9 @@ def train(args: Any) -> Path | None:
             if args.algo == "sac":
                 kwargs.update(ent_coef="auto" if args.ent_coef == 0 else args.ent_coef)
         agent = algo_cls("MlpPolicy", vec, **kwargs)
-        agent.set_logger(mlflow_logger())
-        terms = EnvTermsCallback(every=args.log_every)
+        progress = ProgressCallback(args.timesteps)
+        agent.set_logger(mlflow_logger(rate=progress.rate))  # SB3's integer fps is 0 below a step a second
+        terms = EnvTermsCallback(every=args.log_every, skip=unplayed_terms(env_cfg.probe_every, env_cfg.deploy_price))
 
         def evaluate() -> dict[str, float]:
             if eval_env is None:
@@ -227,8 +232,7 @@ def train(args: Any) -> Path | None:
 
         ckpt = out_dir / f"{run.info.run_id}-agent.zip"
         fr_eval = FREvalCallback(evaluate, every=args.eval_every)
-        callbacks = [terms, fr_eval, AtomicCheckpointCallback(ckpt, every=args.checkpoint_every),
-                     ProgressCallback(args.timesteps)]
+        callbacks = [terms, fr_eval, AtomicCheckpointCallback(ckpt, every=args.checkpoint_every), progress]
         if args.algo in RESUMABLE and args.checkpoint_every:
             options = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))
                        and k not in ("resume", "argv")}
@@ -241,6 +245,7 @@ def train(args: Any) -> Path | None:
             base._reset_seeds()  # the interrupted run's envs were seeded at its first reset, long ago
             restore_game(agent, resumed, terms, fr_eval)
             remaining = args.timesteps - agent.num_timesteps
+            progress.done = agent.num_timesteps
         agent.learn(total_timesteps=remaining, callback=callbacks, reset_num_timesteps=not resumed)
         final = evaluate()
         tracking.log_metrics({f"final_fr.{k}": v for k, v in final.items()}, step=agent.num_timesteps)
@@ -395,18 +400,20 @@ def parse_bounds(specs: list[str] | None) -> dict[str, tuple[float, float]]:
     return out
 
 
-def _run_baseline(args: Any, env: Any, baseline_action, tracking, split) -> None:
-    """Run a baseline policy through the same env for ``timesteps`` steps, logging the same terms."""
+def _run_baseline(args: Any, env: Any, baseline_action, tracking, split, skip: frozenset[str] = frozenset()) -> None:
+    """Run a baseline policy through the same env for ``timesteps`` steps, logging the same terms
+    (but those in ``skip``), with progress as the agent's (``progress_bar``)."""
     rng = np.random.default_rng(args.seed)
 
     fixed = full_action(args.fixed_action).astype(np.float32) if args.fixed_action else None
     env.reset(seed=args.seed)
     window: dict[str, list[float]] = {}
-    for t in range(1, args.timesteps + 1):
+    for t in progress_bar(range(1, args.timesteps + 1), desc=f"baseline {args.baseline}", unit="step"):
         _, reward, _, truncated, info = env.step(baseline_action(args.baseline, rng, fixed))
         for k in ("loss_aug", "loss_excess", "acc_aug", "acc_preserve", "acc_val", "probe_top1",
                   *REWARD_TERMS):
-            window.setdefault(f"env.{k}", []).append(float(info[k]))
+            if k not in skip:
+                window.setdefault(f"env.{k}", []).append(float(info[k]))
         window.setdefault("reward", []).append(reward)
         if t % args.log_every == 0:
             tracking.log_metrics({k: float(np.mean(v)) for k, v in window.items()}, step=t)
@@ -422,19 +429,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """The ``veil train-agent`` sub-command (the environment options' defaults are ``EnvConfig``'s)."""
     e = EnvConfig
     a = sub.add_parser("train-agent", help="train the augmentation policy with stable-baselines3 (or run a baseline)",
-                       description="Train an SB3 agent that picks frequency-MixUp and random-erasing parameters "
-                                   "per batch on FaceAugmentEnv (the adversarial game), log everything to MLflow, "
-                                   "and export the policy (safetensors, no pickle) for veil train-fr --policy.",
+                       description="Train an SB3 agent that picks frequency-MixUp and random-erasing parameters\n"
+                                   "for each batch of FaceAugmentEnv (the adversarial game), or run a baseline\n"
+                                   "policy (--baseline) through the same game.\n\n"
+                                   "Logs everything to MLflow (see it with veil ui) and exports the policy\n"
+                                   "(safetensors, no pickle) for veil train-fr --policy.",
                        epilog=EPILOG_DATA, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(a)
     g = a.add_argument_group("agent")
     g.add_argument("--algo", choices=("ppo", "sac", "td3", "a2c"), default="ppo", help="SB3 algorithm (default: ppo)")
-    g.add_argument("--timesteps", type=int, default=4096, help="agent steps = FR batches in all envs (default: 4096)")
-    g.add_argument("--n-envs", type=int, default=1,
+    g.add_argument("--timesteps", type=count(1), default=4096, help="agent steps = FR batches in all envs (default: 4096)")
+    g.add_argument("--n-envs", type=count(1), default=1,
                    help="parallel envs; > 1 uses SubprocVecEnv, each worker with its own FR model and one torch "
                         "thread; env 0's FR model is the one evaluated (default: 1)")
-    g.add_argument("--n-steps", type=int, default=128, help="ppo/a2c rollout length per env (default: 128)")
-    g.add_argument("--n-epochs", type=int, default=4, help="ppo epochs per update (default: 4)")
+    g.add_argument("--n-steps", type=count(1), default=128, help="ppo/a2c rollout length per env (default: 128)")
+    g.add_argument("--n-epochs", type=count(1), default=4, help="ppo epochs per update (default: 4)")
     g.add_argument("--ent-coef", type=float, default=0.01, help="entropy bonus (default: 0.01; sac: 0 = auto)")
     g.add_argument("--log-std-init", type=float, default=0.0,
                    help="ppo/a2c: initial log std of the Gaussian policy (default: 0, std 1: on the [-1, 1] action "
@@ -456,13 +465,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g = a.add_argument_group("environment")
     g.add_argument("--model", choices=("cnn", "resnet18", "inception"), default="cnn", help="FR backbone (default: cnn)")
     g.add_argument("--lr", type=float, default=e.lr, help=f"FR learning rate (default: {e.lr})")
-    g.add_argument("--batch-size", type=int, default=e.batch_size, help=f"FR batch size (default: {e.batch_size})")
-    g.add_argument("--episode-steps", type=int, default=e.episode_steps, help=f"batches per episode (default: {e.episode_steps})")
+    g.add_argument("--batch-size", type=count(1), default=e.batch_size, help=f"FR batch size (default: {e.batch_size})")
+    g.add_argument("--episode-steps", type=count(1), default=e.episode_steps, help=f"batches per episode (default: {e.episode_steps})")
     g.add_argument("--schedule", choices=("alternating", "interleaved"), default=e.schedule,
                    help=f"alternating policy/FR phases, or interleaved 1:1 (default: {e.schedule})")
-    g.add_argument("--policy-steps", type=int, default=e.policy_steps, help=f"policy-phase length N1 (default: {e.policy_steps})")
-    g.add_argument("--fr-steps", type=int, default=e.fr_steps, help=f"FR-phase length N2 (default: {e.fr_steps})")
-    g.add_argument("--k-max", type=int, default=e.k_max, help=f"largest k the action can pick (default: {e.k_max})")
+    g.add_argument("--policy-steps", type=count(1), default=e.policy_steps, help=f"policy-phase length N1 (default: {e.policy_steps})")
+    g.add_argument("--fr-steps", type=count(1), default=e.fr_steps, help=f"FR-phase length N2 (default: {e.fr_steps})")
+    g.add_argument("--k-max", type=count(1), default=e.k_max, help=f"largest k the action can pick (default: {e.k_max})")
     g.add_argument("--mix-mode", choices=("complex", "amplitude", "phase", "dct"), default=e.mix_mode,
                    help=f"frequency transform of the MixUp (default: {e.mix_mode})")
     g.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
@@ -498,26 +507,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "held-out validation images augmented with the step's parameters, which the FR model "
                         "never trains on; or heldout-drop, 1 - (clean - augmented) top-1 on those images, so "
                         f"--preserve-budget 0.95 allows the adversary 5 points of held-out accuracy (default: {e.preserve_on})")
-    g.add_argument("--val-every", type=int, default=e.val_every, help=f"validation every N env steps (default: {e.val_every})")
-    g.add_argument("--warmup-steps", type=int, default=e.warmup_steps,
+    g.add_argument("--val-every", type=count(1), default=e.val_every, help=f"validation every N env steps (default: {e.val_every})")
+    g.add_argument("--warmup-steps", type=count(0), default=e.warmup_steps,
                    help=f"clean FR steps before the game, so the adversary's reward carries signal (default: {e.warmup_steps})")
     g.add_argument("--reset-mode", choices=("continue", "restart"), default=e.reset_mode,
                    help="continue: the FR model keeps learning across episodes (the game); restart: each episode "
                         f"starts again from the FR model as it was after the warm-up (default: {e.reset_mode})")
     g = a.add_argument_group("privacy probe (the PCA-prior attack, scored by the cached evaluation model)")
-    g.add_argument("--probe-every", type=int, default=e.probe_every,
+    g.add_argument("--probe-every", type=count(0), default=e.probe_every,
                    help="run the probe on the FR model every N env steps; its top-1 enters the observation (default: 0 = off)")
     g.add_argument("--privacy-weight", type=float, default=e.privacy_weight,
                    help="mu of the reward term -mu * probe top-1 (default: 0: observed and logged only)")
-    g.add_argument("--probe-identities", type=int, default=10, help="identities the probe attacks (default: 10)")
-    g.add_argument("--eval-epochs", type=int, default=40,
+    g.add_argument("--probe-identities", type=count(1), default=10, help="identities the probe attacks (default: 10)")
+    g.add_argument("--eval-epochs", type=count(1), default=40,
                    help="training epochs of the evaluation model, if it is not cached yet (default: 40)")
     g = a.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    g.add_argument("--log-every", type=int, default=64, help="log env terms every N steps (default: 64)")
-    g.add_argument("--eval-every", type=int, default=1024, help="FR test evaluation every N steps (default: 1024)")
-    g.add_argument("--checkpoint-every", type=int, default=1024,
+    g.add_argument("--threads", type=count(1), default=None, help="torch CPU threads (default: all cores)")
+    g.add_argument("--log-every", type=count(1), default=64, help="log env terms every N steps (default: 64)")
+    g.add_argument("--eval-every", type=count(1), default=1024, help="FR test evaluation every N steps (default: 1024)")
+    g.add_argument("--checkpoint-every", type=count(1), default=1024,
                    help="agent checkpoint, and (PPO, A2C) a checkpoint of the whole game for --resume, every N steps "
                         "(default: 1024)")
     g.add_argument("--resume", default=None, metavar="RUN_ID|FILE",

@@ -44,6 +44,7 @@ from .options import (
     add_defense_args,
     add_policy_use_args,
     add_tracking_args,
+    count,
     data_configs,
     defense_options,
 )
@@ -102,6 +103,15 @@ class FRJob:
                                      if self.augment_schedule else None)}
 
 
+def defense_tag(names: list[str] | tuple[str, ...], job: FRJob) -> str:
+    """What the run's ``veil.defense`` tag says it used: its defenses, ``policy`` for ``--policy``
+    and ``schedule`` for ``--augment-schedule`` (``none`` only when it used nothing)."""
+    used = [n for n in names if n != "none"]
+    used += ["policy"] if job.policy else []
+    used += ["schedule"] if job.augment_schedule else []
+    return ",".join(used) or "none"
+
+
 def data_record(data: DataConfig, split: SplitConfig) -> dict[str, Any]:
     """What a target checkpoint records of the faces and identities it was trained on (``data``,
     ``split``; not where the files are or whether they are cached), so a reader can check them."""
@@ -126,9 +136,12 @@ def first_difference(stored: Any, wanted: Any, where: str = "") -> str | None:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """The ``veil train-fr`` sub-command."""
     p = sub.add_parser("train-fr", help="train a face-recognition model and log it to MLflow",
-                       description="Train a face-recognition model on the private identities of a face set, "
-                                   "evaluate it on their held-out images, and log params, per-epoch metrics, "
-                                   "sample grids, the checkpoint and the model to MLflow.",
+                       description="Train a face-recognition model on the private identities of a face set and\n"
+                                   "evaluate it on their held-out images.\n\n"
+                                   "Logs params, per-epoch metrics, sample grids, the checkpoint and the model to\n"
+                                   "MLflow (see them with veil ui). With --defense, --policy or --augment-schedule\n"
+                                   "every training batch is augmented or regularized; the run's veil.defense tag\n"
+                                   "names what was used.",
                        epilog=EPILOG_DATA, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(p)
     t, b = TrainerConfig, FRBudget
@@ -137,8 +150,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="backbone: cnn (fast small CNN, default), resnet18, inception (InceptionResnetV1, >= 75 px)")
     g.add_argument("--weights", default=None, metavar="FILE",
                    help="local state dict to start from (e.g. InceptionResnetV1 VGGFace2 weights); nothing is downloaded")
-    g.add_argument("--epochs", type=int, default=b.epochs, help=f"training epochs (default: {b.epochs})")
-    g.add_argument("--batch-size", type=int, default=b.batch_size, help=f"images per step (default: {b.batch_size})")
+    g.add_argument("--epochs", type=count(1), default=b.epochs, help=f"training epochs (default: {b.epochs})")
+    g.add_argument("--batch-size", type=count(1), default=b.batch_size, help=f"images per step (default: {b.batch_size})")
     g.add_argument("--lr", type=float, default=b.lr, help=f"peak learning rate (default: {b.lr:g})")
     g.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default=t.optimizer,
                    help=f"optimizer (default: {t.optimizer})")
@@ -146,11 +159,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"weight decay (default: {t.weight_decay:g})")
     g.add_argument("--schedule", choices=("cosine", "step", "constant"), default=t.schedule,
                    help=f"learning-rate schedule over the run (default: {t.schedule})")
-    g.add_argument("--warmup-steps", type=int, default=t.warmup_steps,
+    g.add_argument("--warmup-steps", type=count(0), default=t.warmup_steps,
                    help=f"linear learning-rate warm-up steps (default: {t.warmup_steps})")
     g.add_argument("--no-hflip", action="store_true", help="disable random horizontal flips")
     g.add_argument("--seed", type=int, default=t.seed, help=f"training seed (default: {t.seed})")
-    g.add_argument("--threads", type=int, default=b.threads, help="torch CPU threads (default: all cores)")
+    g.add_argument("--threads", type=count(1), default=b.threads, help="torch CPU threads (default: all cores)")
     add_defense_args(p)
     g.add_argument("--policy", default=None, metavar="FILE",
                    help="augment every batch with a learned policy exported by veil train-agent (.safetensors)")
@@ -259,12 +272,12 @@ def train_fr(job: FRJob) -> str:
 
     tracking.setup(job.tracking.uri, job.tracking.experiment)
     run_name = job.tracking.run_name or f"fr-{job.model}-{Path(str(job.data.source)).name}"
-    with tracking.start_run(run_id=run_id, run_name=None if run_id else run_name,
-                          nested=mlflow.active_run() is not None) as run:
+    with tracking.start_run(run_id=run_id, run_name=None if run_id else run_name, continue_work=True,
+                            nested=mlflow.active_run() is not None) as run:
         run_id = run.info.run_id
         ckpt = Path(job.checkpoint or Path("checkpoints") / f"{run_id}.pt")
         if not job.resume:
-            mlflow.set_tags({"veil.kind": "fr", "veil.defense": ",".join(defense.names),
+            mlflow.set_tags({"veil.kind": "fr", "veil.defense": defense_tag(defense.names, job),
                              "veil.policy": job.policy.path if job.policy else "",
                              "veil.augment_schedule": job.augment_schedule or ""})
             if job.augment_schedule:
@@ -313,7 +326,7 @@ def train_fr(job: FRJob) -> str:
                       "job": job.resume_record()}
         trainer.fit(split.train_images, split.train_labels, split.test_images, split.test_labels,
                     augment=augment, on_epoch_end=on_epoch_end, checkpoint_path=ckpt, progress=True,
-                    checkpoint_extra=ckpt_extra)
+                    checkpoint_extra=ckpt_extra, desc="train-fr")
         if trainer.epoch == start_epoch:  # a resume with no epoch left: fit wrote nothing, write it here
             trainer.save_checkpoint(ckpt, extra=ckpt_extra)
         fit_s = time.perf_counter() - t1
@@ -334,7 +347,7 @@ def train_fr(job: FRJob) -> str:
               + f" (MLflow: {prefix}.<name> per epoch)")
     print(f"checkpoint: {ckpt}")
     print(f"MLflow run {run_id} in {uri}")
-    print("look at it with:  veil ui   (then open http://127.0.0.1:5000)")
+    print("look at it with:  veil ui   (it prints the address of the runs table)")
     return run_id
 
 
@@ -375,7 +388,7 @@ def _tldmi_pretrain(model: nn.Module, model_cfg: ModelConfig, train_cfg: Trainer
                             if public.state_dict()[k].shape == v.shape}, strict=False)
     pre = Trainer(public, replace(train_cfg, epochs=defense.tldmi.pretrain_epochs), num_classes=n_pub)
     print(f"tldmi: pre-training on {n_pub} public identities for {defense.tldmi.pretrain_epochs} epochs")
-    history = pre.fit(split.public_images, split.public_labels, progress=True)
+    history = pre.fit(split.public_images, split.public_labels, progress=True, desc="tldmi pre-training")
     fr_defenses.transfer_backbone(public, model)
     frozen = freeze_until(model, defense.tldmi.freeze)
     total = sum(1 for _ in model.parameters())

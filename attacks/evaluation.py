@@ -145,7 +145,8 @@ def _train_or_load(split, config: EvalModelConfig, cache: bool, progress: bool) 
     g = torch.Generator().manual_seed(config.seed + 17)
     t0 = time.perf_counter()
     trainer.fit(split.train_images, split.train_labels,
-                augment=lambda x, y: random_crop_shift(x, y, g, config.scale_min, config.shift), progress=progress)
+                augment=lambda x, y: random_crop_shift(x, y, g, config.scale_min, config.shift), progress=progress,
+                desc="evaluation model")
     metrics = {k: float(v) for k, v in trainer.evaluate(split.test_images, split.test_labels).items()}
     metrics["train_seconds"] = time.perf_counter() - t0
     if not math.isfinite(metrics["loss"]):

@@ -27,10 +27,10 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+
+from veil.recognition.progress import progress_bar
 
 from .cache import cache_key, load_cached, save_cached, tensor_fingerprint
-
 
 # ----------------------------------------------------------------------------------- config
 
@@ -253,7 +253,7 @@ def run_loop(steps: int, max_seconds: float | None, desc: str, step: Callable[[i
     (checked before each step; at least one runs). Returns (steps done, seconds)."""
     t0 = time.perf_counter()
     done = 0
-    with tqdm(total=steps, desc=desc, unit="step", leave=False, disable=None if progress else True) as bar:
+    with progress_bar(total=steps, desc=desc, unit="step", enabled=progress, leave=False) as bar:
         for i in range(steps):
             if i and max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
                 break

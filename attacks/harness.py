@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from veil.recognition.progress import progress_bar
 
 from .gan import GANBundle, train_gan
 from .gmi import GMIConfig, gmi_attack
@@ -130,7 +131,7 @@ def run_attack(name: str, target: nn.Module, split, eval_model: nn.Module, confi
     priv_x, priv_y = split.train_images[keep], split.train_labels[keep]
     images, labels, per_seed, seconds = [], [], [], []
     budget: dict[str, Any] = {}
-    for s in tqdm(range(config.attack_seeds), desc=f"attack {name}", unit="seed", disable=None if progress else True):
+    for s in progress_bar(range(config.attack_seeds), desc=f"attack {name}", unit="seed", enabled=progress):
         g = torch.Generator().manual_seed(config.seed * 1000 + s)
         torch.manual_seed(config.seed * 1000 + s)
         t0 = time.perf_counter()

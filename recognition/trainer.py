@@ -14,10 +14,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .data import one_hot, random_hflip, to_float
 from .io import atomic_torch_save
+from .progress import progress_bar
 
 Augment = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """A batch transform ``(images in [0,1], soft targets) -> (images, soft targets)``."""
@@ -220,14 +220,15 @@ class Trainer:
             test_images: torch.Tensor | None = None, test_labels: torch.Tensor | None = None,
             augment: Augment | None = None, on_epoch_end: Callable[[dict[str, float]], None] | None = None,
             checkpoint_path: str | Path | None = None, progress: bool = True,
-            checkpoint_extra: dict[str, Any] | None = None) -> list[dict[str, float]]:
+            checkpoint_extra: dict[str, Any] | None = None, desc: str = "training") -> list[dict[str, float]]:
         """Train for ``config.epochs`` epochs (continuing from ``self.epoch`` after a resume).
 
         Each batch: uint8 -> [0, 1], random flips, ``augment`` (a defense), then ``step``.
         After each epoch the test split is evaluated, ``on_epoch_end(metrics)`` is called and
         the checkpoint (if a path is given) is written atomically, with ``checkpoint_extra`` (what
         a reader needs beside the weights, e.g. the model config), so an interrupted run leaves a
-        checkpoint as readable as a finished one.
+        checkpoint as readable as a finished one. With ``progress``, a bar named ``desc`` on a
+        terminal, periodic progress lines elsewhere (``veil.recognition.progress``).
         """
         n = len(train_labels)
         if n == 0:
@@ -239,8 +240,8 @@ class Trainer:
         # of at the floor the shorter schedule already reached)
         self.total_steps = self.config.total_steps or steps_per_epoch * self.config.epochs
         epochs = range(self.epoch, self.config.epochs)
-        bar = tqdm(total=steps_per_epoch * len(epochs), desc="training", unit="batch",
-                   disable=None if progress else True, dynamic_ncols=True)
+        bar = progress_bar(total=steps_per_epoch * len(epochs), desc=desc, unit="batch", enabled=progress,
+                           dynamic_ncols=True)
         try:
             for epoch in epochs:
                 order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch))
@@ -257,8 +258,9 @@ class Trainer:
                     stats = self.step(x, y)
                     loss_sum += stats.loss * len(idx)
                     acc_sum += stats.accuracy * len(idx)
+                    bar.set_postfix({"epoch": f"{epoch + 1}/{self.config.epochs}", "loss": f"{stats.loss:.3f}",
+                                     "acc": f"{stats.accuracy:.2f}"}, refresh=False)
                     bar.update(1)
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{stats.loss:.3f}", acc=f"{stats.accuracy:.2f}")
                 elapsed = time.perf_counter() - t0
                 self.epoch = epoch + 1
                 metrics = {"epoch": float(self.epoch), "train_loss": loss_sum / n, "train_acc": acc_sum / n,

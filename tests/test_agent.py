@@ -351,7 +351,7 @@ def test_train_fr_chains_a_policy_with_label_smoothing_and_refuses_fixed_augment
     mlflow.set_tracking_uri(tracking.default_tracking_uri())
     (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name("veil").experiment_id],
                                         "attributes.status = 'FINISHED'")
-    assert run.data.tags["veil.defense"] == "negls" and run.data.tags["veil.policy"] == str(path)
+    assert run.data.tags["veil.defense"] == "negls,policy" and run.data.tags["veil.policy"] == str(path)
     assert run.data.params["defense.negls.factor"] == "-0.1"
 
 

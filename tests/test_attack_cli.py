@@ -39,7 +39,7 @@ def test_attack_on_a_run_id_nests_a_report_under_the_training_run(trained: str, 
     out = capsys.readouterr().out
     assert "| pca |" in out and "attack top-1" in out
     runs = {r.info.run_name: r for r in _runs()}
-    child = runs["attack-pca"]
+    child = runs["attack-pca-fr-cnn-synthetic"]
     assert child.data.tags["mlflow.parentRunId"] == trained
     assert 0.0 <= child.data.metrics["attack.top1"] <= 1.0 and "attack.top1_std" in child.data.metrics
     assert runs["eval-model-cnn"].data.tags["veil.kind"] == "eval-model"
@@ -58,7 +58,7 @@ def test_attack_on_the_checkpoint_file_nests_under_its_run_and_reuses_the_eval_m
     assert "(cached)" in capsys.readouterr().out
     runs = _runs()
     assert sum(r.info.run_name == "eval-model-cnn" for r in runs) == 1
-    children = [r for r in runs if r.info.run_name == "attack-pca"]
+    children = [r for r in runs if r.info.run_name == "attack-pca-fr-cnn-synthetic"]
     assert len(children) == 2 and all(r.data.tags["mlflow.parentRunId"] == trained for r in children)
 
 

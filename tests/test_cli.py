@@ -160,6 +160,20 @@ def test_help_explains_every_option() -> None:
                 assert action.help, f"{name} option {action.option_strings} has no help"
 
 
+def _commands() -> list[str]:
+    return ["", *next(a for a in build_parser()._actions if a.dest == "command").choices]
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_no_line_of_a_commands_help_is_wider_than_100_columns(command: str, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("COLUMNS", "100")  # argparse wraps option help to the terminal; descriptions are ours
+    assert main([command, "--help"] if command else ["--help"]) == 0
+    out = capsys.readouterr().out
+    wide = [line for line in out.splitlines() if len(line) > 100]
+    assert out.startswith("usage: veil") and wide == []
+
+
 def test_ui_serves_veils_store_on_localhost(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     calls = []
