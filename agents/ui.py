@@ -11,9 +11,9 @@ import sys
 from . import tracking
 
 SERVER_MEMORY = "about 0.5 GB"
-"""What the server's process group holds (resident memory: MLflow's CLI and its uvicorn worker,
-0.25 GB each, and the few MB of ``veil.agents.supervise``), measured on an empty store by
-``tests/test_ui.py``, which fails when it grows past 0.75 GB."""
+"""What ``veil ui`` holds while it serves (resident memory on an empty store: MLflow's CLI 241 MiB,
+its uvicorn worker 249 MiB, ``veil.agents.supervise`` 16 MiB; 506 MiB), checked by
+``tests/test_ui.py``, which fails past 0.75 GiB."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
