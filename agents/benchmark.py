@@ -384,18 +384,21 @@ def run_cell(plan: Plan, opts: RunOptions, defense: str, seed: int, split, ev,
     with tracking.start_run(run_id=record["fr_run"], nested=True):
         for attack in missing:
             t1 = time.perf_counter()
-            report = run_attack(attack, target, split, ev.model,
-                                HarnessConfig(identities=plan.attacks.identities, attack_seeds=plan.attacks.attack_seeds,
-                                              settings=settings, seed=seed))
-            report.context.update({"target": str(ckpt), "defense": defense, "seed": seed,
-                                   "target_top1": record["natural_top1"]})
-            with tracking.start_run(run_name=f"attack-{attack}", nested=True) as child:
+            # the attack's run is open while it works, so its duration in the UI is the attack's
+            with tracking.start_run(run_name=f"attack-{attack}-{defense}-s{seed}", nested=True) as child:
                 mlflow.set_tags({"veil.kind": "attack", "veil.attack": attack, "veil.defense": defense})
-                tracking.log_metrics({f"attack.{k}": float(v) for k, v in report.summary.items()
-                                      if isinstance(v, float) and math.isfinite(v)}, step=0)
+                report = run_attack(attack, target, split, ev.model,
+                                    HarnessConfig(identities=plan.attacks.identities,
+                                                  attack_seeds=plan.attacks.attack_seeds, settings=settings, seed=seed))
+                report.context.update({"target": str(ckpt), "defense": defense, "seed": seed,
+                                       "target_top1": record["natural_top1"]})
+                tracking.log_metrics({**{f"attack.{k}": float(v) for k, v in report.summary.items()
+                                         if isinstance(v, float) and math.isfinite(v)},
+                                      "attack.seconds": float(sum(report.seconds))}, step=0)
                 paths = report.save(out / "reports" / f"{defense}-s{seed}-{attack}")
                 for p in paths.values():
                     tracking.log_file(p, "report")
+            tracking.log_headline(record["fr_run"], {f"attack.{attack}.top1": float(report.summary["top1"])})
             record["attacks"][attack] = {**{k: report.summary.get(k) for k in METRICS},
                                          "identity_top1": identity_top1(report.per_identity),
                                          "seconds": sum(report.seconds), "report": str(paths["markdown"]),

@@ -173,3 +173,16 @@ def test_an_agent_run_without_the_probe_logs_no_probe_terms_and_a_true_fps(tmp_p
     m = run.data.metrics
     assert "env.reward_adv" in m and not {"env.probe_top1", "env.reward_privacy", "env.reward_deploy"} & set(m)
     assert m["time.fps"] > 0
+
+
+def test_a_benchmark_cells_attack_run_spans_the_attack_and_its_top1_reaches_the_cells_run(tmp_path: Path) -> None:
+    assert main(["benchmark", *TINY, "--defenses", "none", "--seeds", "0", "--attacks", "pca", "--epochs", "1",
+                 "--batch-size", "16", "--steps", "10", "--restarts", "1", "--attack-seeds", "1",
+                 "--eval-epochs", "1", "--out-dir", str(tmp_path / "bench")]) == 0
+    store = _store(tracking.default_tracking_uri())
+    child = store.runs["attack-pca-none-s0"]
+    took = (child.info.end_time - child.info.start_time) / 1000
+    assert took >= child.data.metrics["attack.seconds"] > 0
+    cell_run = store.runs[next(n for n, r in store.runs.items()
+                               if r.info.run_id == child.data.tags["mlflow.parentRunId"])]
+    assert cell_run.data.metrics["attack.pca.top1"] == pytest.approx(child.data.metrics["attack.top1"])
