@@ -65,3 +65,15 @@ def test_a_tiny_demo_ends_with_a_verdict_and_its_plot_and_grid(tmp_path: Path, c
     assert (out / "privacy_utility.png").is_file() and (out / "grid-pca.png").is_file()
     cells = {p.stem for p in (out / "cells").glob("*.json")}
     assert cells == {"none-s0", "recommended-s0"}
+
+
+def test_the_demo_calibration_figures_in_results_come_from_its_cells() -> None:
+    """docs/RESULTS.md, "The demo": each radius's drop and PCA top-1, as the calibration computed them."""
+    calibration = json.loads((ROOT / "docs" / "results" / "demo-calibrate" / "calibration.json").read_text())
+    results = (ROOT / "docs" / "RESULTS.md").read_text()
+    section = results[results.index("### The demo (0.18)"):results.index("## How to read the tables")]
+    assert f"`none` {100 * calibration['none_top1']['pca']:.1f}%" in section
+    for c in calibration["candidates"]:
+        figure = f"+{c['drop']:.1f} ± {c['drop_ci']:.1f} / {100 * c['attack_top1']['pca']:.1f}%"
+        assert figure in section, (c["value"], figure)
+    assert f"picks r {calibration['chosen']:g}" in section
