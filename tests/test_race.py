@@ -202,3 +202,47 @@ def test_the_att_race_figures_in_results_come_from_the_committed_cells() -> None
     assert {k: (round(v["pca"][0], 2), v["pca"][1]) for k, v in agreement.items()} == {
         "proxy_conf": (0.88, 65), "proxy_lowpass": (0.84, 65), "proxy_pca5": (0.71, 65)}
     assert round(race.identity_stability(records, "pca")["none"][0], 2) == 0.62
+
+
+def test_the_att_race_test_figures_in_results_come_from_the_committed_cells() -> None:
+    """docs/RESULTS.md (the race, test stage): each row's natural and attack top-1 and its paired
+    differences against none and C1, and the proxies' rank agreement with PCA and GMI."""
+    plan = load_plan(ROOT / "docs" / "results" / "att-race-90ep" / "plan.toml")
+    sel = race.selection(plan)
+    tp = race.test_plan(plan, {c: s["pick"] for c, s in sel.items() if s["complete"]})
+    records = read_cells(Path(tp.out_dir), set(tp.rows), set(plan.race.test_seeds))
+    results = (ROOT / "docs" / "RESULTS.md").read_text()
+    section = results[results.index("**Test (seeds 10-14, complete for the picks).**"):]
+    section = section[:section.index("**Finding the constant")]
+
+    def fmt(m: float, ci: float, n: int) -> str:
+        assert n == 5
+        star = " \\*" if m + ci < 0 or m - ci > 0 else ""
+        return f"{m:+.1f} ± {ci:.1f}{star}"
+
+    natural = lambda x: 100 * x["natural_top1"]  # noqa: E731
+    c1 = "cal-radius-0.05"
+    for label, row in [("`none`", "none"), (f"C1 `{c1}`", c1), ("C2 `c2-r1`", "c2-r1"),
+                       ("T1 PPO, outside the rule", "t1-ppo")]:
+        cells = [x for x in records if x["defense"] == row]
+        assert len(cells) == 5, row
+        line = next(ln for ln in section.splitlines() if ln.startswith(f"| {label} |"))
+        parts = [p.strip() for p in line.strip("|").split("|")]
+        assert parts[1] == f"{sum(natural(x) for x in cells) / 5:.1f}%"
+        assert parts[2] == ("-" if row == "none" else fmt(*race.paired(records, row, "none", natural)))
+        for i, attack in ((3, "pca"), (5, "gmi")):
+            assert parts[i] == f"{sum(100 * x['attacks'][attack]['top1'] for x in cells) / 5:.1f}%", (row, attack)
+            against = "-" if row == c1 else fmt(*race.paired(records, row, c1, race._metric(attack, "top1")))
+            assert parts[i + 1] == against, (row, attack)
+    assert "costs 3.0 ± 3.4\npoints of accuracy against C1" in section
+    for attack, claim in (("pca", "PCA top-1 15.7 points (32%)"), ("gmi", "GMI 24.0 points\n(62%)")):
+        m = -race.paired(records, c1, "none", race._metric(attack, "top1"))[0]
+        none = sum(100 * x["attacks"][attack]["top1"] for x in records if x["defense"] == "none") / 5
+        assert claim.replace("\n", " ") in " ".join(section.split()) and claim.startswith(
+            f"{attack.upper()} top-1 {m:.1f} points ({m / none:.0%})" if attack == "pca" else
+            f"GMI {m:.1f} points\n({m / none:.0%})")
+    assert fmt(*race.paired(records, "t1-ppo", c1, natural)).startswith("-3.0 ± 3.4")
+    agreement = race.proxy_agreement(records, ["pca", "gmi"])
+    assert {k: tuple((round(v[a][0], 2), v[a][1]) for a in ("pca", "gmi")) for k, v in agreement.items()} == {
+        "proxy_conf": ((0.83, 20), (0.60, 20)), "proxy_lowpass": ((0.73, 20), (0.63, 20)),
+        "proxy_pca5": ((0.58, 20), (0.73, 20))}
