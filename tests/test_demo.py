@@ -57,8 +57,13 @@ def test_the_demo_defends_with_the_radius_its_calibration_picked() -> None:
 def test_a_tiny_demo_ends_with_a_verdict_and_its_plot_and_grid(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(demo, "HEARTBEAT", 1.0)
+    tiny = demo.DEMO_PLAN.read_text().replace("synthetic_identities = 40", "synthetic_identities = 8").replace(
+        "synthetic_images = 30", "synthetic_images = 8\nimage_size = 32").replace("n_private = 20", "n_private = 4")
+    tiny = tiny.replace("identities = 20", "identities = 4\nsteps = 10")
+    (tmp_path / "tiny.toml").write_text(tiny)
     out = tmp_path / "demo"
-    assert main(["demo", "--epochs", "1", "--eval-epochs", "1", "--out-dir", str(out)]) == 0
+    assert main(["demo", "--config", str(tmp_path / "tiny.toml"), "--epochs", "1", "--eval-epochs", "1",
+                 "--out-dir", str(out)]) == 0
     text = capsys.readouterr().out
     assert "| undefended |" in text and "| recommended |" in text and "\nVerdict: " in text
     assert "s elapsed; none: " in text  # progress lines while the rows train, terminal or not
