@@ -54,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "  3. print a side-by-side table and a one-line verdict, and save a privacy-utility plot\n"
                     "     and the reconstructions.\n"
                     "Everything is logged to MLflow (veil ui). The settings are the plan veil/agents/demo.toml;\n"
-                    "the options below override it. About 3 minutes on 2 idle cores (see README).")
+                    "the options below override it. About 4 minutes on 2 idle cores with an empty cache.")
     d.add_argument("--config", default=None, metavar="PLAN.toml",
                    help="another plan with rows none and recommended (default: veil/agents/demo.toml)")
     d.add_argument("--data", default=plan.data.source, metavar="{synthetic,att,cfp,PATH}",
