@@ -82,3 +82,23 @@ def test_the_demo_calibration_figures_in_results_come_from_its_cells() -> None:
         figure = f"+{c['drop']:.1f} ± {c['drop_ci']:.1f} / {100 * c['attack_top1']['pca']:.1f}%"
         assert figure in section, (c["value"], figure)
     assert f"picks r {calibration['chosen']:g}" in section
+
+
+def test_the_timed_demo_run_in_results_is_its_committed_cells() -> None:
+    """docs/RESULTS.md, "The demo's run and its time": the figures and the verdict of the timed
+    run are those of its committed cells, and the run used the demo plan that ships."""
+    folder = ROOT / "docs" / "results" / "demo-run"
+    assert load_plan(folder / "plan.toml").defenses == load_plan(demo.DEMO_PLAN).defenses
+    none, rec = (json.loads((folder / "cells" / f"{r}-s0.json").read_text()) for r in ("none", "recommended"))
+    results = " ".join((ROOT / "docs" / "RESULTS.md").read_text().split())
+    section = results[results.index("**The demo's run and its time**"):results.index("## How to read the tables")]
+    a, b = none["attacks"]["pca"], rec["attacks"]["pca"]
+    for claim in (f"undefended {100 * none['natural_top1']:.1f}% natural, PCA top-1 {100 * a['top1']:.1f}%",
+                  f"recommended {100 * rec['natural_top1']:.1f}% "
+                  f"({100 * (rec['natural_top1'] - none['natural_top1']):+.1f}), PCA {100 * b['top1']:.1f}%",
+                  f"({100 * (b['top1'] - a['top1']):+.1f}, {1 - b['top1'] / a['top1']:.0%} fewer)",
+                  f"pixel-space neighbour {100 * a['nn_pixel_acc']:.0f}% -> {100 * b['nn_pixel_acc']:.0f}%",
+                  f"sink share {100 * a['sink_share']:.0f}% -> {100 * b['sink_share']:.0f}%"):
+        assert claim in section, claim
+    assert demo.verdict(none, rec).startswith("Verdict: protected partly") and "within veil's 2-point budget" in \
+        demo.verdict(none, rec)
