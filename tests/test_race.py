@@ -195,12 +195,16 @@ def test_the_att_race_figures_in_results_come_from_the_committed_cells() -> None
     assert figures["t1-ppo"]["t1-ppo"] == (3.5, 11.8) and figures["t0"]["t0-fr05"] == (2.5, 31.0)
     assert figures["c4"]["c4-uniform"] == (4.0, 23.2) and figures["c3"]["c3-strong-first-33"] == (8.0, 8.0)
     assert all(sel[c]["pick"] is None for c in ("c3", "c4", "t0", "t1-ppo"))
-    assert [sel[c]["fr_runs"] for c in ("c1", "c2", "c3", "c4", "t0", "t1-ppo")] == [25, 25, 20, 5, 5, 25]
+    assert [sel[c]["fr_runs"] for c in ("c1", "c2", "c3", "c4", "t0", "t1-ppo", "t1-pbt")] == [25, 25, 20, 5, 5, 25, 15]
+    # PBT's pick: the one learner within the budget, a constant the radius grid could not express
+    assert sel["t1-pbt"]["pick"].name == "t1-pbt" and figures["t1-pbt"]["t1-pbt"] == (2.0, 9.5)
+    schedule = load_schedule(plan.row("t1-pbt").schedule)
+    assert {(round(p.params.radius, 4), round(p.params.erase_p, 3)) for p in schedule.phases} == {(0.0795, 0.044)}
     val = race.validation_plan(plan)
     records = read_cells(Path(val.out_dir), set(val.rows), set(plan.race.validation_seeds))
     agreement = race.proxy_agreement(records, ["pca"])
     assert {k: (round(v["pca"][0], 2), v["pca"][1]) for k, v in agreement.items()} == {
-        "proxy_conf": (0.88, 65), "proxy_lowpass": (0.84, 65), "proxy_pca5": (0.71, 65)}
+        "proxy_conf": (0.88, 70), "proxy_lowpass": (0.84, 70), "proxy_pca5": (0.69, 70)}
     assert round(race.identity_stability(records, "pca")["none"][0], 2) == 0.62
 
 
