@@ -67,17 +67,18 @@ def contestant_rows(plan: Plan) -> dict[str, dict[str, Row]]:
     centre = centre_params(r.fix)
     strong, relaxed = replace(centre, radius=r.strong_radius), replace(centre, radius=r.relaxed_radius)
     c3 = {}
-    for strong_first in (True, False):
+    for strong_first in (True, False) if "c3" in r.baselines else ():
         for switch in r.switches:
             name = f"c3-{'strong' if strong_first else 'relaxed'}-first-{round(100 * switch)}"
             note = (f"{'strong' if strong_first else 'relaxed'} (radius {r.strong_radius if strong_first else r.relaxed_radius:g}) "
                     f"until {switch:.3g} of the run, then {'relaxed' if strong_first else 'strong'}")
             path = _write_if_changed(two_phase(strong, relaxed, switch, strong_first), out / f"{name}.toml", note)
             c3[name] = Row("schedule", schedule=path)
-    c4_path = _write_if_changed(Schedule((Phase(1.0, box=box),)), out / "c4-uniform.toml",
-                                "a setting drawn from the race's box for every batch")
-    rows = {k: v for k, v in {"c2": c2, "c3": c3, "c4": {"c4-uniform": Row("schedule", schedule=c4_path)}}.items()
-            if k in r.baselines}
+    c4 = {}
+    if "c4" in r.baselines:
+        c4["c4-uniform"] = Row("schedule", schedule=_write_if_changed(
+            Schedule((Phase(1.0, box=box),)), out / "c4-uniform.toml", "a setting drawn from the race's box for every batch"))
+    rows = {k: v for k, v in {"c2": c2, "c3": c3, "c4": c4}.items() if k in r.baselines}
     for learner, names in r.learners.items():
         rows[learner] = {n: plan.row(n) for n in names}
     return rows

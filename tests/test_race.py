@@ -91,6 +91,7 @@ def test_the_schedules_are_written_beside_the_plan_and_switch_where_named(tmp_pa
 def test_a_race_may_leave_out_the_baselines_c2_to_c4(tmp_path: Path) -> None:
     plan = load_plan(write_race(tmp_path, 'baselines = ["c4"]\n'))
     assert set(race.contestant_rows(plan)) == {"c4"}
+    assert [f.name for f in (tmp_path / "race" / "schedules").iterdir()] == ["c4-uniform.toml"]  # no C3 files
     assert race.validation_plan(plan).rows == ["none", "c4-uniform"]
 
 
