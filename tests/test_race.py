@@ -227,7 +227,7 @@ def test_the_att_race_test_figures_in_results_come_from_the_committed_cells() ->
 
     natural = lambda x: 100 * x["natural_top1"]  # noqa: E731
     c1 = "cal-radius-0.05"
-    for label, row in [("`none`", "none"), (f"C1 `{c1}`", c1), ("C2 `c2-r1`", "c2-r1"),
+    for label, row in [("`none`", "none"), (f"C1 `{c1}`", c1), ("C2 `c2-r1`", "c2-r1"), ("T1 PBT `t1-pbt`", "t1-pbt"),
                        ("T1 PPO, outside the rule", "t1-ppo")]:
         cells = [x for x in records if x["defense"] == row]
         assert len(cells) == 5, row
@@ -247,7 +247,11 @@ def test_the_att_race_test_figures_in_results_come_from_the_committed_cells() ->
             f"{attack.upper()} top-1 {m:.1f} points ({m / none:.0%})" if attack == "pca" else
             f"GMI {m:.1f} points\n({m / none:.0%})")
     assert fmt(*race.paired(records, "t1-ppo", c1, natural)).startswith("-3.0 ± 3.4")
+    assert "costs 5.3 ± 3.4 points of accuracy against C1" in " ".join(section.split())
+    assert fmt(*race.paired(records, "t1-pbt", c1, natural)) == "-5.3 ± 3.4 \\*"
+    for metric, attack, claim in (("nn_pixel_acc", "pca", "-15.0 ± 8.1"), ("sink_share", "pca", "+3.0 ± 7.1")):
+        assert fmt(*race.paired(records, "t1-pbt", c1, race._metric(attack, metric))).startswith(claim)
     agreement = race.proxy_agreement(records, ["pca", "gmi"])
     assert {k: tuple((round(v[a][0], 2), v[a][1]) for a in ("pca", "gmi")) for k, v in agreement.items()} == {
-        "proxy_conf": ((0.83, 20), (0.60, 20)), "proxy_lowpass": ((0.73, 20), (0.63, 20)),
-        "proxy_pca5": ((0.58, 20), (0.73, 20))}
+        "proxy_conf": ((0.85, 25), (0.70, 25)), "proxy_lowpass": ((0.81, 25), (0.71, 25)),
+        "proxy_pca5": ((0.63, 25), (0.76, 25))}
