@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing
-import sys
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import redirect_stderr, redirect_stdout
@@ -192,5 +191,4 @@ def run(args: argparse.Namespace) -> int:
           f"table with every metric: {out / 'results.md'}\n"
           f"compare the runs {args.run_name or 'demo'}-none and {args.run_name or 'demo'}-{DEFENDED}: veil ui\n"
           f"demo took {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
-    sys.stdout.flush()
     return 0

@@ -98,12 +98,18 @@ def test_the_evaluation_model_is_a_top_level_run_spanning_its_training_that_atta
     assert ev.data.tags["mlflow.user"] and ev.info.status == "FINISHED"
 
 
-def test_reopening_a_finished_run_to_add_to_it_keeps_it_finished_with_its_end_time(tmp_path: Path) -> None:
+def _finished_run(tmp_path: Path) -> tuple[Run, int]:
+    """A run that trained and finished, with its end time, some time ago."""
     tracking.setup(f"sqlite:///{tmp_path}/t.db")
     with tracking.start_run(run_name="trained") as run:
         pass
     end = MlflowClient().get_run(run.info.run_id).info.end_time
     time.sleep(0.05)
+    return run, end
+
+
+def test_reopening_a_finished_run_to_add_to_it_keeps_it_finished_with_its_end_time(tmp_path: Path) -> None:
+    run, end = _finished_run(tmp_path)
     with pytest.raises(RuntimeError):
         with tracking.start_run(run_id=run.info.run_id):
             mlflow.log_metric("attack.pca.top1", 0.5)
@@ -113,11 +119,7 @@ def test_reopening_a_finished_run_to_add_to_it_keeps_it_finished_with_its_end_ti
 
 
 def test_resuming_a_runs_training_moves_its_end(tmp_path: Path) -> None:
-    tracking.setup(f"sqlite:///{tmp_path}/t.db")
-    with tracking.start_run(run_name="trained") as run:
-        pass
-    end = MlflowClient().get_run(run.info.run_id).info.end_time
-    time.sleep(0.05)
+    run, end = _finished_run(tmp_path)
     with tracking.start_run(run_id=run.info.run_id, continue_work=True):
         pass
     assert MlflowClient().get_run(run.info.run_id).info.end_time > end
