@@ -143,7 +143,9 @@ def verdict(none: dict[str, Any], defended: dict[str, Any], attack: str = "pca",
     cost = 100 * (none["natural_top1"] - defended["natural_top1"])
     before, after = 100 * a["top1"], 100 * b["top1"]
     price = (f"at {cost:.1f} points of accuracy (within veil's {budget:g}-point budget)" if cost <= budget
-             else f"at {cost:.1f} points of accuracy, more than veil's {budget:g}-point budget")
+             else f"at {cost:.1f} points of accuracy, more than veil's {budget:g}-point budget "
+                  "(a radius priced on one data set does not carry its price to another: price it on yours "
+                  "with veil calibrate, docs/deploy.md)")
     if cost < 0:
         price = f"and accuracy rose {-cost:.1f} points"
     if after >= before:
@@ -177,6 +179,11 @@ def run(args: argparse.Namespace) -> int:
           f"({'from the cache' if ev.cached else 'trained'}; {time.perf_counter() - t0:.0f}s)", flush=True)
     print(f"\n== 2/3: FR models {' and '.join(plan.rows)} ({plan.budget.epochs} epochs), each attacked with "
           f"{', '.join(plan.attacks.names)}; {args.jobs} at once (logs in {Path(plan.out_dir) / 'logs'})", flush=True)
+    packaged = load_plan(DEMO_PLAN)
+    if (plan.data, plan.budget.epochs) != (packaged.data, packaged.budget.epochs):
+        print(f"note: the recommended radius was priced on the packaged demo's data and {packaged.budget.epochs} "
+              "epochs (docs/results/demo-calibrate); on other data or budgets its accuracy cost may differ: "
+              "veil calibrate prices it on yours", flush=True)
     run_rows(plan, opts, args.jobs)
     records = read_cells(Path(plan.out_dir), plan.rows, plan.seeds)
     write_outputs(records, plan.rows, plan.attacks.names, Path(plan.out_dir))

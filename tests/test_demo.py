@@ -32,6 +32,16 @@ def test_the_verdict_says_so_when_the_defense_made_things_worse() -> None:
     assert "at 8.0 points of accuracy, more than veil's 2-point budget" in line
 
 
+def test_a_verdict_over_budget_points_to_pricing_the_radius_on_the_users_data() -> None:
+    line = demo.verdict(cell(0.967, 0.50), cell(0.867, 0.15))
+    assert line.startswith("Verdict: protected: the pca attack recovered 15% of the identities instead of 50% (70% fewer)")
+    assert "at 10.0 points of accuracy, more than veil's 2-point budget" in line and "veil calibrate" in line
+
+
+def test_a_verdict_within_budget_does_not_ask_for_a_calibration() -> None:
+    assert "veil calibrate" not in demo.verdict(cell(0.90, 0.60), cell(0.89, 0.20))
+
+
 def test_the_verdict_flags_a_fall_in_top1_that_the_pixel_check_does_not_share() -> None:
     line = demo.verdict(cell(0.90, 0.60, nn_pixel=0.3), cell(0.90, 0.40, nn_pixel=0.35, sink=0.5))
     assert "protected partly" in line and "(33% fewer)" in line
