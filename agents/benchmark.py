@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import torch
 from mlflow.exceptions import MlflowException
 from torch import nn
@@ -47,6 +48,7 @@ from .options import (
     row_options_from_argv,
 )
 from .plan import DEFENSE_CHOICES, Plan, Row, calibration_plan, load_plan
+from .registry import BEST, mark_best, policy_file
 from .schedules import load_schedule
 from .tables import METRICS, write_outputs
 from .train_fr import FRJob, PolicyUse, Tracking, data_record, first_difference, train_fr
@@ -344,6 +346,22 @@ def _set_aside_if_partial(ckpt: Path) -> Path | None:
     return aside
 
 
+def headline_metrics(attack: str, summary: dict[str, Any]) -> dict[str, float]:
+    """What an FR run shows of an attack on it, beside its accuracy: top-1 and the two checks that
+    top-1 alone can be fooled by (the pixel-space neighbour's identity, the sink share)."""
+    keys = {"top1": "top1", "nn_pixel": "nn_pixel_acc", "sink_share": "sink_share"}
+    return {f"attack.{attack}.{k}": float(summary[v]) for k, v in keys.items() if summary.get(v) is not None}
+
+
+def row_headline(records: list[dict[str, Any]]) -> dict[str, float]:
+    """A row's numbers as its FR runs carry them, averaged over its seeds."""
+    per_cell = [{"final_test_top1": r["natural_top1"],
+                 **{k: v for a, res in r["attacks"].items() for k, v in headline_metrics(a, res).items()}}
+                for r in records]
+    keys = sorted({k for m in per_cell for k in m})
+    return {k: float(np.mean([m[k] for m in per_cell if k in m])) for k in keys}
+
+
 def run_cell(plan: Plan, opts: RunOptions, defense: str, seed: int, split, ev,
              record: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one target (unless ``record`` says it was trained) and run the attacks it lacks;
@@ -398,7 +416,7 @@ def run_cell(plan: Plan, opts: RunOptions, defense: str, seed: int, split, ev,
                 paths = report.save(out / "reports" / f"{defense}-s{seed}-{attack}")
                 for p in paths.values():
                     tracking.log_file(p, "report")
-            tracking.log_headline(record["fr_run"], {f"attack.{attack}.top1": float(report.summary["top1"])})
+            tracking.log_headline(record["fr_run"], headline_metrics(attack, report.summary))
             record["attacks"][attack] = {**{k: report.summary.get(k) for k in METRICS},
                                          "identity_top1": identity_top1(report.per_identity),
                                          "seconds": sum(report.seconds), "report": str(paths["markdown"]),
@@ -432,11 +450,10 @@ def run_benchmark(plan: Plan, opts: RunOptions) -> list[dict[str, Any]]:
         print(md)
         print(f"results (from {len(records)} cells; nothing run): {out / 'results.md'}")
         return records
-    for d in [d for d in defenses if "policy" in plan.row(d).use]:
-        for s in seeds:
-            path = Path(plan.policy_for_seed(s, d))
-            if not path.is_file():
-                raise FileNotFoundError(f"policy: no file {path}")
+    policies = {(d, s): plan.policy_for_seed(s, d) for d in defenses if "policy" in plan.row(d).use for s in seeds}
+    for spec in sorted(set(policies.values())):
+        if not policy_file(spec).is_file():  # a registered one (models:/NAME@best) is downloaded, or fails here
+            raise FileNotFoundError(f"policy: no file {spec}")
     for d in [d for d in defenses if plan.row(d).schedule]:
         load_schedule(plan.row(d).schedule)  # a missing or malformed schedule fails before any cell runs
     given = {Path(plan.row(d).target_for_seed(s, d)) for d in defenses if plan.row(d).use == "target" for s in seeds}
@@ -502,6 +519,13 @@ def run_benchmark(plan: Plan, opts: RunOptions) -> list[dict[str, Any]]:
                   + ("" if done is None else f": target trained before; attacks {', '.join(missing)}"))
             records.append(run_cell(plan, opts, d, s, split, ev, done))
         md = write_outputs(records, defenses, attacks, out)
+        if len(defenses) == 1:  # a one-row benchmark (each row of veil demo) shows its row's numbers on top
+            mlflow.set_tag("veil.defense", defenses[0])
+            tracking.log_headline(mlflow.active_run().info.run_id, row_headline(records))
+        if policies and "none" in defenses and attacks:
+            for name, version in mark_best(records, policies, attacks[0]).items():
+                print(f"registered policy {name}: @{BEST} is now version {version} (lowest {attacks[0]} top-1 "
+                      "within 2 points of none's accuracy)")
         for f in ["results.md", "results.csv", "privacy_utility.png", *(f"grid-{a}.png" for a in attacks)]:
             if (out / f).is_file():
                 tracking.log_file(out / f, "benchmark")

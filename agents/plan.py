@@ -398,10 +398,13 @@ def _policy_table(value: Any, base: Path, key: str = "policy") -> dict[int, str]
     the table in errors (a target row's ``target`` reads the same way)."""
     if value is None:
         return {}
+    def where(v: str) -> str:  # a registered policy (models:/NAME@ALIAS) is not a path
+        return v if v.startswith("models:/") else str(base / v)
+
     if isinstance(value, str):
-        return {-1: str(base / value)}
+        return {-1: where(value)}
     if isinstance(value, dict) and all(k.isdigit() and isinstance(v, str) for k, v in value.items()):
-        return {int(k): str(base / v) for k, v in value.items()}
+        return {int(k): where(v) for k, v in value.items()}
     raise ValueError(f"{key} must be a file name or a table of SEED = \"FILE\", got {value!r}")
 
 

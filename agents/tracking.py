@@ -50,8 +50,10 @@ _EXPERIMENT: list[str] = []  # the experiment setup() chose last
 RUNS_VIEW = "veil-key-numbers"
 """The saved view of the runs table that ``veil ui`` opens (an experiment tag MLflow's UI reads)."""
 KEY_COLUMNS = (["tags.`veil.kind`", "tags.`veil.defense`", "metrics.`final_test_top1`", "metrics.`final_fr.top1`"]
-               + [f"metrics.`attack.{a}.top1`" for a in ATTACKS] + ["metrics.`fit_seconds`"])
-"""The runs table's columns in that view: what a run is, its natural top-1 and each attack's top-1."""
+               + [f"metrics.`attack.{a}.top1`" for a in ATTACKS]
+               + ["metrics.`attack.pca.nn_pixel`", "metrics.`attack.pca.sink_share`", "metrics.`fit_seconds`"])
+"""The runs table's columns in that view: what a run is, its natural top-1, each attack's top-1,
+and the PCA attack's two checks on top-1 (the pixel-space neighbour's identity, the sink share)."""
 
 
 def runs_view_tags(now_ms: int | None = None) -> dict[str, str]:

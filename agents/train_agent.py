@@ -25,8 +25,9 @@ from veil.recognition import load_faces, split_identities
 from veil.recognition.progress import progress_bar
 
 from . import tracking
-from .export import export_policy, log_policy_model
+from .export import export_policy
 from .options import EPILOG_DATA, add_data_args, add_tracking_args, count, data_configs
+from .registry import log_policy_model, registered_name
 from .rl import (
     ALGOS,
     GAME_FORMAT,
@@ -261,7 +262,8 @@ def train(args: Any) -> Path | None:
                      "grad_norm": float(np.mean(grad)) if grad else 1.0}
         policy_path = export_policy(agent, out_dir / f"{run.info.run_id}-policy.safetensors", env_cfg, fallbacks)
         tracking.log_file(policy_path, "policy")
-        log_policy_model(policy_path)
+        registered = registered_name(str(env_cfg.data.source))
+        version = log_policy_model(policy_path, registered=registered).registered_model_version
         plot = _plot_actions(terms.history, out_dir / f"{run.info.run_id}-actions.png")
         if plot:
             tracking.log_file(plot, "plots")
@@ -269,6 +271,8 @@ def train(args: Any) -> Path | None:
         vec.close()
     print(f"\nFR model of env 0: clean top-1 {final['top1']:.1%} on the private test split")
     print(f"policy: {policy_path}   (veil train-fr --policy {policy_path})")
+    print(f"registered: models:/{registered}/{version} "
+          "(veil benchmark sets @best on the policy that protected most within the budget)")
     print(f"agent checkpoint: {ckpt}\nFR model of the game: {fr_ckpt} (veil attack --model {fr_ckpt}; "
           f"use = \"target\" in a benchmark plan)")
     print(f"MLflow run {run.info.run_id}; look at it with: veil ui")

@@ -48,6 +48,7 @@ from .options import (
     data_configs,
     defense_options,
 )
+from .registry import policy_file
 from .schedules import ScheduleAugmenter, load_schedule
 
 
@@ -362,7 +363,7 @@ def schedule_augment_for(augmenter: ScheduleAugmenter, trainer: Trainer):
 def policy_augment_for(policy: PolicyUse, trainer: Trainer | None, seed: int, planned_steps: int | None = None):
     """A learned policy as the trainer's per-batch augmentation, fed the last step's loss, and the
     ``PolicyAugmenter`` behind it (for what it chose)."""
-    augmenter = PolicyAugmenter.load(policy.path, seed=seed, warmup_steps=policy.warmup, sample=policy.sample)
+    augmenter = PolicyAugmenter.load(policy_file(policy.path), seed=seed, warmup_steps=policy.warmup, sample=policy.sample)
     print(f"policy: {policy.path} ({'sampled' if policy.sample else 'mean action'}); clean warm-up for the first "
           f"{augmenter.warmup_steps} batches ({augmenter.warmup_source})")
     warning = augmenter.budget_warning(planned_steps) if planned_steps else None

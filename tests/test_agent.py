@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-
 import math
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from veil.agents import tracking
 from veil.agents.cli import main
 from veil.agents.export import PolicyAugmenter, export_policy
+from veil.agents.registry import version_of
 from veil.env import OBS_DIM, EnvConfig, FaceAugmentEnv
 from veil.env.actions import ACTION_DIM
 from veil.recognition import DataConfig, load_faces, one_hot, split_identities
@@ -192,12 +192,12 @@ def test_the_logged_policy_model_loads_with_its_own_veil_code_where_veil_is_not_
     import subprocess
     import sys
 
-    from veil.agents.export import log_policy_model
+    from veil.agents.registry import log_policy_model
 
     monkeypatch.chdir(tmp_path)
     tracking.setup(f"sqlite:///{tmp_path / 'mlflow.db'}")
     with mlflow.start_run():
-        uri = log_policy_model(COMMITTED_POLICY)
+        uri = log_policy_model(COMMITTED_POLICY).model_uri
     local = Path(mlflow.artifacts.download_artifacts(uri))
     assert not list(local.rglob("__pycache__"))
     obs = np.random.default_rng(0).uniform(-1, 1, (2, OBS_DIM)).astype(np.float32)
@@ -395,6 +395,7 @@ def test_train_agent_logs_sb3_metrics_env_terms_policy_and_plot(tmp_path: Path,
     policy = next((tmp_path / "checkpoints").glob("*-policy.safetensors"))
     obs = np.zeros((3, OBS_DIM), dtype=np.float32)
     assert np.allclose(served.predict(obs), PolicyAugmenter.load(policy).act(torch.from_numpy(obs)).numpy())
+    assert version_of(policy) == ("veil-policy-synthetic", "1")  # the export is the game's first version
     capsys.readouterr()
     assert main(["train-fr", "--data", "synthetic", *AGENT_TINY[:6], "--batch-size", "16", "--epochs", "2",
                  "--policy", str(policy)]) == 0

@@ -188,3 +188,17 @@ def test_a_benchmark_cells_attack_run_spans_the_attack_and_its_top1_reaches_the_
     cell_run = store.runs[next(n for n, r in store.runs.items()
                                if r.info.run_id == child.data.tags["mlflow.parentRunId"])]
     assert cell_run.data.metrics["attack.pca.top1"] == pytest.approx(child.data.metrics["attack.top1"])
+    assert cell_run.data.metrics["attack.pca.nn_pixel"] == pytest.approx(child.data.metrics["attack.nn_pixel_acc"])
+    assert cell_run.data.metrics["attack.pca.sink_share"] == pytest.approx(child.data.metrics["attack.sink_share"])
+
+
+def test_a_one_row_benchmark_run_shows_its_rows_mean_numbers_and_defense(tmp_path: Path) -> None:
+    """veil demo runs each row as a one-row benchmark: the UI's collapsed table shows its numbers."""
+    assert main(["benchmark", *TINY, "--defenses", "re", "--seeds", "0,1", "--attacks", "pca", "--epochs", "1",
+                 "--batch-size", "16", "--steps", "10", "--restarts", "1", "--attack-seeds", "1",
+                 "--eval-epochs", "1", "--out-dir", str(tmp_path / "bench"), "--run-name", "row"]) == 0
+    runs = _store(tracking.default_tracking_uri()).runs
+    top, cells = runs["row"], [runs["re-s0"], runs["re-s1"]]
+    assert top.data.tags["veil.defense"] == "re"
+    for key in ("final_test_top1", "attack.pca.top1", "attack.pca.nn_pixel"):
+        assert top.data.metrics[key] == pytest.approx(sum(c.data.metrics[key] for c in cells) / 2), key
