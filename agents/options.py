@@ -125,9 +125,20 @@ def data_configs(args: argparse.Namespace, base: tuple[DataConfig, SplitConfig] 
     return replace(data, **changes["data"]), replace(split, **changes["split"])
 
 
+def tracking_uri(text: str) -> str:
+    """``--tracking-uri``, refused at once if it names a folder: MLflow 3 keeps its file store
+    read-only (maintenance mode), which otherwise fails only once the work is done."""
+    scheme = text.split(":", 1)[0] if "://" in text else ""
+    if scheme in ("", "file"):
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder store, which MLflow 3 no longer writes to; give a "
+                                         "database, e.g. sqlite:///mlruns/mlflow.db (mlflow migrate-filestore "
+                                         "converts an old folder)")
+    return text
+
+
 def add_tracking_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tracking")
-    g.add_argument("--tracking-uri", default=None,
+    g.add_argument("--tracking-uri", default=None, type=tracking_uri,
                    help="MLflow tracking URI (default: $VEIL_TRACKING_URI or sqlite:///./mlruns/mlflow.db)")
     g.add_argument("--experiment", default="veil", help="MLflow experiment name (default: veil)")
     g.add_argument("--run-name", default=None, help="MLflow run name (default: derived from model and data)")
