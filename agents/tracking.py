@@ -87,7 +87,8 @@ def log_headline(run_id: str, metrics: dict[str, float]) -> None:
     """Copy headline numbers (an attack's top-1 as ``attack.<name>.top1``) to a top-level run that
     may be finished (its status and times are not touched), so the runs table shows them."""
     ts = int(time.time() * 1000)
-    items = [Metric(k, float(v), ts, 0) for k, v in metrics.items() if math.isfinite(v)]
+    # 6 decimals: a float32 fraction shows as 0.15, not 0.15000000596 (the runs table cuts it off)
+    items = [Metric(k, round(float(v), 6), ts, 0) for k, v in metrics.items() if math.isfinite(v)]
     if items:
         MlflowClient().log_batch(run_id, metrics=items)
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from veil.agents import demo
 from veil.agents.cli import main
@@ -133,3 +134,41 @@ def _claims(none: dict, rec: dict) -> list[str]:
                   f"({100 * (b['top1'] - a['top1']):+.1f}, {1 - b['top1'] / a['top1']:.0%} fewer)",
                   f"pixel-space neighbour {100 * a['nn_pixel_acc']:.0f}% -> {100 * b['nn_pixel_acc']:.0f}%",
                   f"sink share {100 * a['sink_share']:.0f}% -> {100 * b['sink_share']:.0f}%"))
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_the_judge_trains_on_the_same_threads_whatever_jobs_says(jobs: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Float sums differ with the thread count: a judge trained on one thread scored the same FR
+    models differently (RESULTS, the demo), so --jobs must not change it."""
+    seen: list[int] = []
+
+    def judge(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        raise KeyboardInterrupt  # stop before anything trains
+
+    monkeypatch.setattr(demo, "train_eval_model", judge)
+    monkeypatch.setattr(demo, "load_faces", lambda *a, **k: None)
+    monkeypatch.setattr(demo, "split_identities", lambda *a, **k: None)
+    with pytest.raises(KeyboardInterrupt):
+        main(["demo", "--jobs", jobs, "--out-dir", str(tmp_path / "demo")])
+    assert seen == [demo.EVAL_THREADS] == [2]
+
+
+def test_the_one_thread_judge_in_results_is_its_committed_cells() -> None:
+    """docs/RESULTS.md, "The judge moves the demo": the same FR models as the timed run, another
+    judge, and the figures it gave."""
+    timed, other = (ROOT / "docs" / "results" / "demo-run" / "cells", ROOT / "docs" / "results" / "demo-run" /
+                    "judge-1-thread")
+    a, b = ({r: json.loads((d / f"{r}-s0.json").read_text()) for r in ("none", "recommended")} for d in (timed, other))
+    for r in ("none", "recommended"):
+        assert a[r]["natural_top1"] == b[r]["natural_top1"]
+        assert a[r]["attacks"]["pca"]["evaluator"] != b[r]["attacks"]["pca"]["evaluator"]
+        assert a[r]["attacks"]["pca"]["nn_pixel_acc"] == b[r]["attacks"]["pca"]["nn_pixel_acc"]
+    results = " ".join((ROOT / "docs" / "RESULTS.md").read_text().split())
+    section = results[results.index("**The judge moves the demo"):results.index("**The demo on other faces**")]
+    n, d = (100 * b[r]["attacks"]["pca"]["top1"] for r in ("none", "recommended"))
+    na, da = (100 * a[r]["attacks"]["pca"]["top1"] for r in ("none", "recommended"))
+    assert f"PCA top-1 {n:.1f}% -> {d:.1f}% ({1 - d / n:.0%} fewer) instead of {na:.1f}% -> {da:.1f}%" in section
+    px = [100 * b[r]["attacks"]["pca"]["nn_pixel_acc"] for r in ("none", "recommended")]
+    assert f"stayed {px[0]:.0f}% -> {px[1]:.0f}%" in section
