@@ -400,6 +400,7 @@ def run_cell(plan: Plan, opts: RunOptions, defense: str, seed: int, split, ev,
     settings = attack_settings(plan.attacks)
     record["fr_run"] = _run_in_this_store(record["fr_run"], f"{defense}-s{seed}")
     with tracking.start_run(run_id=record["fr_run"], nested=True):
+        mlflow.set_tag("veil.row", defense)  # the plan's row; veil.defense names what train-fr applied
         for attack in missing:
             t1 = time.perf_counter()
             # the attack's run is open while it works, so its duration in the UI is the attack's
@@ -520,7 +521,7 @@ def run_benchmark(plan: Plan, opts: RunOptions) -> list[dict[str, Any]]:
             records.append(run_cell(plan, opts, d, s, split, ev, done))
         md = write_outputs(records, defenses, attacks, out)
         if len(defenses) == 1:  # a one-row benchmark (each row of veil demo) shows its row's numbers on top
-            mlflow.set_tag("veil.defense", defenses[0])
+            mlflow.set_tags({"veil.row": defenses[0], "veil.defense": defenses[0]})
             tracking.log_headline(mlflow.active_run().info.run_id, row_headline(records))
         if policies and "none" in defenses and attacks:
             for name, version in mark_best(records, policies, attacks[0]).items():

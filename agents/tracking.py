@@ -49,7 +49,7 @@ _EXPERIMENT: list[str] = []  # the experiment setup() chose last
 
 RUNS_VIEW = "veil-key-numbers"
 """The saved view of the runs table that ``veil ui`` opens (an experiment tag MLflow's UI reads)."""
-KEY_COLUMNS = (["tags.`veil.kind`", "tags.`veil.defense`", "metrics.`final_test_top1`", "metrics.`final_fr.top1`"]
+KEY_COLUMNS = (["tags.`veil.kind`", "tags.`veil.row`", "tags.`veil.defense`", "metrics.`final_test_top1`", "metrics.`final_fr.top1`"]
                + [f"metrics.`attack.{a}.top1`" for a in ATTACKS]
                + ["metrics.`attack.pca.nn_pixel`", "metrics.`attack.pca.sink_share`", "metrics.`fit_seconds`"])
 """The runs table's columns in that view: what a run is, its natural top-1, each attack's top-1,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
+from contextlib import redirect_stdout
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 
 from veil.agents import demo
 from veil.agents.cli import main
@@ -65,22 +69,58 @@ def test_the_demo_defends_with_the_radius_its_calibration_picked() -> None:
     assert plan.defenses["recommended"].options["mix_radius"] == [picked["chosen"]]
 
 
-def test_a_tiny_demo_ends_with_a_verdict_and_its_plot_and_grid(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(demo, "HEARTBEAT", 1.0)
-    tiny = demo.DEMO_PLAN.read_text().replace("synthetic_identities = 40", "synthetic_identities = 8").replace(
-        "synthetic_images = 30", "synthetic_images = 8\nimage_size = 32").replace("n_private = 20", "n_private = 4")
-    tiny = tiny.replace("identities = 20", "identities = 4\nsteps = 10")
-    (tmp_path / "tiny.toml").write_text(tiny)
-    out = tmp_path / "demo"
-    assert main(["demo", "--config", str(tmp_path / "tiny.toml"), "--epochs", "1", "--eval-epochs", "1",
-                 "--out-dir", str(out)]) == 0
-    text = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A finished tiny demo: its output folder and what it printed (its MLflow store in ``mlruns/``)."""
+    root = tmp_path_factory.mktemp("demo")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("VEIL_CACHE_DIR", str(root / "cache"))
+        mp.setenv("VEIL_MLRUNS", str(root / "mlruns"))
+        mp.delenv("VEIL_TRACKING_URI", raising=False)
+        mp.setattr(demo, "HEARTBEAT", 1.0)
+        tiny = demo.DEMO_PLAN.read_text().replace("synthetic_identities = 40", "synthetic_identities = 8").replace(
+            "synthetic_images = 30", "synthetic_images = 8\nimage_size = 32").replace("n_private = 20", "n_private = 4")
+        tiny = tiny.replace("identities = 20", "identities = 4\nsteps = 10")
+        (root / "tiny.toml").write_text(tiny)
+        out = root / "demo"
+        buf = io.StringIO()
+        with redirect_stdout(buf):
+            assert main(["demo", "--config", str(root / "tiny.toml"), "--epochs", "1", "--eval-epochs", "1",
+                         "--out-dir", str(out)]) == 0
+        yield out, buf.getvalue()
+
+
+def test_a_tiny_demo_ends_with_a_verdict_and_its_plot_and_grid(tiny_demo: tuple[Path, str]) -> None:
+    out, text = tiny_demo
     assert "| undefended |" in text and "| recommended |" in text and "\nVerdict: " in text
     assert "s elapsed; none: " in text  # progress lines while the rows train, terminal or not
     assert (out / "privacy_utility.png").is_file() and (out / "grid-pca.png").is_file()
     cells = {p.stem for p in (out / "cells").glob("*.json")}
     assert cells == {"none-s0", "recommended-s0"}
+
+
+def test_a_tiny_demos_store_shows_privacy_beside_accuracy_on_every_run_that_trained(
+        tiny_demo: tuple[Path, str]) -> None:
+    """The runs table, collapsed or not: each row's run and its FR run carry natural top-1 and the
+    attack's top-1 with its two checks, and name their row (``veil.row``; ``veil.defense`` of the
+    FR run names what train-fr applied, e.g. ``re,mixup``); the experiment opens on runs."""
+    out, _ = tiny_demo
+    mlflow.set_tracking_uri(f"sqlite:///{out.parent / 'mlruns' / 'mlflow.db'}")
+    exp = mlflow.get_experiment_by_name("veil")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = {r.info.run_name: r for r in MlflowClient().search_runs([exp.experiment_id])}
+    for row in ("none", "recommended"):
+        cell = json.loads((out / "cells" / f"{row}-s0.json").read_text())
+        pca = cell["attacks"]["pca"]
+        expected = {"final_test_top1": cell["natural_top1"], "attack.pca.top1": pca["top1"],
+                    "attack.pca.nn_pixel": pca["nn_pixel_acc"], "attack.pca.sink_share": pca["sink_share"]}
+        for name in (f"demo-{row}", f"{row}-s0"):
+            run = runs[name]
+            assert run.data.tags["veil.row"] == row, name
+            for key, value in expected.items():
+                assert run.data.metrics[key] == pytest.approx(value, abs=1e-6), (name, key)
+    assert runs["recommended-s0"].data.tags["veil.defense"] == "re,mixup"  # hybrid: mixup, then erasing
 
 
 def test_the_demo_calibration_figures_in_results_come_from_its_cells() -> None:
