@@ -9,6 +9,13 @@ authors do. All classes and restarts are one batch; each row's loss depends only
 latent, and Adam's per-coordinate scaling keeps the rows independent of the batch size (the
 paper uses SGD with momentum on a batch mean). ``lomma`` swaps in LOMMA's logit loss and
 surrogate models (``veil.attacks.lomma``).
+
+Departures from the authors' code (each with its source line in ``docs/attacks-peer-check.md``):
+Adam instead of SGD with momentum 0.9; 300 steps by default instead of 1500; the first latents
+are clipped too; a DCGAN prior about 1/4 as wide, trained with Adam 1e-3, betas (0.5, 0.9), 2
+critic updates per generator update and the penalty every 2nd one, for hundreds instead of tens
+of thousands of generator updates. Restarts are judged one by one (the KEDMI/PLG-MI protocol), not
+by GMI's best-of-5 by target confidence.
 """
 
 from __future__ import annotations

@@ -15,6 +15,14 @@ Two changes over GMI:
   ``L_prior + lambda * L_id`` with ``L_prior = softplus(lse) - lse = -log P(real)`` (``lse`` the
   logsumexp of ``D``'s outputs) and ``L_id`` the target's cross-entropy; the reconstructions are
   samples of the learned distribution.
+
+Departures from the authors' code (each with its source line in ``docs/attacks-peer-check.md``):
+no minibatch discrimination in the discriminator, and DCGAN networks about 1/4 as wide; one
+discriminator update per generator update instead of 5, Adam 1e-3 and betas (0.5, 0.9) instead of
+2e-4 and (0.5, 0.999), hundreds instead of tens of thousands of updates; one real batch for the
+labelled and the unlabelled term instead of two; the latent Gaussians start at
+``log sigma^2 = 0`` where the authors start at 1; 4 samples per class and step instead of 1; 300
+inversion steps instead of 1500-2400.
 """
 
 from __future__ import annotations
@@ -27,8 +35,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cache import cache_key, model_fingerprint, tensor_fingerprint
-from .gan import (Discriminator, GANBundle, GANConfig, GANRecipe, Generator, check_images, frozen, latents,
-                  sample_batch, to_unit, train_recipe)
+from .gan import (
+    Discriminator,
+    GANBundle,
+    GANConfig,
+    GANRecipe,
+    Generator,
+    check_images,
+    frozen,
+    latents,
+    sample_batch,
+    to_unit,
+    train_recipe,
+)
 from .gmi import lomma_kit
 from .lomma import IDENTITY_LOSSES, LOMMAConfig, identity_loss
 
@@ -110,7 +129,8 @@ class KEDMIConfig:
         lambda_id: weight of the identity loss (>= 0; the authors' 100).
         samples_per_step: reparameterized samples per class per step (>= 1).
         seeds: reconstructions sampled from each learned distribution at the end (>= 1).
-        init_log_var: initial ``log sigma^2`` of every distribution (0: the GAN's own prior).
+        init_log_var: initial ``log sigma^2`` of every distribution (0: the GAN's own prior; the
+            authors' code starts at 1).
         identity_loss: ``ce`` (the paper), ``max_margin`` or ``logit`` (ignored with ``lomma``).
         lomma: LOMMA's logit loss and model augmentation (``None``: off).
     """

@@ -12,6 +12,15 @@ AAAI 2023).
    max-margin loss ``-logit_y + max_{k != y} logit_k`` of two augmented views of ``G(z, y)`` falls
    (random resized crop, brightness/contrast jitter, flip, small rotation; batched affine warps
    here instead of kornia). No discriminator term: the conditional generator is the prior.
+
+Departures from the authors' code (each with its source line in ``docs/attacks-peer-check.md``):
+DCGAN-sized networks (a conditional-BatchNorm DCGAN generator and a strided-conv projection
+discriminator, width 16) instead of the authors' SNGAN ResNets (width 64); Adam 1e-3 and betas
+(0.5, 0.9) instead of 2e-4 and (0.0, 0.9), 2 discriminator updates per generator update instead of
+5, hundreds instead of 30,000 generator updates; a 100-d latent instead of 128; colour jitter on
+every sample in GAN training too (the authors: half of them); 300 inversion steps instead of 600.
+``top_n = 30`` is the authors' value for 1000 classes and tens of thousands of public images; with
+few public images per class the pseudo-labelled sets overlap.
 """
 
 from __future__ import annotations
@@ -25,8 +34,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cache import cache_key, model_fingerprint, tensor_fingerprint
-from .gan import (Discriminator, GANBundle, GANConfig, GANRecipe, Generator, check_images, frozen, latents,
-                  sample_batch, to_unit, train_recipe)
+from .gan import (
+    Discriminator,
+    GANBundle,
+    GANConfig,
+    GANRecipe,
+    Generator,
+    check_images,
+    frozen,
+    latents,
+    sample_batch,
+    to_unit,
+    train_recipe,
+)
 from .gmi import lomma_kit
 from .lomma import IDENTITY_LOSSES, LOMMAConfig, identity_loss, max_margin_loss
 
