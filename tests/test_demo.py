@@ -163,6 +163,10 @@ def test_the_demo_on_att_in_results_is_its_committed_cells() -> None:
     said = demo.verdict(none, rec)
     assert f"at {100 * (none['natural_top1'] - rec['natural_top1']):.1f} points of accuracy" in section
     assert "more than veil's 2-point budget" in said and "veil calibrate" in said
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    a, b = (100 * c["attacks"]["pca"]["top1"] for c in (none, rec))
+    assert f"(PCA {a:.0f}% -> {b:.0f}%) but costs {100 * (none['natural_top1'] - rec['natural_top1']):.0f} points" \
+        in readme
 
 
 def _claims(none: dict, rec: dict) -> list[str]:
