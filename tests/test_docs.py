@@ -19,7 +19,7 @@ from veil.agents.calibrate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ("pca", "gmi", "kedmi", "plgmi")
-DOCS = ("README.md", "CHANGELOG.md", "docs/RESULTS.md", "docs/deploy.md", "docs/reference.md")
+DOCS = ("README.md", "CHANGELOG.md", "docs/RESULTS.md", "docs/deploy.md", "docs/reference.md", "docs/attacks-peer-check.md")
 
 
 @functools.lru_cache(maxsize=None)
