@@ -24,7 +24,6 @@ from veil.attacks.evaluation import EvalModel, EvalModelConfig, build_eval_model
 from veil.attacks.harness import ATTACKS, HarnessConfig, run_attack, target_accuracy
 from veil.attacks.report import AttackReport
 from veil.attacks.settings import AttackSettings
-from veil.defenses.baselines import MIDConfig, MIDModel
 from veil.recognition import (
     DataConfig,
     SplitConfig,
@@ -35,7 +34,7 @@ from veil.recognition import (
 )
 
 from . import tracking
-from .fr_defenses import embedding_dim
+from .fr_defenses import embedding_dim, wrap_recorded
 from .options import add_data_args, add_tracking_args, count, data_configs
 
 
@@ -115,10 +114,8 @@ def model_from_checkpoint(path: Path) -> tuple[nn.Module, str | None]:
     model = build_model(cfg)
     weights = {k.removeprefix("_module."): v for k, v in state["model"].items()}
     defense = extra.get("defense", {})
-    if "mid" in str(defense.get("names", "")).split(","):
-        names = {f.name for f in fields(MIDConfig)}
-        mid = MIDConfig(**{k: v for k, v in defense.get("mid", {}).items() if k in names})
-        model = MIDModel(model, embedding_dim(model, cfg.in_channels, cfg.image_size), cfg.num_classes, mid.bottleneck)
+    if {"mid", "loft"} & set(str(defense.get("names", "")).split(",")):  # a wrapped head
+        model = wrap_recorded(model, defense, embedding_dim(model, cfg.in_channels, cfg.image_size), cfg.num_classes)
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:

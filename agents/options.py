@@ -16,8 +16,10 @@ from typing import Any
 from veil.defenses.baselines import BiDOConfig, MIDConfig, NegLSConfig
 from veil.defenses.dp import DPConfig
 from veil.defenses.erasing import EraseConfig
+from veil.defenses.loft import ACTIVATIONS, LoFtConfig
 from veil.defenses.mixup import MixConfig, band_for
 from veil.defenses.tldmi import TLDMIConfig
+from veil.defenses.trapmid import TrapMIDConfig
 from veil.recognition import DataConfig, SplitConfig, TrainerConfig
 
 from .fr_defenses import DefenseOptions, parse_defenses
@@ -146,10 +148,10 @@ def add_tracking_args(p: argparse.ArgumentParser) -> None:
 
 def add_defense_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """The defense options of ``veil train-fr``; a benchmark plan's named defenses set the same ones."""
-    e, m = EraseConfig, MixConfig
+    e, m, t = EraseConfig, MixConfig, TrapMIDConfig
     g = p.add_argument_group("defenses (see docs/reference.md: Defenses)") if isinstance(p, argparse.ArgumentParser) \
         else p
-    g.add_argument("--defense", default="none", metavar="{none,re,mixup,hybrid,tldmi,negls,mid,bido,dp}",
+    g.add_argument("--defense", default="none", metavar="{none,re,mixup,hybrid,tldmi,negls,mid,bido,dp,trapmid,loft}",
                    help="defense(s) to train with, comma-separated, e.g. re,tldmi; hybrid = mixup then re "
                         "(default: none)")
     g.add_argument("--re-p", type=float, default=e.p, help=f"re: probability a sample is erased (default: {e.p})")
@@ -196,6 +198,22 @@ def add_defense_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
     g.add_argument("--tl-pretrain-epochs", type=int, default=TLDMIConfig.pretrain_epochs,
                    help=f"tldmi: epochs of pre-training on the public identities (default: "
                         f"{TLDMIConfig.pretrain_epochs})")
+    g.add_argument("--trapmid-alpha", type=float, default=t.alpha,
+                   help=f"trapmid: blend weight of a trigger, (1-a) x + a t (default: {t.alpha})")
+    g.add_argument("--trapmid-beta", type=float, default=t.beta,
+                   help=f"trapmid: weight of the trapdoor loss, (1-b) CE(clean) + b CE(triggered) (default: {t.beta})")
+    g.add_argument("--trapmid-step", type=float, default=t.step_size,
+                   help=f"trapmid: signed-gradient step of the triggers per batch; 0 keeps them random "
+                        f"(default: {t.step_size})")
+    g.add_argument("--trapmid-no-discriminator", action="store_true",
+                   help="trapmid: drop the naturalness term (the discriminator between clean and triggered images)")
+    g.add_argument("--trapmid-no-augment", action="store_true",
+                   help="trapmid: drop the reference's crop/flip/rotation augmentation of both branches")
+    g.add_argument("--loft-rank", type=int, default=LoFtConfig.rank,
+                   help=f"loft: rank r of the neck the classifier's features are filtered to (default: "
+                        f"{LoFtConfig.rank})")
+    g.add_argument("--loft-activation", choices=tuple(ACTIVATIONS), default=LoFtConfig.activation,
+                   help=f"loft: activation after the rank-r projection (default: {LoFtConfig.activation})")
 
 
 def add_policy_use_args(g: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -235,6 +253,9 @@ def defense_options(args: argparse.Namespace, seed: int) -> DefenseOptions:
         bido=BiDOConfig(*args.bido_lambda), tldmi=TLDMIConfig(freeze=freeze, pretrain_epochs=args.tl_pretrain_epochs),
         dp=DPConfig(epsilon=args.dp_epsilon or None, delta=args.dp_delta, max_grad_norm=args.dp_clip,
                     noise_multiplier=args.dp_noise),
+        trapmid=TrapMIDConfig(alpha=args.trapmid_alpha, beta=args.trapmid_beta, step_size=args.trapmid_step,
+                              discriminator=not args.trapmid_no_discriminator, augment=not args.trapmid_no_augment),
+        loft=LoFtConfig(rank=args.loft_rank, activation=args.loft_activation),
         seed=seed)
 
 

@@ -44,9 +44,9 @@ from veil.recognition import DataConfig, SplitConfig
 from .fr_defenses import DEFENSES
 from .options import FRBudget, data_configs, row_options_from_argv, row_options_typed
 
-DEFENSE_CHOICES = ("none", "re", "mixup", "hybrid", "tldmi", "negls", "mid", "bido", "dp", "policy", "policy+tldmi",
-                   "policy+negls", "policy-sampled", "policy-sampled+tldmi", "policy-sampled+negls", "schedule",
-                   "schedule+tldmi", "schedule+negls", "target")
+DEFENSE_CHOICES = ("none", "re", "mixup", "hybrid", "tldmi", "negls", "mid", "bido", "dp", "trapmid", "loft", "policy",
+                   "policy+tldmi", "policy+negls", "policy-sampled", "policy-sampled+tldmi", "policy-sampled+negls",
+                   "schedule", "schedule+tldmi", "schedule+negls", "target")
 DEFAULT_DEFENSES = ("none", "re", "mixup", "hybrid", "tldmi", "negls", "mid", "bido", "dp")
 ROW_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 CURVE_NAME = re.compile(r"^none-e(\d+)$")

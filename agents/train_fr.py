@@ -229,6 +229,7 @@ def train_fr(job: FRJob) -> str:
     model = fr_defenses.wrap_model(model, defense, fr_defenses.embedding_dim(model, channels, size), split.num_private)
     trainer = Trainer(model, train_cfg, num_classes=split.num_private)
     trainer.regularizers = fr_defenses.regularizers(defense)
+    trap = fr_defenses.attach_trapmid(trainer, defense, model_cfg)
     augment = fr_defenses.make_augment(defense)
     augmenter = None  # the learned policy, when there is one (what it chose is logged per epoch)
     if job.policy:
@@ -245,6 +246,9 @@ def train_fr(job: FRJob) -> str:
         augmenter = ScheduleAugmenter.load(job.augment_schedule, seed=seed + SCHEDULE_SEED_OFFSET)
         augment = fr_defenses.with_label_defenses(schedule_augment_for(augmenter, trainer), defense)
         print(f"augment schedule: {job.augment_schedule} ({len(augmenter.schedule.phases)} phase(s))")
+    if trap is not None and job.resume:
+        raise ValueError("--resume is not supported with the trapmid defense: its triggers and discriminator are not "
+                         "in the checkpoint")
     ledger = None
     if "dp" in defense.names:
         if job.resume:
@@ -314,6 +318,8 @@ def train_fr(job: FRJob) -> str:
         def on_epoch_end(metrics: dict[str, float]) -> None:
             if ledger is not None:
                 metrics["dp_epsilon"] = ledger.epsilon()
+            if trap is not None:  # triggered test images classified as their trigger's class
+                metrics["trapmid_trigger_top1"] = trap.trigger_accuracy(split.test_images)
             if augmenter is not None:  # what the policy chose this epoch, as the agent's action.* metrics
                 acted = augmenter.take_param_means()
                 policy_epochs.append(acted)

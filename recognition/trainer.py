@@ -23,6 +23,9 @@ Augment = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tenso
 """A batch transform ``(images in [0,1], soft targets) -> (images, soft targets)``."""
 Regularizer = Callable[[dict[str, Any], torch.Tensor, torch.Tensor], torch.Tensor]
 """An extra loss term ``(model outputs, images, soft targets) -> scalar`` (MID, BiDO hook)."""
+BeforeStep = Callable[[torch.Tensor, torch.Tensor], None]
+"""Called by ``step`` with the batch ``(images, soft targets)`` on the device before the model's
+forward pass: for defenses whose own state follows the model batch by batch (Trap-MID's triggers)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,17 @@ def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor) -> torc
     return -(soft_targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
+def make_optimizer(model: nn.Module, config: TrainerConfig) -> torch.optim.Optimizer:
+    """The optimizer ``config`` names over ``model``'s trainable parameters (also for a defense's
+    auxiliary network trained with the target's settings, e.g. Trap-MID's discriminator)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
 class Trainer:
     """Trains ``model`` (any ``veil.recognition.models`` backbone) on soft targets.
 
@@ -107,18 +121,13 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.regularizers: list[Regularizer] = []
+        self.before_step: list[BeforeStep] = []
         self.last_stats: StepStats | None = None  # what the last step() saw (a policy augmenter reads it)
 
     # ------------------------------------------------------------------ optimization
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        c = self.config
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if c.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=c.lr, momentum=0.9, nesterov=True, weight_decay=c.weight_decay)
-        if c.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-        return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+        return make_optimizer(self.model, self.config)
 
     def lr_at(self, step: int) -> float:
         """The scheduled learning rate at ``step``."""
@@ -151,9 +160,12 @@ class Trainer:
         return loss
 
     def step(self, images: torch.Tensor, soft_targets: torch.Tensor) -> StepStats:
-        """One optimizer step on a batch of float images in [0, 1] with soft targets."""
+        """One optimizer step on a batch of float images in [0, 1] with soft targets (after the
+        ``before_step`` hooks)."""
         self._check_batch(images, soft_targets)
         images, soft_targets = images.to(self.device), soft_targets.to(self.device)
+        for hook in self.before_step:
+            hook(images, soft_targets)
         self.model.train()
         lr = self.lr_at(self.global_step)
         for group in self.optimizer.param_groups:
