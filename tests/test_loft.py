@@ -117,3 +117,17 @@ def test_a_plan_row_joins_loft_with_the_augmentation_defenses(tmp_path: Path) ->
     job = benchmark.cell_job(plan, "lofthy", 0, benchmark.Tracking())
     assert job.defense.names == ("loft", "re", "mixup") and job.defense.loft == LoFtConfig(rank=8)
     assert benchmark.cell_job(plan, "loft", 0, benchmark.Tracking()).defense.loft == LoFtConfig()
+
+
+def test_an_attack_rebuilds_a_mid_target_as_before_through_the_same_path(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from veil.defenses.baselines import MIDModel
+
+    cfg = ModelConfig(num_classes=4, width=8, embedding_dim=16, image_size=32)
+    opts = DefenseOptions(names=("mid",))
+    trainer = Trainer(wrap_model(build_model(cfg), opts, 16, 4), TrainerConfig(), num_classes=4)
+    trainer.save_checkpoint(tmp_path / "mid.pt", {"model_config": asdict(cfg), "defense": opts.params()})
+    model, _ = model_from_checkpoint(tmp_path / "mid.pt")
+    x = torch.rand(2, 3, 32, 32)
+    assert isinstance(model, MIDModel) and torch.equal(model(x)["logits"], trainer.model.eval()(x)["logits"])
