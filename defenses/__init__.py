@@ -10,7 +10,9 @@ small parameter dataclass, sampled apart from applied so a step can be replayed:
 - ``params``: ``AugmentParams``, every parameter of that augmentation with its range (an agent's
   action maps onto it in ``veil.env.actions``);
 - ``tldmi``, ``baselines``, ``dp``: TL-DMI and the field's baselines (negative label smoothing,
-  MID, BiDO, DP-SGD).
+  MID, BiDO, DP-SGD);
+- ``trapmid``: Trap-MID, trapdoor triggers that inversion attacks find instead of faces;
+- ``loft``: LoFt, a rank-r neck that filters the features the classifier reads.
 """
 
 from .erasing import EraseConfig, EraseRecord, apply_erasing, random_erasing, sample_erasing
