@@ -86,6 +86,8 @@ class LogProgress(std_tqdm):
         return f"{self.desc or 'progress'}: {done}, {duration(elapsed)} elapsed, ETA {eta}{post}"
 
     def _print_line(self) -> None:
+        if getattr(self._out, "closed", False):  # a bar collected after its stream (a finished log file) closed
+            return
         self._out.write(self.line() + "\n")
         self._out.flush()
         self._printed_n, self._printed_t = self.n, self._time()

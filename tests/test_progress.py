@@ -66,6 +66,15 @@ def test_a_stage_shorter_than_the_interval_still_logs_its_last_line(clock: Clock
     assert out.getvalue() == "attack pca: 4/4 seed (100%), 4s elapsed, ETA 0s\n"
 
 
+def test_a_bar_closed_after_its_log_file_closed_writes_nothing_and_raises_nothing(clock: Clock) -> None:
+    out = io.StringIO()
+    bar = progress_bar(total=4, desc="attack pca", unit="seed", file=out, interval=30)
+    bar.update(1)
+    out.close()  # the log file a finished run wrote to, closed before the bar is collected
+    bar.close()
+    assert out.closed
+
+
 def test_a_resumed_stage_estimates_from_its_own_steps_not_the_earlier_ones(clock: Clock) -> None:
     out = io.StringIO()
     bar = progress_bar(total=100, initial=50, desc="train-agent", unit="step", file=out, interval=0)
