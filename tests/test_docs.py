@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from veil.agents.tables import summarize, target_verdict
+from veil.agents import race
+from veil.agents.benchmark import read_cells
 from veil.agents.calibrate import evaluate
+from veil.agents.plan import load_plan
+from veil.agents.tables import summarize, target_verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ("pca", "gmi", "kedmi", "plgmi")
@@ -122,6 +125,24 @@ def _cfp_claims() -> dict[str, str]:
             "plgmi": "{:.0f}% and {:.0f}%".format(*(100 * rows[d, "plgmi"]["relative_drop"] for d in ("edge", "c125")))}
 
 
+def _syn_find_claims() -> dict[str, str]:
+    """The README's sentence on finding the constant, from docs/results/syn-find-30ep's cells: the
+    learner's FR runs, the grid's, and its pick's paired PCA top-1 and accuracy against C1's."""
+    folder = ROOT / "docs" / "results" / "syn-find-30ep"
+    plan = load_plan(folder / "plan.toml")
+    sel = race.selection(plan)
+    tp = race.test_plan(plan, {k: v["pick"] for k, v in sel.items() if v["complete"]})
+    recs = read_cells(Path(tp.out_dir), set(tp.rows), set(plan.race.test_seeds))
+    c1, t1 = sel["c1"]["pick"].name, sel["t1-pbt"]["pick"].name
+    pca, pca_ci, _ = race.paired(recs, t1, c1, race._metric("pca", "top1"))
+    gmi, gmi_ci, _ = race.paired(recs, t1, c1, race._metric("gmi", "top1"))
+    acc, acc_ci, _ = race.paired(recs, t1, c1, lambda x: 100 * x["natural_top1"])
+    assert pca + pca_ci < 0 and gmi - gmi_ci < 0 < gmi + gmi_ci  # below under PCA, level under GMI
+    learned = json.loads((folder / "learned" / "t1-pbt.json").read_text())
+    return {"runs": f"{learned['fr_runs']:g}", "grid": f"{sel['c1']['fr_runs']:g}", "pca": f"{-pca:.1f} ± {pca_ci:.1f}",
+            "cost": f"{-acc:.1f} ± {acc_ci:.1f}"}
+
+
 def test_readme_headline_is_what_the_committed_cells_give() -> None:
     """Every figure of the README's headline: its table (accuracy change, paired change with its
     interval, relative drop, met or not, per attack, for each CFP row it names) and its prose (the
@@ -149,7 +170,12 @@ def test_readme_headline_is_what_the_committed_cells_give() -> None:
     for claim in (f"top-1 {c['range']} lower at {c['cost']}", f"priced r < {c['radius']} at\n{c['priced']} points",
                   f"it cost {c['deployed']} on test"):
         assert claim in prose, claim
-    expected = _numbers(f"top-1 {c['range']} {c['cost']} {c['radius']} {c['priced']} {c['deployed']}")
+    f = _syn_find_claims()
+    claim = (f"PBT\nover {f['runs']} whole runs (a third of the grid's {f['grid']}) found a setting {f['pca']} points below "
+             f"the grid's\npick under PCA on fresh seeds, level under GMI, at {f['cost']} points of accuracy against it")
+    assert claim in prose, claim
+    expected = _numbers(f"top-1 {c['range']} {c['cost']} {c['radius']} {c['priced']} {c['deployed']} "
+                        f"{f['runs']} {f['grid']} {f['pca']} {f['cost']}")
     assert sorted(_numbers(prose)) == sorted(expected)  # no figure in the prose that is not recomputed
     # the c125 row's command in the README is what its cells were trained with
     readme = (ROOT / "README.md").read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,68 @@ def test_the_att_race_test_figures_in_results_come_from_the_committed_cells() ->
     assert {k: tuple((round(v[a][0], 2), v[a][1]) for a in ("pca", "gmi")) for k, v in agreement.items()} == {
         "proxy_conf": ((0.85, 25), (0.70, 25)), "proxy_lowpass": ((0.81, 25), (0.71, 25)),
         "proxy_pca5": ((0.63, 25), (0.76, 25))}
+
+
+def test_the_committed_syn_find_race_report_rebuilds_from_its_cells(tmp_path: Path) -> None:
+    """``veil race --config docs/results/syn-find-30ep/plan.toml --summarize-only`` writes the
+    committed race.md from the committed cells (C1's from syn-calibrate-30ep)."""
+    import shutil
+
+    results = ROOT / "docs" / "results"
+    keep = shutil.ignore_patterns("reports", "checkpoints", "*.png")
+    for folder in ("syn-find-30ep", "syn-calibrate-30ep"):
+        shutil.copytree(results / folder, tmp_path / folder, ignore=keep)
+    committed = (results / "syn-find-30ep" / "race.md").read_text()
+    (tmp_path / "syn-find-30ep" / "race.md").unlink()
+    assert main(["race", "--config", str(tmp_path / "syn-find-30ep" / "plan.toml"), "--summarize-only"]) == 0
+    assert (tmp_path / "syn-find-30ep" / "race.md").read_text() == committed
+
+
+def test_the_syn_find_figures_in_results_come_from_the_committed_cells() -> None:
+    """docs/RESULTS.md, "Finding the constant faster than the grid": PBT's members and pick, the
+    referee's validation replay against C1's pick, and the test table on the fresh seeds."""
+    folder = ROOT / "docs" / "results" / "syn-find-30ep"
+    plan = load_plan(folder / "plan.toml")
+    results = " ".join((ROOT / "docs" / "RESULTS.md").read_text().split())
+    section = results[results.index("**Finding the constant faster than the grid"):]
+    section = section[:section.index("### CFP: the agents against their fixed start")]
+    learned = json.loads((folder / "learned" / "t1-pbt.json").read_text())
+    assert learned["fr_runs"] == 4 and f"({learned['seconds']:.0f} s" in section
+    for m in learned["episodes"]:
+        last = m["params"][-1]
+        assert f"{100 * m['acc_val']:.1f}%, {100 * m['probe_top1']:.1f}%" in section, m["member"]
+        assert f"{last['radius']:.3f}" in section, m["member"]
+    assert f"run ({100 * learned['reference_acc']:.1f}%)" in section
+    sel = race.selection(plan)
+    c1, t1 = sel["c1"]["pick"], sel["t1-pbt"]["pick"]
+    assert c1.name == "cal-radius-0.1" and sel["c1"]["fr_runs"] == 12 and sel["t1-pbt"]["fr_runs"] == 7
+    assert f"{t1.drop:+.1f} ± {t1.drop_ci:.1f} points against `none`" in section
+    assert f"PCA top-1 {100 * t1.top1:.1f}%, against C1's pick `cal-radius-0.1` {c1.drop:+.1f} / {100 * c1.top1:.1f}%" \
+        in section
+    tp = race.test_plan(plan, {c: s["pick"] for c, s in sel.items() if s["complete"]})
+    records = read_cells(Path(tp.out_dir), set(tp.rows), set(plan.race.test_seeds))
+
+    def fmt(m: float, ci: float, n: int) -> str:
+        assert n == 3
+        star = " \\*" if m + ci < 0 or m - ci > 0 else ""
+        return f"{m:+.1f} ± {ci:.1f}{star}"
+
+    natural = lambda x: 100 * x["natural_top1"]  # noqa: E731
+    for label, row in (("`none`", "none"), ("C1 `cal-radius-0.1`", "cal-radius-0.1"), ("T1 PBT `t1-pbt`", "t1-pbt")):
+        cells = [x for x in records if x["defense"] == row]
+        nat = f"{sum(natural(x) for x in cells) / 3:.1f}%"
+        assert re.search(re.escape(f"| {label}") + r"[^|]*\| " + re.escape(nat) + " |", section), (row, nat)
+        for attack in ("pca", "gmi"):
+            assert f"{sum(100 * x['attacks'][attack]['top1'] for x in cells) / 3:.1f}%" in section, (row, attack)
+    fig = {a: fmt(*race.paired(records, "t1-pbt", "cal-radius-0.1", race._metric(a, "top1"))) for a in ("pca", "gmi")}
+    assert fig == {"pca": "-7.9 ± 3.6 \\*", "gmi": "-1.7 ± 3.6"}
+    assert fmt(*race.paired(records, "t1-pbt", "cal-radius-0.1", natural)) == "-1.5 ± 2.7"
+    assert fmt(*race.paired(records, "t1-pbt", "none", natural)) == "-0.4 ± 2.5"
+    for metric, claim in (("nn_pixel_acc", "-4.6 ± 4.7"), ("sink_share", "+2.1 ± 10.0")):
+        assert fmt(*race.paired(records, "t1-pbt", "cal-radius-0.1", race._metric("pca", metric))) == claim
+        assert f"({claim} against C1)" in section or f"({claim})" in section
+    agreement = race.proxy_agreement(records, ["pca", "gmi"])
+    for proxy, claim in (("proxy_conf", "+0.92 against PCA and +0.85 against GMI"),
+                         ("proxy_pca5", "+0.87 and +0.85"), ("proxy_lowpass", "+0.56 and +0.63")):
+        assert f"{agreement[proxy]['pca'][0]:+.2f}" in claim and f"{agreement[proxy]['gmi'][0]:+.2f}" in claim
+        assert f"`{proxy}` {claim}" in section
