@@ -21,6 +21,7 @@ from veil.defenses.mixup import MixConfig, band_for
 from veil.defenses.tldmi import TLDMIConfig
 from veil.defenses.trapmid import TrapMIDConfig
 from veil.recognition import DataConfig, SplitConfig, TrainerConfig
+from veil.recognition.data import IN_MEMORY_MAX_BYTES
 
 from .fr_defenses import DefenseOptions, parse_defenses
 
@@ -39,6 +40,7 @@ DATA_FLAGS: dict[str, tuple[str, str]] = {
     "synthetic_identities": ("data", "synthetic_identities"), "synthetic_images": ("data", "synthetic_images"),
     "n_private": ("split", "n_private"), "test_fraction": ("split", "test_fraction"), "split_seed": ("split", "seed"),
     "validation": ("split", "validation"),
+    "in_memory": ("data", "in_memory"), "data_workers": ("data", "workers"),
 }
 NEGATED_DATA_FLAGS = {"no_cache": ("data", "use_cache")}  # a store_true flag that turns a field off
 
@@ -60,6 +62,14 @@ def count(minimum: int = 1) -> Callable[[str], int]:
 
     parse.__name__ = f"count>={minimum}"
     return parse
+
+
+def memory_mode(text: str) -> bool | None:
+    """``--in-memory``: ``auto`` (by size) -> None, ``yes`` -> True, ``no`` -> False."""
+    modes = {"auto": None, "yes": True, "no": False}
+    if text not in modes:
+        raise argparse.ArgumentTypeError(f"must be auto, yes or no, got {text!r}")
+    return modes[text]
 
 
 @dataclass
@@ -105,6 +115,12 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="score on a validation split carved from the private training images (--test-fraction of "
                         "them); the test images join no set, so what you tune on it leaves the test split unseen")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the preprocessed-data cache")
+    g.add_argument("--in-memory", type=memory_mode, default=d.in_memory, metavar="{auto,yes,no}",
+                   help="yes: read the set into memory; no: keep it memory-mapped on disk, streamed by "
+                        "--data-workers processes (needs the cache); auto (default): by size, in memory up to "
+                        f"{IN_MEMORY_MAX_BYTES / 1024**3:.0f} GiB. The results are the same")
+    g.add_argument("--data-workers", type=count(0), default=d.workers, metavar="N",
+                   help=f"processes reading a memory-mapped set's batches (default: {d.workers})")
     g.add_argument("--synthetic-identities", type=count(1), default=d.synthetic_identities,
                    help=f"synthetic data: number of identities (default: {d.synthetic_identities})")
     g.add_argument("--synthetic-images", type=count(1), default=d.synthetic_images,

@@ -116,7 +116,8 @@ def defense_tag(names: list[str] | tuple[str, ...], job: FRJob) -> str:
 def data_record(data: DataConfig, split: SplitConfig) -> dict[str, Any]:
     """What a target checkpoint records of the faces and identities it was trained on (``data``,
     ``split``; not where the files are or whether they are cached), so a reader can check them."""
-    return {"data": {k: v for k, v in asdict(data).items() if k not in ("data_root", "use_cache", "strict")},
+    return {"data": {k: v for k, v in asdict(data).items()
+                     if k not in ("data_root", "use_cache", "strict", "in_memory", "workers")},
             "split": asdict(split)}
 
 

@@ -1,8 +1,10 @@
 """Face data: the embedded synthetic default, "one folder per identity" sets, CelebA, and the
 deterministic private/public identity split that the whole privacy protocol rests on.
 
-Everything is loaded once into a uint8 tensor ``(N, C, S, S)`` (resized and center-cropped, or
-aligned with MTCNN) and cached on disk, so training reads batches straight from memory.
+Every set is preprocessed once into a uint8 array ``(N, C, S, S)`` (resized and center-cropped,
+or aligned with MTCNN) and cached on disk as a ``.npy`` file with its labels beside it. A small set
+is read into memory; one over ``IN_MEMORY_MAX_BYTES`` (or with ``in_memory=False``) stays on disk,
+memory-mapped, and training streams its batches through a ``DataLoader`` (``MappedImages``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .io import cache_dir, save_cache_entry
+from .io import atomic_path, cache_dir
 from .synthetic import GENERATOR_VERSION, SyntheticConfig, generate_faces
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".pbm", ".bmp", ".tif", ".tiff", ".webp"})
@@ -30,6 +33,10 @@ SHORTCUTS = {"att": "att_faces", "cfp": "cfp"}
 CELEBA_IDENTITY_FILE = "identity_CelebA.txt"
 LOADER_VERSION = "2"
 MAX_PIXELS = 40_000_000  # far above any face photo; a bigger image is refused before it is decoded
+IN_MEMORY_MAX_BYTES = 2 * 1024**3  # a set up to this size is read into memory (in_memory=None); above, memory-mapped
+CACHE_FORMAT = 1  # of the .npy + .json cache entry
+DECODE_CHUNK = 4096  # images decoded per round of the thread pool
+ALIGN_BATCH = 64  # images per batched MTCNN detection on a GPU
 
 
 class DataError(ValueError):
@@ -56,7 +63,12 @@ class DataConfig:
         synthetic_identities, synthetic_images, synthetic_seed, synthetic_difficulty: the
             embedded generator's size and seed.
         data_root: the root for ``att``/``cfp``; default ``$VEIL_DATA_ROOT`` or ``../shared/datasets``.
-        use_cache: read and write the preprocessed tensor cache (``$VEIL_CACHE_DIR``).
+        use_cache: read and write the preprocessed cache (``$VEIL_CACHE_DIR``).
+        in_memory: ``True`` reads the set into memory, ``False`` keeps it memory-mapped on disk (needs
+            the cache), ``None`` (default) chooses by size: in memory up to ``IN_MEMORY_MAX_BYTES``.
+            Results are the same either way; only where the bytes live differs.
+        workers: ``DataLoader`` worker processes that read a memory-mapped set's batches (0: in the
+            training process).
     """
 
     source: str = "synthetic"
@@ -73,8 +85,12 @@ class DataConfig:
     synthetic_difficulty: float = 1.0
     data_root: str | None = None
     use_cache: bool = True
+    in_memory: bool | None = None
+    workers: int = 2
 
     def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.image_size < 16:
             raise ValueError(f"image_size must be >= 16, got {self.image_size}")
         if self.channels not in (1, 3):
@@ -85,15 +101,113 @@ class DataConfig:
             raise ValueError(f"min_images must be >= 1, got {self.min_images}")
 
 
+class MappedImages(Dataset):
+    """Rows ``index`` of a memory-mapped uint8 ``.npy`` array ``(N, C, S, S)``: a face set that stays
+    on disk. Indexing it (an int, a slice, an index tensor) reads just those rows as a uint8 tensor,
+    so splitting identities copies only indices; ``Trainer.fit`` streams batches with ``loader``.
+
+    Anything else a tensor offers (a torch function, a tensor method) reads the rows into memory
+    first: attacks that need the whole public set as one tensor still work, at that memory cost.
+    """
+
+    dtype = torch.uint8
+    ndim = 4
+    device = torch.device("cpu")
+
+    def __init__(self, path: str | os.PathLike, index: np.ndarray | torch.Tensor | None = None,
+                 workers: int = 2) -> None:
+        self.path = Path(path)
+        self.workers = workers
+        self._array = _open_mapped(self.path)
+        self.index = (np.arange(self._array.shape[0], dtype=np.int64) if index is None
+                      else np.asarray(index, dtype=np.int64))
+
+    def __getstate__(self) -> dict:  # a worker reopens the file: the mapping itself is never pickled
+        return {"path": self.path, "index": self.index, "workers": self.workers}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], state["index"], state["workers"])
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.index), *self._array.shape[1:]))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key: int | slice | np.ndarray | torch.Tensor | list) -> torch.Tensor:
+        if isinstance(key, torch.Tensor):
+            key = key.item() if key.ndim == 0 else key.numpy()
+        rows = self.index[key]
+        out = self._array[rows]  # an index array copies the rows; one row is a view, copied
+        return torch.from_numpy(out if np.ndim(rows) else np.array(out))  # (the mapping itself is read-only)
+
+    def subset(self, index: np.ndarray | torch.Tensor) -> MappedImages:
+        """The rows ``index`` of these (no image is read)."""
+        out = MappedImages.__new__(MappedImages)
+        out.path, out.workers, out._array = self.path, self.workers, self._array
+        out.index = self.index[np.asarray(index, dtype=np.int64)]
+        return out
+
+    def materialize(self) -> torch.Tensor:
+        """All rows, read into one in-memory uint8 tensor."""
+        return self[:]
+
+    def fingerprint(self) -> str:
+        """A digest of which rows of which cache file (named by its content key): a cache key that
+        does not read the images."""
+        h = hashlib.sha256(f"{self.path.name}:{tuple(self._array.shape)}".encode())
+        h.update(self.index.tobytes())
+        return h.hexdigest()
+
+    def loader(self, batches: Sequence[torch.Tensor], labels: torch.Tensor, pin_memory: bool = False) -> DataLoader:
+        """A ``DataLoader`` yielding ``(uint8 images, labels)`` for each index batch of ``batches``, in
+        order, read by ``workers`` processes: the same batches as indexing, off the training process."""
+        return DataLoader(_Batches(self, labels), sampler=list(batches), batch_size=None,
+                          num_workers=self.workers, pin_memory=pin_memory)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") or name in ("path", "index", "workers"):
+            raise AttributeError(name)
+        return getattr(self.materialize(), name)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        def real(a):
+            if isinstance(a, MappedImages):
+                return a.materialize()
+            if isinstance(a, (list, tuple)):
+                return type(a)(real(x) for x in a)
+            return a
+        return func(*real(tuple(args)), **{k: real(v) for k, v in (kwargs or {}).items()})
+
+
+class _Batches(Dataset):
+    """``(images[idx], labels[idx])`` for an index batch ``idx``: what a ``DataLoader`` worker reads."""
+
+    def __init__(self, images: MappedImages, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __getitem__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[idx], self.labels[idx]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+Images = torch.Tensor | MappedImages
+"""A face set's uint8 ``(N, C, S, S)`` images: in memory, or memory-mapped on disk."""
+
+
 @dataclass
 class FaceData:
-    """A whole labelled face set in memory.
+    """A whole labelled face set, in memory or memory-mapped.
 
     ``images`` is uint8 ``(N, C, S, S)``, ``labels`` int64 ``(N,)`` indexing ``names``,
     ``paths`` the source file of each image (empty for generated data).
     """
 
-    images: torch.Tensor
+    images: Images
     labels: torch.Tensor
     names: list[str]
     paths: list[str]
@@ -157,13 +271,24 @@ def load_faces(config: DataConfig) -> FaceData:
     else:
         entries = _folder_entries(path, config.pose)
     entries = _filter_identities(entries, config, path)
+    if not config.use_cache:
+        if config.in_memory is False:
+            warnings.warn("in_memory=False needs the cache (use_cache); reading the set into memory", stacklevel=2)
+        return _read_images(entries, config, str(path))
     key = _cache_key(config, path, entries)
-    cached = _read_cache(key) if config.use_cache else None
+    n_bytes = sum(map(len, entries.values())) * config.channels * config.image_size ** 2
+    mapped = config.in_memory is False or (config.in_memory is None and n_bytes > IN_MEMORY_MAX_BYTES)
+    cached = _read_cache(key, mapped, config.workers)
+    if cached is not None and mapped and not isinstance(cached.images, MappedImages):  # an old .pt entry
+        cached = _read_cache(key, mapped, config.workers) if _write_cache(key, cached) else cached
     if cached is not None:
         return cached
+    if mapped:
+        data = _build_mapped(key, entries, config, str(path))
+        if data is not None:
+            return data
     data = _read_images(entries, config, str(path))
-    if config.use_cache:
-        _write_cache(key, data)
+    _write_cache(key, data)
     return data
 
 
@@ -231,76 +356,143 @@ def _filter_identities(entries: dict[str, list[Path]], config: DataConfig, root:
 # ----------------------------------------------------------------------------------- reading
 
 class _Aligner:
-    """MTCNN face alignment, one PIL image at a time (its batch mode raises when one image has
-    no face, and its numpy path needs OpenCV)."""
+    """MTCNN face alignment. On the CPU one PIL image at a time (its batch mode raises when one
+    image has no face, and its numpy path needs OpenCV); on a GPU, detection runs on batches of
+    same-sized images and each face is cut out by itself, a missing one falling back the same way."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, device: str | torch.device | None = None) -> None:
         from facenet_pytorch import MTCNN
 
+        self.device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+        self.batch_size = 1 if self.device.type == "cpu" else ALIGN_BATCH
         # face sets hold loose crops where the face fills much of the picture: detecting on a
         # picture of at most 3x the output size with faces of >= 1/6 of it keeps MTCNN's
         # image pyramid short (a 2000 px photo otherwise costs seconds)
         self.max_side = max(3 * size, 160)
         self.mtcnn = MTCNN(image_size=size, margin=max(2, size // 8), post_process=False,
-                           select_largest=True, min_face_size=max(20, self.max_side // 6), device="cpu")
+                           select_largest=True, min_face_size=max(20, self.max_side // 6), device=self.device)
         self.size = size
 
-    def __call__(self, img: Image.Image, path: Path) -> Image.Image:
+    def _shrink(self, img: Image.Image) -> Image.Image:
         if max(img.size) > self.max_side:
             img = img.copy()
             img.thumbnail((self.max_side, self.max_side), Image.Resampling.BILINEAR)
-        with torch.no_grad():
-            face = self.mtcnn(img.convert("RGB"))
+        return img
+
+    def _face(self, face: torch.Tensor | None, img: Image.Image, path: Path) -> Image.Image:
         if face is None:
-            warnings.warn(f"no face found in {path}; using a center crop", stacklevel=2)
+            warnings.warn(f"no face found in {path}; using a center crop", stacklevel=3)
             return ImageOps.fit(img, (self.size, self.size), Image.Resampling.BICUBIC)
-        arr = face.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        arr = face.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         return Image.fromarray(arr, "RGB")
 
+    def __call__(self, img: Image.Image, path: Path) -> Image.Image:
+        img = self._shrink(img)
+        with torch.no_grad():
+            face = self.mtcnn(img.convert("RGB"))
+        return self._face(face, img, path)
 
-def _read_one(path: Path, config: DataConfig, aligner: _Aligner | None) -> np.ndarray | None:
-    """Decode, align or fit to ``image_size``, convert mode; ``None`` (with a warning) if unreadable."""
+    def align_batch(self, imgs: list[Image.Image], paths: list[Path]) -> list[Image.Image]:
+        """Align several images: detection batched over images of one size, extraction per image."""
+        imgs = [self._shrink(im).convert("RGB") for im in imgs]
+        out: list[Image.Image | None] = [None] * len(imgs)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(imgs):
+            by_size.setdefault(im.size, []).append(i)
+        m = self.mtcnn
+        for group in by_size.values():
+            with torch.no_grad():
+                boxes, probs, points = m.detect([imgs[i] for i in group], landmarks=True)
+            for j, i in enumerate(group):
+                face = None
+                if boxes[j] is not None:
+                    box, _, _ = m.select_boxes(boxes[j], probs[j], points[j], imgs[i], method=m.selection_method)
+                    face = m.extract(imgs[i], box, None)
+                out[i] = self._face(face, imgs[i], paths[i])
+        return out  # type: ignore[return-value]
+
+    def read_many(self, paths: list[Path], config: DataConfig) -> list[np.ndarray | None]:
+        """``_read_one`` for several files, aligning them as one batch on a GPU."""
+        if self.batch_size == 1:
+            return [_read_one(p, config, self) for p in paths]
+        decoded = [(p, _decode(p, config)) for p in paths]
+        ok = [(p, im) for p, im in decoded if im is not None]
+        faces = iter(self.align_batch([im for _, im in ok], [p for p, _ in ok]))
+        return [None if im is None else _channels(next(faces), config) for _, im in decoded]
+
+
+def _decode(path: Path, config: DataConfig) -> Image.Image | None:
+    """Decode one file as RGB; ``None`` (with a warning) if unreadable, an error in strict mode."""
     try:
         with Image.open(path) as im:
             if im.width * im.height > MAX_PIXELS:  # checked from the header, before anything is decoded
                 raise ValueError(f"{im.width}x{im.height} px is over the {MAX_PIXELS:,} px limit (a decompression bomb?)")
             im.load()
-            img = im.convert("RGB")
+            return im.convert("RGB")
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as err:
         msg = f"unreadable image {path}: {err}"
         if config.strict:
             raise DataError(msg) from err
-        warnings.warn(f"skipping {msg}", stacklevel=2)
+        warnings.warn(f"skipping {msg}", stacklevel=3)
         return None
-    if aligner is not None:
-        img = aligner(img, path)
-    else:
-        img = ImageOps.fit(img, (config.image_size, config.image_size), Image.Resampling.BICUBIC)
+
+
+def _channels(img: Image.Image, config: DataConfig) -> np.ndarray:
+    """An ``image_size`` PIL image as a ``(C, S, S)`` uint8 array of ``config.channels``."""
     if config.channels == 1:
         return np.asarray(img.convert("L"))[None]
     return np.asarray(img).transpose(2, 0, 1)
 
 
-def _read_images(entries: dict[str, list[Path]], config: DataConfig, source: str) -> FaceData:
-    files = [(name, f) for name, fs in entries.items() for f in fs]
-    aligner = _Aligner(config.image_size) if config.align else None
-    read = lambda item: _read_one(item[1], config, aligner)  # noqa: E731
-    desc = f"reading {Path(source).name}" + (" (MTCNN)" if aligner else "")
-    if aligner is None:
-        with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-            arrays = list(tqdm(pool.map(read, files), total=len(files), desc=desc, unit="img", leave=False, disable=None))
+def _read_one(path: Path, config: DataConfig, aligner: _Aligner | None) -> np.ndarray | None:
+    """Decode, align or fit to ``image_size``, convert mode; ``None`` (with a warning) if unreadable."""
+    img = _decode(path, config)
+    if img is None:
+        return None
+    if aligner is not None:
+        img = aligner(img, path)
     else:
-        arrays = [read(item) for item in tqdm(files, desc=desc, unit="img", leave=False, disable=None)]
+        img = ImageOps.fit(img, (config.image_size, config.image_size), Image.Resampling.BICUBIC)
+    return _channels(img, config)
+
+
+def _decoded(files: list[tuple[str, Path]], config: DataConfig, source: str) -> Iterator[np.ndarray | None]:
+    """Each file's preprocessed pixels (``None`` if unreadable), in order: decoded by a few threads,
+    or aligned by MTCNN (one image at a time on the CPU, batched on a GPU)."""
+    aligner = _Aligner(config.image_size) if config.align else None
+    desc = f"reading {Path(source).name}" + (" (MTCNN)" if aligner else "")
+    bar = tqdm(total=len(files), desc=desc, unit="img", leave=False, disable=None)
+    try:
+        if aligner is None:
+            read = lambda item: _read_one(item[1], config, None)  # noqa: E731
+            with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+                for i in range(0, len(files), DECODE_CHUNK):  # in chunks: never all of a large set at once
+                    for arr in pool.map(read, files[i:i + DECODE_CHUNK]):
+                        bar.update(1)
+                        yield arr
+        else:
+            for i in range(0, len(files), aligner.batch_size):
+                for arr in aligner.read_many([f for _, f in files[i:i + aligner.batch_size]], config):
+                    bar.update(1)
+                    yield arr
+    finally:
+        bar.close()
+
+
+def _assemble(entries: dict[str, list[Path]], files: list[tuple[str, Path]], readable: Sequence[bool],
+              config: DataConfig, source: str) -> tuple[list[int], torch.Tensor, list[str], list[str]]:
+    """Which files make the set (identities with >= ``min_images`` readable ones), in order, with
+    their labels, the identity names and the files' paths."""
     per_id: dict[str, list[int]] = {}
-    for i, ((name, _), arr) in enumerate(zip(files, arrays)):
-        if arr is not None:
+    for i, ((name, _), ok) in enumerate(zip(files, readable)):
+        if ok:
             per_id.setdefault(name, []).append(i)
     names = []
     for name in entries:
         n = len(per_id.get(name, []))
         if n < config.min_images:
             if n or entries[name]:
-                warnings.warn(f"skipping identity {name!r}: {n} readable image(s) < min_images={config.min_images}", stacklevel=2)
+                warnings.warn(f"skipping identity {name!r}: {n} readable image(s) < min_images={config.min_images}", stacklevel=3)
             per_id.pop(name, None)
             continue
         names.append(name)
@@ -308,9 +500,40 @@ def _read_images(entries: dict[str, list[Path]], config: DataConfig, source: str
         raise DataError(f"{source}: fewer than 2 identities with readable images")
     order = [i for name in names for i in per_id[name]]
     label_of = {name: k for k, name in enumerate(names)}
-    images = torch.from_numpy(np.stack([arrays[i] for i in order]))
     labels = torch.tensor([label_of[files[i][0]] for i in order], dtype=torch.int64)
-    return FaceData(images, labels, names, [str(files[i][1]) for i in order], source)
+    return order, labels, names, [str(files[i][1]) for i in order]
+
+
+def _read_images(entries: dict[str, list[Path]], config: DataConfig, source: str) -> FaceData:
+    files = [(name, f) for name, fs in entries.items() for f in fs]
+    arrays = list(_decoded(files, config, source))
+    order, labels, names, paths = _assemble(entries, files, [a is not None for a in arrays], config, source)
+    images = torch.from_numpy(np.stack([arrays[i] for i in order]))
+    return FaceData(images, labels, names, paths, source)
+
+
+def _build_mapped(key: str, entries: dict[str, list[Path]], config: DataConfig, source: str) -> FaceData | None:
+    """Decode a set straight into its memory-mapped cache entry, never holding it in memory (an
+    unreadable file leaves a zero row that no index names); ``None`` if the cache cannot be written."""
+    files = [(name, f) for name, fs in entries.items() for f in fs]
+    npy = cache_dir() / f"faces-{key}.npy"
+    try:
+        with atomic_path(npy) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                            shape=(len(files), config.channels, config.image_size, config.image_size))
+            readable = np.zeros(len(files), dtype=bool)
+            for i, arr in enumerate(_decoded(files, config, source)):
+                if arr is not None:
+                    out[i], readable[i] = arr, True
+            out.flush()
+            del out
+            order, labels, names, paths = _assemble(entries, files, readable.tolist(), config, source)
+        _write_meta(key, (len(files), config.channels, config.image_size, config.image_size), order, labels, names,
+                    paths, source)
+    except OSError as err:
+        warnings.warn(f"could not write the data cache {npy} ({err}); reading the set into memory", stacklevel=3)
+        return None
+    return FaceData(MappedImages(npy, order, config.workers), labels, names, paths, source)
 
 
 def _load_synthetic(config: DataConfig) -> FaceData:
@@ -337,7 +560,7 @@ def _cache_key(config: DataConfig, root: Path, entries: dict[str, list[Path]]) -
     h = hashlib.sha1()
     # a strict load keys its own entry: it never takes one a lenient load wrote by skipping files
     # (lenient keys are as before, so their entries stay valid)
-    skip = ("use_cache", "data_root", "source") + (() if config.strict else ("strict",))
+    skip = ("use_cache", "data_root", "source", "in_memory", "workers") + (() if config.strict else ("strict",))
     meta = {k: v for k, v in asdict(config).items() if k not in skip}
     h.update(json.dumps([LOADER_VERSION, str(root.resolve()), meta], sort_keys=True).encode())
     for name, files in entries.items():
@@ -350,8 +573,40 @@ def _cache_key(config: DataConfig, root: Path, entries: dict[str, list[Path]]) -
     return h.hexdigest()[:16]
 
 
-def _read_cache(key: str) -> FaceData | None:
-    path = cache_dir() / f"faces-{key}.pt"
+def _open_mapped(path: Path) -> np.ndarray:
+    """A cache entry's images, memory-mapped read-only; a ``ValueError`` if it is not a uint8
+    ``(N, C, S, S)`` array (a truncated file cannot be mapped)."""
+    arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    if arr.dtype != np.uint8 or arr.ndim != 4:
+        raise ValueError(f"holds a {arr.dtype} array of shape {arr.shape}, not uint8 (N, C, S, S) images")
+    return arr
+
+
+def _read_cache(key: str, mapped: bool = False, workers: int = 0) -> FaceData | None:
+    """The cache entry ``key`` (memory-mapped or read into memory), or an old ``.pt`` entry (in
+    memory); ``None`` when there is none. A damaged entry is ignored with a warning, then rebuilt."""
+    npy, meta_path = cache_dir() / f"faces-{key}.npy", cache_dir() / f"faces-{key}.json"
+    if meta_path.is_file():
+        where = meta_path
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("format") != CACHE_FORMAT:
+                raise ValueError(f"cache format {meta.get('format')!r}, not {CACHE_FORMAT}")
+            where = npy
+            arr = _open_mapped(npy)
+            rows = np.asarray(meta["rows"] if meta["rows"] is not None else range(arr.shape[0]), dtype=np.int64)
+            if list(arr.shape) != meta["shape"] or len(meta["labels"]) != len(rows) or (
+                    len(rows) and not 0 <= rows.min() <= rows.max() < arr.shape[0]):
+                raise ValueError(f"holds {tuple(arr.shape)} images; its metadata says {tuple(meta['shape'])}")
+            images = (MappedImages(npy, rows, workers) if mapped
+                      else torch.from_numpy(np.array(arr) if meta["rows"] is None else arr[rows]))
+            return FaceData(images, torch.tensor(meta["labels"], dtype=torch.int64), list(meta["names"]),
+                            list(meta["paths"]), meta["source"])
+        except Exception as err:  # a damaged cache entry is rebuilt, never trusted
+            warnings.warn(f"ignoring damaged cache file {where}: {str(err).splitlines()[0] if str(err) else err!r}",
+                          stacklevel=2)
+            return None
+    path = cache_dir() / f"faces-{key}.pt"  # written before 0.18: still read, never rewritten
     if not path.is_file():
         return None
     try:
@@ -362,9 +617,29 @@ def _read_cache(key: str) -> FaceData | None:
         return None
 
 
-def _write_cache(key: str, data: FaceData) -> None:
-    save_cache_entry({"images": data.images, "labels": data.labels, "names": data.names, "paths": data.paths,
-                      "source": data.source}, cache_dir() / f"faces-{key}.pt", "data")
+def _write_meta(key: str, shape: tuple[int, ...], rows: list[int] | None, labels: torch.Tensor, names: list[str],
+                paths: list[str], source: str) -> None:
+    """The labels and names beside a cache entry's images, written last (an entry without them is absent)."""
+    meta = {"format": CACHE_FORMAT, "shape": list(shape), "rows": rows, "labels": labels.tolist(),
+            "names": names, "paths": paths, "source": source}
+    with atomic_path(cache_dir() / f"faces-{key}.json") as tmp:
+        tmp.write_text(json.dumps(meta))
+
+
+def _write_cache(key: str, data: FaceData) -> bool:
+    """Write an in-memory set as a cache entry (``.npy`` images, ``.json`` labels), atomically; a
+    cache that cannot be written only warns. Returns whether it was written."""
+    npy = cache_dir() / f"faces-{key}.npy"
+    images = data.images.materialize() if isinstance(data.images, MappedImages) else data.images
+    try:
+        with atomic_path(npy) as tmp, open(tmp, "wb") as f:
+            np.save(f, images.numpy(), allow_pickle=False)
+        _write_meta(key, tuple(images.shape), None, data.labels, data.names, data.paths, data.source)
+        return True
+    except (OSError, RuntimeError) as err:
+        warnings.warn(f"could not write the data cache {npy} ({str(err).splitlines()[0] if str(err) else err!r}); "
+                      "going on without it", stacklevel=2)
+        return False
 
 
 # ----------------------------------------------------------------------------------- split
@@ -405,11 +680,11 @@ class FaceSplit:
     """The protocol's three sets. Private labels are re-indexed 0..P-1 (the target's classes),
     public labels 0..Q-1; ``*_names`` map them back to identity names."""
 
-    train_images: torch.Tensor
+    train_images: Images
     train_labels: torch.Tensor
-    test_images: torch.Tensor
+    test_images: Images
     test_labels: torch.Tensor
-    public_images: torch.Tensor
+    public_images: Images
     public_labels: torch.Tensor
     private_names: list[str]
     public_names: list[str]
@@ -481,10 +756,12 @@ def split_identities(data: FaceData, config: SplitConfig = SplitConfig()) -> Fac
     remap[private_ids] = torch.arange(n_private)
     remap_pub = torch.full((n_ids,), -1, dtype=torch.int64)
     remap_pub[public_ids] = torch.arange(len(public_ids))
+    images = data.images
+    take = images.subset if isinstance(images, MappedImages) else images.__getitem__  # mapped: indices only
     return FaceSplit(
-        train_images=data.images[train_index], train_labels=remap[data.labels[train_index]],
-        test_images=data.images[test_index], test_labels=remap[data.labels[test_index]],
-        public_images=data.images[public_index], public_labels=remap_pub[data.labels[public_index]],
+        train_images=take(train_index), train_labels=remap[data.labels[train_index]],
+        test_images=take(test_index), test_labels=remap[data.labels[test_index]],
+        public_images=take(public_index), public_labels=remap_pub[data.labels[public_index]],
         private_names=[data.names[i] for i in private_ids.tolist()],
         public_names=[data.names[i] for i in public_ids.tolist()],
         train_index=train_index, test_index=test_index, public_index=public_index, source=data.source,
@@ -498,8 +775,9 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Flip each image left-right with probability 1/2 (standard for faces; not a privacy defense)."""
-    flip = torch.rand(images.shape[0], generator=generator) < 0.5
+    """Flip each image left-right with probability 1/2 (standard for faces; not a privacy defense).
+    The coin flips are drawn by ``generator`` on its device (the CPU) and moved to the images'."""
+    flip = (torch.rand(images.shape[0], generator=generator) < 0.5).to(images.device)
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
@@ -508,5 +786,6 @@ def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(labels, num_classes).float()
 
 
-__all__: Sequence[str] = ["DataConfig", "DataError", "FaceData", "FaceSplit", "SplitConfig", "default_data_root",
+__all__: Sequence[str] = ["DataConfig", "DataError", "FaceData", "FaceSplit", "Images", "MappedImages", "SplitConfig",
+                          "default_data_root",
                           "load_faces", "one_hot", "random_hflip", "resolve_source", "split_identities", "to_float"]

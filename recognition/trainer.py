@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import one_hot, random_hflip, to_float
+from .data import Images, MappedImages, one_hot, random_hflip, to_float
 from .io import atomic_torch_save
 from .progress import progress_bar
 
@@ -228,7 +228,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ fit
 
-    def fit(self, train_images: torch.Tensor, train_labels: torch.Tensor,
+    def batches(self, images: Images, labels: torch.Tensor,
+                order: torch.Tensor) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """``(uint8 images, labels)`` of each ``batch_size`` slice of ``order``: indexed in memory, or,
+        for a memory-mapped set, read by its ``DataLoader`` workers (the same batches, bit for bit)."""
+        chunks = [order[i:i + self.config.batch_size] for i in range(0, len(order), self.config.batch_size)]
+        if isinstance(images, MappedImages):
+            return images.loader(chunks, labels, pin_memory=self.device.type == "cuda")
+        return ((images[idx], labels[idx]) for idx in chunks)
+
+    def fit(self, train_images: Images, train_labels: torch.Tensor,
             test_images: torch.Tensor | None = None, test_labels: torch.Tensor | None = None,
             augment: Augment | None = None, on_epoch_end: Callable[[dict[str, float]], None] | None = None,
             checkpoint_path: str | Path | None = None, progress: bool = True,
@@ -259,17 +268,16 @@ class Trainer:
                 order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch))
                 t0 = time.perf_counter()
                 loss_sum = acc_sum = 0.0
-                for i in range(0, n, bs):
-                    idx = order[i:i + bs]
-                    x = to_float(train_images[idx])
-                    y = one_hot(train_labels[idx], self.num_classes)
+                for xb, yb in self.batches(train_images, train_labels, order):
+                    x = to_float(xb)
+                    y = one_hot(yb, self.num_classes)
                     if self.config.hflip:
                         x = random_hflip(x, self.generator)
                     if augment is not None:
                         x, y = augment(x, y)
                     stats = self.step(x, y)
-                    loss_sum += stats.loss * len(idx)
-                    acc_sum += stats.accuracy * len(idx)
+                    loss_sum += stats.loss * len(yb)
+                    acc_sum += stats.accuracy * len(yb)
                     bar.set_postfix({"epoch": f"{epoch + 1}/{self.config.epochs}", "loss": f"{stats.loss:.3f}",
                                      "acc": f"{stats.accuracy:.2f}"}, refresh=False)
                     bar.update(1)

@@ -11,7 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from veil.recognition.data import (DataConfig, DataError, SplitConfig, _folder_entries, load_faces, split_identities)
+from veil.recognition import ModelConfig, Trainer, TrainerConfig, build_model
+from veil.recognition.data import (DataConfig, DataError, FaceData, MappedImages, SplitConfig, _folder_entries,
+                                   load_faces, split_identities, to_float)
 
 
 def _write_face(path: Path, value: int, size: tuple[int, int] = (40, 50), mode: str = "RGB") -> None:
@@ -96,14 +98,13 @@ def test_a_decompression_bomb_is_skipped_with_a_warning_before_it_is_decoded(fol
         load_faces(DataConfig(source=str(folder_set), image_size=16, strict=True))
 
 
-@pytest.mark.parametrize("error", [RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"),
-                                   OSError(30, "Read-only file system")])
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), OSError(30, "Read-only file system")])
 def test_a_cache_that_cannot_be_written_only_warns(folder_set: Path, monkeypatch: pytest.MonkeyPatch,
                                                    error: Exception) -> None:
     def fail(*args: object, **kwargs: object) -> None:
         raise error
 
-    monkeypatch.setattr("veil.recognition.io.torch.save", fail)  # a full disk, a read-only cache
+    monkeypatch.setattr("veil.recognition.data.np.save", fail)  # a full disk, a read-only cache
     with pytest.warns(UserWarning, match="could not write the data cache"):
         data = load_faces(DataConfig(source=str(folder_set), image_size=16))
     assert len(data) == 20
@@ -126,7 +127,8 @@ def test_second_load_comes_from_the_cache(folder_set: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = DataConfig(source=str(folder_set), image_size=16)
     first = load_faces(cfg)
-    assert len(list((tmp_path / "cache").glob("faces-*.pt"))) == 1
+    assert len(list((tmp_path / "cache").glob("faces-*.npy"))) == 1
+    assert len(list((tmp_path / "cache").glob("faces-*.json"))) == 1
 
     def no_decoding(*args: object, **kwargs: object) -> None:
         raise AssertionError("images were decoded again instead of read from the cache")
@@ -237,3 +239,118 @@ def test_mtcnn_alignment_gives_aligned_squares(cfp_root: Path, tmp_path: Path) -
     assert data.images.shape == (4, 3, 64, 64)
     plain = load_faces(DataConfig(source=str(root), image_size=64))
     assert not torch.equal(data.images, plain.images)
+
+
+# ----------------------------------------------------------------------------------- memory-mapped sets
+
+def _mapped_and_in_memory(root: Path, **kw: object) -> tuple[FaceData, FaceData]:
+    mapped = load_faces(DataConfig(source=str(root), image_size=16, in_memory=False, **kw))
+    in_memory = load_faces(DataConfig(source=str(root), image_size=16, in_memory=True, **kw))
+    return mapped, in_memory
+
+
+def test_a_memory_mapped_set_holds_the_same_images_labels_and_names(folder_set: Path) -> None:
+    mapped, in_memory = _mapped_and_in_memory(folder_set)
+    assert isinstance(mapped.images, MappedImages) and isinstance(in_memory.images, torch.Tensor)
+    assert mapped.images.shape == in_memory.images.shape == (20, 3, 16, 16)
+    assert torch.equal(mapped.images[:], in_memory.images) and torch.equal(mapped.labels, in_memory.labels)
+    assert mapped.names == in_memory.names and mapped.paths == in_memory.paths
+
+
+def test_splitting_a_memory_mapped_set_copies_indices_not_images(folder_set: Path) -> None:
+    mapped, in_memory = _mapped_and_in_memory(folder_set)
+    a, b = (split_identities(d, SplitConfig(n_private=2, seed=1)) for d in (mapped, in_memory))
+    for name in ("train_images", "test_images", "public_images"):
+        m = getattr(a, name)
+        assert isinstance(m, MappedImages) and m._array is mapped.images._array  # one mapping, no copy
+        assert torch.equal(m[:], getattr(b, name))
+    assert torch.equal(a.train_labels, b.train_labels) and torch.equal(a.train_index, b.train_index)
+
+
+def test_the_memory_mapped_loader_gives_the_same_batches_as_the_in_memory_one(folder_set: Path) -> None:
+    mapped, in_memory = _mapped_and_in_memory(folder_set, workers=2)
+    a, b = (split_identities(d, SplitConfig(n_private=3, seed=0)) for d in (mapped, in_memory))
+    trainer = Trainer(build_model(ModelConfig(num_classes=3, image_size=16, width=4)), TrainerConfig(batch_size=4), 3)
+    order = torch.randperm(len(a.train_labels), generator=torch.Generator().manual_seed(5))
+    got = list(trainer.batches(a.train_images, a.train_labels, order))
+    want = list(trainer.batches(b.train_images, b.train_labels, order))
+    assert [len(y) for _, y in got] == [4, 4, 1]
+    for (xa, ya), (xb, yb) in zip(got, want, strict=True):
+        assert xa.dtype == torch.uint8 and torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_training_on_a_memory_mapped_set_is_bit_identical_to_training_in_memory(folder_set: Path) -> None:
+    mapped, in_memory = _mapped_and_in_memory(folder_set, workers=1)
+    runs = []
+    for data in (mapped, in_memory):
+        split = split_identities(data, SplitConfig(n_private=3, seed=0))
+        torch.manual_seed(0)
+        trainer = Trainer(build_model(ModelConfig(num_classes=3, image_size=16, width=4)),
+                          TrainerConfig(epochs=2, batch_size=4, seed=3), 3)
+        history = trainer.fit(split.train_images, split.train_labels, split.test_images, split.test_labels,
+                              progress=False)
+        runs.append(([{k: v for k, v in h.items() if k != "images_per_s"} for h in history], trainer.model.state_dict()))
+    (h1, w1), (h2, w2) = runs
+    assert h1 == h2
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_a_set_over_the_size_threshold_is_streamed_into_a_mapped_cache_entry(folder_set: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    in_memory = load_faces(DataConfig(source=str(folder_set), image_size=16, use_cache=False))
+    (folder_set / "person_1" / "9.png").write_bytes(b"not a png")  # a skipped file leaves a row no index names
+    monkeypatch.setattr("veil.recognition.data.IN_MEMORY_MAX_BYTES", 100)
+    monkeypatch.setattr("veil.recognition.data._read_images", lambda *a: pytest.fail("the set was read into memory"))
+    with pytest.warns(UserWarning, match="9.png"):
+        mapped = load_faces(DataConfig(source=str(folder_set), image_size=16))
+    assert isinstance(mapped.images, MappedImages) and mapped.images._array.shape[0] == 21
+    assert torch.equal(mapped.images[:], in_memory.images) and torch.equal(mapped.labels, in_memory.labels)
+    again = load_faces(DataConfig(source=str(folder_set), image_size=16))  # now from the cache, still mapped
+    assert isinstance(again.images, MappedImages) and torch.equal(again.images[:], in_memory.images)
+
+
+def test_tensor_operations_on_a_mapped_set_read_it_into_memory(folder_set: Path) -> None:
+    mapped, in_memory = _mapped_and_in_memory(folder_set)
+    assert torch.equal(to_float(mapped.images), to_float(in_memory.images))
+    assert torch.equal(torch.cat([mapped.images[:2], mapped.images[2:]]), in_memory.images)
+    assert torch.equal(mapped.images[3], in_memory.images[3]) and mapped.images[3].shape == (3, 16, 16)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "metadata"])
+def test_a_damaged_cache_entry_is_rebuilt_with_a_warning_naming_the_file(folder_set: Path, tmp_path: Path,
+                                                                          damage: str) -> None:
+    first = load_faces(DataConfig(source=str(folder_set), image_size=16))
+    npy = next((tmp_path / "cache").glob("faces-*.npy"))
+    bad = npy.with_suffix(".json") if damage == "metadata" else npy
+    if damage == "truncate":
+        npy.write_bytes(npy.read_bytes()[: npy.stat().st_size // 2])
+    else:
+        bad.write_bytes(b"\x00garbage")
+    for in_memory in (True, False):
+        with pytest.warns(UserWarning, match=f"ignoring damaged cache file {bad}") as seen:
+            again = load_faces(DataConfig(source=str(folder_set), image_size=16, in_memory=in_memory))
+        assert len([w for w in seen if "damaged" in str(w.message)]) == 1
+        assert "\n" not in str(next(w for w in seen if "damaged" in str(w.message)).message)
+        assert torch.equal(again.images[:], first.images)
+        if damage == "truncate":
+            npy.write_bytes(npy.read_bytes()[:100])
+        else:
+            bad.write_bytes(b"\x00garbage")
+
+
+def test_an_old_torch_cache_entry_is_still_read(folder_set: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    data = load_faces(DataConfig(source=str(folder_set), image_size=16))
+    npy = next((tmp_path / "cache").glob("faces-*.npy"))
+    old = npy.with_suffix(".pt")
+    torch.save({"images": data.images, "labels": data.labels, "names": data.names, "paths": data.paths,
+                "source": data.source}, old)  # the entry veil < 0.18 wrote
+    npy.unlink()
+    npy.with_suffix(".json").unlink()
+    monkeypatch.setattr("veil.recognition.data._read_images", lambda *a: pytest.fail("the old entry was not read"))
+    again = load_faces(DataConfig(source=str(folder_set), image_size=16))
+    assert torch.equal(again.images, data.images) and again.names == data.names
+    assert not npy.exists() and old.is_file()  # a small set reads it as it is, rewriting nothing
+    mapped = load_faces(DataConfig(source=str(folder_set), image_size=16, in_memory=False))
+    assert isinstance(mapped.images, MappedImages) and torch.equal(mapped.images[:], data.images)
+    assert old.is_file()  # converted beside it, never removed
