@@ -38,7 +38,7 @@ def _class_median_pairwise(feats: torch.Tensor, labels: torch.Tensor) -> torch.T
     identity (mean of the two middle values for an even count); identities with one image get the
     median over all identities' pairs. Batched: one sort of all within-identity pairs."""
     dist = torch.cdist(feats, feats)
-    i, j = torch.triu_indices(len(feats), len(feats), offset=1)
+    i, j = torch.triu_indices(len(feats), len(feats), offset=1, device=feats.device)
     keep = labels[i] == labels[j]
     if not keep.any():
         raise ValueError("DDCS needs at least one identity with 2 or more private images to set its distance unit")
@@ -52,7 +52,7 @@ def _class_median_pairwise(feats: torch.Tensor, labels: torch.Tensor) -> torch.T
     starts = counts.cumsum(0) - counts
     med = (values[starts + (counts - 1) // 2] + values[starts + counts // 2]) / 2
     fallback = dist[i[keep], j[keep]].median()
-    per_label = torch.full((int(labels.max()) + 1,), fallback.item(), dtype=feats.dtype)
+    per_label = torch.full((int(labels.max()) + 1,), fallback.item(), dtype=feats.dtype, device=feats.device)
     per_label[classes] = med
     return per_label[labels]
 
@@ -68,7 +68,7 @@ def ddcs_veil(recon_feats: torch.Tensor, recon_labels: torch.Tensor, private_fea
     recon_feats, private_feats = recon_feats.double(), private_feats.double()
     dist = torch.cdist(private_feats, recon_feats)  # (P, R)
     same = private_labels[:, None] == recon_labels[None, :]
-    inf = torch.tensor(float("inf"), dtype=dist.dtype)
+    inf = torch.tensor(float("inf"), dtype=dist.dtype, device=dist.device)
     masked = torch.where(same, dist, inf)
     raw, nearest_recon = masked.min(1)
     has_recon = same.any(1)
@@ -78,9 +78,10 @@ def ddcs_veil(recon_feats: torch.Tensor, recon_labels: torch.Tensor, private_fea
     # identity has no private image cover nothing)
     reaches = same.any(0)
     nearest_private = masked.argmin(0)[reaches]
-    covered = torch.zeros(len(private_feats), dtype=torch.bool)
+    covered = torch.zeros(len(private_feats), dtype=torch.bool, device=dist.device)
     covered[nearest_private] = True
-    scores = torch.where(covered & has_recon, torch.exp(-distance), torch.zeros((), dtype=dist.dtype))
+    zero = torch.zeros((), dtype=dist.dtype, device=dist.device)
+    scores = torch.where(covered & has_recon, torch.exp(-distance), zero)
     return {"scores": scores, "distance": distance, "covered": covered,
             "nearest_recon": torch.where(has_recon, nearest_recon, torch.full_like(nearest_recon, -1))}
 
@@ -102,6 +103,7 @@ def ddcs(recons: torch.Tensor, labels: torch.Tensor, eval_model: nn.Module, priv
         raise ValueError(f"top must be >= 1, got {top}")
     _, rf = _forward(eval_model, recons)
     _, pf = _forward(eval_model, private_images)
+    labels, private_labels = labels.to(rf.device), private_labels.to(rf.device)  # where the features are
     out = dict(score_fn(rf, labels, pf, private_labels))
     scores = out["scores"]
     order = scores.argsort(descending=True, stable=True)[:top]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from veil.recognition import ModelConfig, Trainer, TrainerConfig, build_model
+from veil.recognition import DeviceConfig, ModelConfig, Trainer, TrainerConfig, build_model
 from veil.recognition.io import cache_dir, save_cache_entry
 
 from .cache import read_weights
@@ -77,7 +77,8 @@ class EvalModel:
 
 def random_crop_shift(images: torch.Tensor, targets: torch.Tensor, generator: torch.Generator,
                       scale_min: float, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample random zoom-in and shift through one batched ``grid_sample`` (no loop)."""
+    """Per-sample random zoom-in and shift through one batched ``grid_sample`` (no loop); drawn by
+    ``generator`` on the CPU, the sampling grid moved to the images' device."""
     b = images.shape[0]
     s = scale_min + (1.0 - scale_min) * torch.rand(b, generator=generator)
     t = (2.0 * torch.rand(b, 2, generator=generator) - 1.0) * 2.0 * shift
@@ -85,7 +86,7 @@ def random_crop_shift(images: torch.Tensor, targets: torch.Tensor, generator: to
     theta[:, 0, 0] = s
     theta[:, 1, 1] = s
     theta[:, :, 2] = t
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False).to(images.device)
     return F.grid_sample(images, grid, padding_mode="border", align_corners=False), targets
 
 
@@ -113,21 +114,23 @@ def build_eval_model(split, config: EvalModelConfig) -> nn.Module:
 
 
 def train_eval_model(split, config: EvalModelConfig = EvalModelConfig(), cache: bool = True,
-                     progress: bool = True) -> EvalModel:
-    """Train (or load from the cache) the evaluation model on ``split``'s private training images.
+                     progress: bool = True, device: str | torch.device | DeviceConfig = "cpu") -> EvalModel:
+    """Train (or load from the cache) the evaluation model on ``split``'s private training images,
+    on ``device`` (a name or a ``DeviceConfig``), where it stays to score reconstructions.
 
-    The cache file is keyed by the split's images and labels and the config, written atomically
-    under ``$VEIL_CACHE_DIR/eval-models``; a damaged file is retrained, not trusted.
+    The cache file is keyed by the split's images and labels and the config (not the device),
+    written atomically under ``$VEIL_CACHE_DIR/eval-models``; a damaged file is retrained, not trusted.
     """
     # seeded here, not by the caller: before 0.6 the network was built before the seed, so its
     # initial weights (and the judge) hung on whatever the process had drawn before; fork_rng
     # keeps the caller's random stream as it was
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return _train_or_load(split, config, cache, progress)
+        return _train_or_load(split, config, cache, progress, device)
 
 
-def _train_or_load(split, config: EvalModelConfig, cache: bool, progress: bool) -> EvalModel:
+def _train_or_load(split, config: EvalModelConfig, cache: bool, progress: bool,
+                   device: str | torch.device | DeviceConfig = "cpu") -> EvalModel:
     path = cache_dir() / "eval-models" / f"{config.model}-{_key(split, config)}.pt"
     model = build_eval_model(split, config)
     if cache and path.is_file():
@@ -135,13 +138,15 @@ def _train_or_load(split, config: EvalModelConfig, cache: bool, progress: bool) 
             state = read_weights(path)
             model.load_state_dict(state["model"])
             model.eval()
-            return EvalModel(model, config, dict(state["metrics"]), path, cached=True)
+            where = device if isinstance(device, DeviceConfig) else DeviceConfig(device=str(device))
+            return EvalModel(model.to(where.resolve()), config, dict(state["metrics"]), path, cached=True)
         except Exception as err:  # a damaged cache entry: say so and retrain
             print(f"evaluation-model cache {path} is unreadable ({err}); retraining")
             torch.manual_seed(config.seed)
             model = build_eval_model(split, config)
     trainer = Trainer(model, TrainerConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-                                           schedule="cosine", seed=config.seed), num_classes=split.num_private)
+                                           schedule="cosine", seed=config.seed), num_classes=split.num_private,
+                      device=device)
     g = torch.Generator().manual_seed(config.seed + 17)
     t0 = time.perf_counter()
     trainer.fit(split.train_images, split.train_labels,

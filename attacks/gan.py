@@ -11,7 +11,9 @@ PLG-MI (``veil.attacks.kedmi``, ``veil.attacks.plgmi``) are recipes of the same 
 with other heads, other losses and (PLG-MI) class-conditional labels.
 
 Networks work for square images of 16, 32, 64, 128 ... px and 1 or 3 channels; the generator maps
-``z ~ N(0, I)`` to images in [0, 1] (a sigmoid output, the range every veil model takes).
+``z ~ N(0, I)`` to images in [0, 1] (a sigmoid output, the range every veil model takes). They are
+built (seeded) on the CPU and moved to the training device; batches and latents are drawn by the
+CPU generator and moved there, so a seed gives the same networks on every device.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from veil.recognition.device import module_device, to_device
 from veil.recognition.progress import progress_bar
 
 from .cache import cache_key, load_cached, save_cached, tensor_fingerprint
@@ -250,7 +253,8 @@ def frozen(*models: nn.Module) -> Iterator[None]:
 def run_loop(steps: int, max_seconds: float | None, desc: str, step: Callable[[int], dict[str, float]],
              progress: bool = True) -> tuple[int, float]:
     """Call ``step(i)`` for ``i < steps`` under a tqdm bar until ``max_seconds`` have passed
-    (checked before each step; at least one runs). Returns (steps done, seconds)."""
+    (checked before each step; at least one runs). Returns (steps done, seconds). ``step``'s stats
+    may be 0-dim tensors: they are read (a host sync) only when the bar shows them, every 10 steps."""
     t0 = time.perf_counter()
     done = 0
     with progress_bar(total=steps, desc=desc, unit="step", enabled=progress, leave=False) as bar:
@@ -261,23 +265,26 @@ def run_loop(steps: int, max_seconds: float | None, desc: str, step: Callable[[i
             done += 1
             bar.update(1)
             if stats and (i % 10 == 0 or i == steps - 1):
-                bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()}, refresh=False)
+                bar.set_postfix({k: f"{float(v):.3g}" for k, v in stats.items()}, refresh=False)
     return done, time.perf_counter() - t0
 
 
-def sample_batch(images: torch.Tensor, batch_size: int,
-                 g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A random batch of public images in [0, 1], each flipped left-right with probability 1/2:
-    (images, their indices into ``images``, which were flipped), so per-image labels can follow."""
+def sample_batch(images: torch.Tensor, batch_size: int, g: torch.Generator,
+                 device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A random batch of public images in [0, 1] on ``device`` (default: the images'), each flipped
+    left-right with probability 1/2: (images, their indices into ``images`` (CPU), which were flipped
+    (on ``device``)), so per-image labels can follow. Drawn by ``g`` on the CPU."""
     idx = torch.randint(len(images), (batch_size,), generator=g)
-    x = to_unit(images[idx])
-    flip = torch.rand(batch_size, generator=g) < 0.5
+    x = to_unit(images[idx] if device is None else to_device(images[idx], device))
+    flip = (torch.rand(batch_size, generator=g) < 0.5).to(x.device)
     return torch.where(flip[:, None, None, None], x.flip(-1), x), idx, flip
 
 
-def latents(config: GANConfig, g: torch.Generator) -> torch.Tensor:
-    """A batch of generator inputs ``z ~ N(0, I)``: (batch_size, latent_dim)."""
-    return torch.randn(config.batch_size, config.latent_dim, generator=g)
+def latents(config: GANConfig, g: torch.Generator, device: torch.device | None = None) -> torch.Tensor:
+    """A batch of generator inputs ``z ~ N(0, I)``: (batch_size, latent_dim), drawn by ``g`` on
+    the CPU and moved to ``device``."""
+    z = torch.randn(config.batch_size, config.latent_dim, generator=g)
+    return z if device is None else z.to(device)
 
 
 def seeded(seed: int, build: Callable[[], Any]) -> Any:
@@ -344,13 +351,17 @@ def restore(blob: dict, generator: Generator, discriminator: Discriminator, conf
 
 
 def train_recipe(recipe: GANRecipe, public_images: torch.Tensor, config: GANConfig, key: str, cache: bool = True,
-                 progress: bool = True, extra: dict[str, Any] | None = None) -> GANBundle:
+                 progress: bool = True, extra: dict[str, Any] | None = None,
+                 device: torch.device | None = None) -> GANBundle:
     """Build ``recipe``'s networks for the public images' shape (seeded by ``config.seed``) and
     read them from the cache entry ``gan-<kind>-<key>``, or train them with Adam: up to
     ``config.steps`` generator updates, each after ``config.n_critic`` critic updates, stopped at
-    ``config.max_seconds``; then freeze them (with ``extra``, e.g. pseudo-labels) and cache them."""
+    ``config.max_seconds``; then freeze them (with ``extra``, e.g. pseudo-labels) and cache them.
+    The networks live on ``device`` (default: the CPU); the recipe's batches follow them."""
     _, c, s, _ = public_images.shape
     gen, disc = seeded(config.seed, lambda: recipe.networks(c, s, config))
+    if device is not None:
+        gen, disc = gen.to(device), disc.to(device)
     prefix = f"gan-{recipe.kind}"
     if cache and (blob := load_cached(prefix, key)) is not None:
         return restore(blob, gen, disc, config, recipe.kind)
@@ -388,7 +399,7 @@ def train_recipe(recipe: GANRecipe, public_images: torch.Tensor, config: GANConf
 def gradient_penalty(discriminator: Discriminator, real: torch.Tensor, fake: torch.Tensor,
                      g: torch.Generator) -> torch.Tensor:
     """WGAN-GP: ``E[(||grad_x D(x_hat)|| - 1)^2]`` on random interpolates of real and fake."""
-    a = torch.rand(len(real), 1, 1, 1, generator=g)
+    a = torch.rand(len(real), 1, 1, 1, generator=g).to(real.device)
     x = (a * real + (1 - a) * fake).requires_grad_(True)
     score = discriminator(x)[0]
     (grad,) = torch.autograd.grad(score.sum(), x, create_graph=True)
@@ -410,27 +421,29 @@ class WGANGPRecipe(GANRecipe):
 
     def critic_loss(self, gen: Generator, disc: Discriminator, config: GANConfig, g: torch.Generator,
                     update: int) -> tuple[torch.Tensor, dict[str, float]]:
-        real, _, _ = sample_batch(self.images, config.batch_size, g)
+        device = module_device(gen)
+        real, _, _ = sample_batch(self.images, config.batch_size, g, device)
         with torch.no_grad():
-            fake = gen(latents(config, g))
+            fake = gen(latents(config, g, device))
         wd = disc(real)[0].mean() - disc(fake)[0].mean()
         loss_d = -wd
-        stats = {"w_dist": wd.item()}
+        stats = {"w_dist": wd.detach()}  # read only when shown (run_loop): no host sync per step
         if update % config.gp_every == 0:  # lazy regularization, scaled by gp_every
             gp = gradient_penalty(disc, real, fake, g)
             loss_d = loss_d + config.gp_weight * config.gp_every * gp
-            stats["gp"] = gp.item()
+            stats["gp"] = gp.detach()
         return loss_d, stats
 
     def generator_loss(self, gen: Generator, disc: Discriminator, config: GANConfig,
                        g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        return -disc(gen(latents(config, g)))[0].mean(), {}
+        return -disc(gen(latents(config, g, module_device(gen))))[0].mean(), {}
 
 
 def train_gan(public_images: torch.Tensor, config: GANConfig = GANConfig(), cache: bool = True,
-              source: str = "", progress: bool = True) -> GANBundle:
+              source: str = "", progress: bool = True, device: torch.device | None = None) -> GANBundle:
     """Train (or read from the cache) GMI's WGAN-GP prior on the public images (uint8 or [0, 1],
-    (N, C, S, S)). The cache key hashes ``source``, the images' content and shape, and ``config``."""
+    (N, C, S, S)) on ``device`` (default: the CPU). The cache key hashes ``source``, the images'
+    content and shape, and ``config`` (not the device)."""
     check_images(public_images)
     key = cache_key("gmi", source, tensor_fingerprint(public_images), asdict(config))
-    return train_recipe(WGANGPRecipe(public_images), public_images, config, key, cache, progress)
+    return train_recipe(WGANGPRecipe(public_images), public_images, config, key, cache, progress, device=device)

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from veil.recognition.device import module_device
+
 from .gan import GANBundle, frozen
 from .lomma import IDENTITY_LOSSES, LOMMAConfig, LOMMAKit, identity_loss, prepare_lomma
 
@@ -80,13 +82,14 @@ def gmi_attack(target: nn.Module, gan: GANBundle, classes: torch.Tensor, config:
     ``public_images`` is needed only with ``config.lomma``.
     """
     kit = lomma_kit(target, config.lomma, public_images, progress)
-    labels = classes.repeat_interleave(config.seeds)
-    z = torch.randn(len(labels), gan.latent_dim, generator=generator)
+    device = module_device(target)  # the GAN joins the target there; the latents are drawn on the CPU
+    labels = classes.repeat_interleave(config.seeds).to(device)
+    z = torch.randn(len(labels), gan.latent_dim, generator=generator).to(device)
     if config.clip_z is not None:
         z = z.clamp(-config.clip_z, config.clip_z)
     z.requires_grad_(True)
     opt = torch.optim.Adam([z], lr=config.lr)
-    G, D = gan.generator, gan.discriminator
+    G, D = gan.generator.to(device), gan.discriminator.to(device)
     with frozen(target, G, D):
         for _ in range(config.steps):
             x = G(z)

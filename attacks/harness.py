@@ -6,6 +6,9 @@ Attacks are looked up by name in ``ATTACKS``; each is a function
 new attack is one entry; the optional ``budget`` dict (e.g. GAN steps done under a time cap) goes
 to the report's ``extra["budget"]``. ``settings`` is an ``AttackSettings`` (``veil.attacks.settings``),
 which derives each attack's config; settings not given take each attack's own defaults.
+
+An attack runs where the target is (``veil.recognition.device.module_device``): move the target and
+the evaluation model to the device first. Each seed's reconstructions come back to the CPU once.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from veil.recognition.device import module_device
 from veil.recognition.progress import progress_bar
 
 from .gan import GANBundle, train_gan
@@ -59,7 +63,7 @@ def gan_budget(gan: GANBundle) -> dict[str, Any]:
 def _gmi(target: nn.Module, split, classes: torch.Tensor, settings: AttackSettings,
          generator: torch.Generator) -> tuple:
     """GMI: the WGAN-GP prior is trained once per public set and config (cached), not per target."""
-    gan = train_gan(split.public_images, settings.gan_config(), source=split.source)
+    gan = train_gan(split.public_images, settings.gan_config(), source=split.source, device=module_device(target))
     cfg = settings.attack_config(GMIConfig)
     return (*gmi_attack(target, gan, classes, cfg, generator, public_images=split.public_images), gan_budget(gan))
 
@@ -136,7 +140,7 @@ def run_attack(name: str, target: nn.Module, split, eval_model: nn.Module, confi
         torch.manual_seed(config.seed * 1000 + s)
         t0 = time.perf_counter()
         out = ATTACKS[name](target, split, classes, config.settings, g)
-        x, y = out[0], out[1]
+        x, y = out[0].detach().cpu(), out[1].cpu()  # one copy per seed, not per step
         if len(out) > 2 and not budget:  # the first seed trains what later seeds reuse
             budget = dict(out[2])
         seconds.append(time.perf_counter() - t0)
@@ -160,7 +164,7 @@ def target_accuracy(target: nn.Module, split) -> dict[str, float]:
     logits, _ = _forward(target, split.test_images)
     k = min(5, logits.shape[1])
     topk = logits.topk(k, 1).indices
-    y = split.test_labels
+    y = split.test_labels.to(logits.device)
     collapsed = float(len(logits) > 1 and logits.std(0).max().item() < 1e-5)
     return {"top1": (topk[:, 0] == y).float().mean().item(), "top5": (topk == y[:, None]).any(1).float().mean().item(),
             "collapsed": collapsed}

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from veil.recognition.device import module_device, to_device
+
 from .cache import cache_key, model_fingerprint, tensor_fingerprint
 from .gan import (
     Discriminator,
@@ -54,11 +56,13 @@ from .lomma import IDENTITY_LOSSES, LOMMAConfig, identity_loss
 
 @torch.no_grad()
 def soft_labels(target: nn.Module, public_images: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """The target's softmax on every public image and on its mirror image: ((N, K), (N, K))."""
+    """The target's softmax on every public image and on its mirror image: ((N, K), (N, K)), on
+    the target's device."""
+    device = module_device(target)
     with frozen(target):
         p, pf = [], []
         for i in range(0, len(public_images), batch):
-            x = to_unit(public_images[i:i + batch])
+            x = to_unit(to_device(public_images[i:i + batch], device))
             p.append(target(x)["logits"].softmax(1))
             pf.append(target(x.flip(-1))["logits"].softmax(1))
     return torch.cat(p), torch.cat(pf)
@@ -83,27 +87,30 @@ class KEDMIRecipe(GANRecipe):
     def critic_loss(self, gen: Generator, disc: Discriminator, config: GANConfig, g: torch.Generator,
                     update: int) -> tuple[torch.Tensor, dict[str, float]]:
         """Soft-label cross-entropy on real images + the real/fake loss of the implicit fake class."""
-        x, idx, flip = sample_batch(self.images, config.batch_size, g)
+        device = module_device(gen)
+        x, idx, flip = sample_batch(self.images, config.batch_size, g, device)
+        idx = idx.to(self.probs[0].device)
         p = torch.where(flip[:, None], self.probs[1][idx], self.probs[0][idx])
         with torch.no_grad():
-            fake = gen(latents(config, g))
+            fake = gen(latents(config, g, device))
         out_real = disc(x)[0]
         out_fake = disc(fake)[0]
         loss_lab = -(p * F.log_softmax(out_real, 1)).sum(1).mean()
         lse_r, lse_f = out_real.logsumexp(1), out_fake.logsumexp(1)
         loss_unlab = 0.5 * ((F.softplus(lse_r) - lse_r).mean() + F.softplus(lse_f).mean())
-        return loss_lab + loss_unlab, {"d_lab": loss_lab.item(), "d_unlab": loss_unlab.item()}
+        return loss_lab + loss_unlab, {"d_lab": loss_lab.detach(), "d_unlab": loss_unlab.detach()}
 
     def generator_loss(self, gen: Generator, disc: Discriminator, config: GANConfig,
                        g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         """Feature matching against a real batch + ``entropy_weight`` x the summed entropy."""
-        x, _, _ = sample_batch(self.images, config.batch_size, g)
-        out_fake, feat_fake = disc(gen(latents(config, g)))
+        device = module_device(gen)
+        x, _, _ = sample_batch(self.images, config.batch_size, g, device)
+        out_fake, feat_fake = disc(gen(latents(config, g, device)))
         with torch.no_grad():
             feat_real = disc(x)[1]
         loss_feat = (feat_fake.mean(0) - feat_real.mean(0)).abs().mean()
         entropy = -(out_fake.softmax(1) * out_fake.log_softmax(1)).sum()
-        return loss_feat + self.entropy_weight * entropy, {"g_feat": loss_feat.item()}
+        return loss_feat + self.entropy_weight * entropy, {"g_feat": loss_feat.detach()}
 
 
 def train_kedmi_gan(target: nn.Module, public_images: torch.Tensor, config: GANConfig = GANConfig(n_critic=1),
@@ -118,7 +125,8 @@ def train_kedmi_gan(target: nn.Module, public_images: torch.Tensor, config: GANC
     probs = soft_labels(target, public_images)
     key = cache_key("kedmi", source, model_fingerprint(target), tensor_fingerprint(public_images), asdict(config),
                     entropy_weight)
-    return train_recipe(KEDMIRecipe(public_images, probs, entropy_weight), public_images, config, key, cache, progress)
+    return train_recipe(KEDMIRecipe(public_images, probs, entropy_weight), public_images, config, key, cache, progress,
+                        device=module_device(target))
 
 
 @dataclass(frozen=True)
@@ -169,15 +177,16 @@ def kedmi_attack(target: nn.Module, gan: GANBundle, classes: torch.Tensor, confi
     if gan.kind != "kedmi":
         raise ValueError(f"KEDMI needs its inversion-specific GAN (train_kedmi_gan), got a {gan.kind!r} GAN")
     kit = lomma_kit(target, config.lomma, public_images, progress)
+    device = module_device(target)  # the GAN joins the target there; the noise is drawn on the CPU
     n, d, m = len(classes), gan.latent_dim, config.samples_per_step
-    mu = torch.zeros(n, d, requires_grad=True)
-    log_var = torch.full((n, d), config.init_log_var, requires_grad=True)
+    mu = torch.zeros(n, d, device=device, requires_grad=True)
+    log_var = torch.full((n, d), config.init_log_var, device=device, requires_grad=True)
     opt = torch.optim.Adam([mu, log_var], lr=config.lr)
-    labels_step = classes.repeat_interleave(m)
-    G, D = gan.generator, gan.discriminator
+    labels_step = classes.repeat_interleave(m).to(device)
+    G, D = gan.generator.to(device), gan.discriminator.to(device)
     with frozen(target, G, D):
         for _ in range(config.steps):
-            eps = torch.randn(n, m, d, generator=generator)
+            eps = torch.randn(n, m, d, generator=generator).to(device)
             z = (mu[:, None] + eps * (0.5 * log_var[:, None]).exp()).reshape(n * m, d)
             x = G(z)
             loss = kedmi_prior_loss(D(x)[0]) + config.lambda_id * identity_loss(
@@ -186,6 +195,6 @@ def kedmi_attack(target: nn.Module, gan: GANBundle, classes: torch.Tensor, confi
             (loss.sum() / m).backward()
             opt.step()
         with torch.no_grad():
-            eps = torch.randn(n, config.seeds, d, generator=generator)
+            eps = torch.randn(n, config.seeds, d, generator=generator).to(device)
             z = (mu[:, None] + eps * (0.5 * log_var[:, None]).exp()).reshape(n * config.seeds, d)
-            return G(z), classes.repeat_interleave(config.seeds)
+            return G(z), classes.repeat_interleave(config.seeds).to(device)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from veil.recognition.device import module_device, to_device
 from veil.recognition.models import ModelConfig, build_model
 
 from .cache import cache_key, load_cached, model_fingerprint, save_cached, tensor_fingerprint
@@ -119,9 +120,11 @@ def identity_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
 
 @torch.no_grad()
 def public_feature_mean(target: nn.Module, public_images: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """LOMMA's ``p_reg``: the mean of the target's embedding over the public images."""
+    """LOMMA's ``p_reg``: the mean of the target's embedding over the public images (on its device)."""
+    device = module_device(target)
     with frozen(target):
-        feats = [target(to_unit(public_images[i:i + batch]))["embedding"] for i in range(0, len(public_images), batch)]
+        feats = [target(to_unit(to_device(public_images[i:i + batch], device)))["embedding"]
+                 for i in range(0, len(public_images), batch)]
     return torch.cat(feats).mean(0)
 
 
@@ -135,12 +138,15 @@ def _surrogate(target_out: int, images: torch.Tensor, config: LOMMAConfig, i: in
 def prepare_lomma(target: nn.Module, public_images: torch.Tensor, config: LOMMAConfig = LOMMAConfig(),
                   cache: bool = True, progress: bool = True) -> LOMMAKit:
     """Distill ``config.surrogates`` models from the target on the public images (KL to its soft
-    labels; cached by target weights, public images and config) and compute ``p_reg``."""
+    labels; cached by target weights, public images and config) and compute ``p_reg``. The
+    surrogates are built (seeded) on the CPU and trained on the target's device."""
+    device = module_device(target)
     with torch.no_grad(), frozen(target):
-        num_classes = target(to_unit(public_images[:2]))["logits"].shape[1]
+        num_classes = target(to_unit(to_device(public_images[:2], device)))["logits"].shape[1]
     mean = public_feature_mean(target, public_images)
     models = seeded(config.seed, lambda: [_surrogate(num_classes, public_images, config, i)
                                           for i in range(config.surrogates)])
+    models = [m.to(device) for m in models]
     if not models:
         return LOMMAKit([], mean, config)
     key = cache_key("lomma", model_fingerprint(target), tensor_fingerprint(public_images), asdict(config))
@@ -157,18 +163,18 @@ def prepare_lomma(target: nn.Module, public_images: torch.Tensor, config: LOMMAC
         m.train()
 
     def step(_: int) -> dict[str, float]:
-        x, _, _ = sample_batch(public_images, config.batch_size, g)
+        x, _, _ = sample_batch(public_images, config.batch_size, g, device)
         with torch.no_grad(), frozen(target):
             soft = F.log_softmax(target(x)["logits"] / t, 1)
-        total = 0.0
+        losses = []
         for m, opt in zip(models, opts):
             loss = F.kl_div(F.log_softmax(m(x)["logits"] / t, 1), soft, log_target=True,
                             reduction="batchmean") * t * t
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item()
-        return {"kl": total / len(models)}
+            losses.append(loss.detach())
+        return {"kl": torch.stack(losses).mean()}  # read only when the bar shows it
 
     _, secs = run_loop(config.distill_steps, config.max_seconds, "LOMMA surrogates", step, progress)
     for m in models:

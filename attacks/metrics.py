@@ -7,7 +7,10 @@ report carries the public mean face's PSNR and SSIM as the reference a blurry av
 
 Also here: per-identity metrics with their mean ± std over identities (``per_identity``,
 ``summarize``) and a Fréchet distance in the evaluation model's feature space
-(``frechet_distance``, ``feature_frechet``). DDCS lives in ``veil.attacks.ddcs``."""
+(``frechet_distance``, ``feature_frechet``). DDCS lives in ``veil.attacks.ddcs``.
+
+Everything is computed on the evaluation model's device (inputs on any device are moved there
+once), and read back to the host once per figure."""
 
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import math
 
 import torch
 from torch import nn
+
+from veil.recognition.device import module_device, to_device
 
 FRECHET_NOTE = ("Fréchet distance in the evaluation model's embedding space, not FID: Inception-v3 "
                 "weights cannot be downloaded here (offline), and an ImageNet model's features are not "
@@ -29,12 +34,14 @@ def _unit(images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _forward(model: nn.Module, images: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and embeddings of ``images`` (any device) in eval mode, on ``model``'s device."""
     was = model.training
     model.eval()
+    device = module_device(model)
     logits, feats = [], []
     try:
         for i in range(0, len(images), batch):
-            out = model(_unit(images[i:i + batch]))
+            out = model(_unit(to_device(images[i:i + batch], device)))
             logits.append(out["logits"])
             feats.append(out["embedding"])
     finally:
@@ -69,8 +76,10 @@ def _per_reconstruction(recons: torch.Tensor, labels: torch.Tensor, eval_model: 
     """One value per reconstruction for every metric (the shared core of the report functions)."""
     if len(recons) != len(labels) or len(recons) == 0:
         raise ValueError(f"{len(recons)} reconstructions for {len(labels)} labels")
-    priv = _unit(private_images)
-    recons = recons.float()
+    device = module_device(eval_model)
+    priv = _unit(to_device(private_images, device))
+    recons = to_device(recons, device).float()
+    labels, private_labels = to_device(labels, device), to_device(private_labels, device)
     logits, feats = _forward(eval_model, recons)
     _, priv_feats = _forward(eval_model, priv)
     k = min(5, logits.shape[1])
@@ -80,7 +89,7 @@ def _per_reconstruction(recons: torch.Tensor, labels: torch.Tensor, eval_model: 
         raise ValueError("some labels have no private images to compare with")
     fdist = torch.cdist(feats, priv_feats)
     pdist = torch.cdist(recons.flatten(1), priv.flatten(1))
-    inf = torch.tensor(float("inf"))
+    inf = torch.tensor(float("inf"), device=device)
     nearest_same = torch.where(same, pdist, inf).argmin(1)
     out = {
         "pred": topk[:, 0],
@@ -119,6 +128,8 @@ def evaluate_reconstructions(recons: torch.Tensor, labels: torch.Tensor, eval_mo
     private images of the attacked identities (its note: ``FRECHET_NOTE``). All values are floats.
     """
     per = _per_reconstruction(recons, labels, eval_model, private_images, private_labels)
+    device = module_device(eval_model)
+    recons, labels, private_labels = (to_device(t, device) for t in (recons, labels, private_labels))
     out = {
         "top1": per["top1"].mean().item(),
         "top5": per["top5"].mean().item(),
@@ -130,9 +141,9 @@ def evaluate_reconstructions(recons: torch.Tensor, labels: torch.Tensor, eval_mo
         "sink_share": torch.bincount(per["pred"]).max().item() / len(recons),
         "n": float(len(recons)),
     }
-    priv = _unit(private_images)
+    priv = _unit(to_device(private_images, device))
     if public_images is not None and len(public_images):
-        mean_face = _unit(public_images).mean(0, keepdim=True).expand_as(recons)
+        mean_face = _unit(public_images).mean(0, keepdim=True).to(device).expand_as(recons)
         nearest = priv[per["nearest_same"]]
         out["psnr_mean_face"] = psnr(mean_face, nearest).mean().item()
         out["ssim_mean_face"] = ssim(mean_face, nearest).mean().item()
@@ -153,14 +164,15 @@ def per_identity(recons: torch.Tensor, labels: torch.Tensor, eval_model: nn.Modu
     mean ± std over identities): ``identity`` (sorted), ``n`` (reconstructions) and one list per key
     in ``PER_IDENTITY_KEYS``, averaged over that identity's reconstructions (PSNR over finite ones)."""
     per = _per_reconstruction(recons, labels, eval_model, private_images, private_labels)
-    ids, inverse = torch.unique(labels, sorted=True, return_inverse=True)
+    device = module_device(eval_model)
+    ids, inverse = torch.unique(to_device(labels, device), sorted=True, return_inverse=True)
     counts = torch.bincount(inverse, minlength=len(ids)).float()
 
     def group_mean(x: torch.Tensor) -> torch.Tensor:
         ok = torch.isfinite(x)
-        s = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse[ok], x[ok].double())
+        s = torch.zeros(len(ids), dtype=torch.float64, device=device).index_add_(0, inverse[ok], x[ok].double())
         c = torch.bincount(inverse[ok], minlength=len(ids)).double()
-        return torch.where(c > 0, s / c.clamp_min(1), torch.tensor(math.inf, dtype=torch.float64))
+        return torch.where(c > 0, s / c.clamp_min(1), torch.tensor(math.inf, dtype=torch.float64, device=device))
 
     out: dict[str, list[float]] = {"identity": ids.tolist(), "n": counts.tolist()}
     for key in PER_IDENTITY_KEYS:

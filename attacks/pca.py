@@ -3,7 +3,8 @@
 Principal components are fitted on the public split (the attacker's prior); the attack
 optimizes whitened coefficients ``c`` so that ``x = mean + U diag(s) c`` maximizes the target's
 log-probability of the private class, with an L2 penalty on ``c`` that keeps ``x`` close to the
-face subspace's typical set. All identities and seeds are attacked in one batch.
+face subspace's typical set. All identities and seeds are attacked in one batch, on the
+target's device (the random start is drawn on the CPU generator and moved there).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from veil.recognition.device import module_device
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,12 @@ class FacePrior:
         _, s, v = torch.linalg.svd(flat - mean, full_matrices=False)
         return cls(mean=mean, basis=v[:k].contiguous(), scale=s[:k] / (n - 1) ** 0.5, shape=tuple(x.shape[1:]))
 
+    def to(self, device: torch.device) -> "FacePrior":
+        """This prior with its tensors on ``device`` (itself when they are there)."""
+        if self.mean.device == device:
+            return self
+        return FacePrior(self.mean.to(device), self.basis.to(device), self.scale.to(device), self.shape)
+
     def decode(self, coeffs: torch.Tensor) -> torch.Tensor:
         """Whitened coefficients (B, k) -> images (B, C, H, W) clipped to [0, 1]."""
         flat = self.mean + (coeffs * self.scale) @ self.basis
@@ -77,9 +86,11 @@ def pca_attack(target: nn.Module, prior: FacePrior, classes: torch.Tensor, confi
     """
     was_training = target.training
     target.eval()
-    labels = classes.repeat_interleave(config.seeds)
+    device = module_device(target)
+    prior = prior.to(device)
+    labels = classes.repeat_interleave(config.seeds).to(device)
     k = prior.basis.shape[0]
-    coeffs = (config.init_std * torch.randn(len(labels), k, generator=generator)).requires_grad_(True)
+    coeffs = (config.init_std * torch.randn(len(labels), k, generator=generator)).to(device).requires_grad_(True)
     opt = torch.optim.Adam([coeffs], lr=config.lr)
     params = [p for p in target.parameters()]
     flags = [p.requires_grad for p in params]

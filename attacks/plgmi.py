@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from veil.recognition.device import module_device, to_device
+
 from .cache import cache_key, model_fingerprint, tensor_fingerprint
 from .gan import (
     Discriminator,
@@ -54,9 +56,10 @@ from .lomma import IDENTITY_LOSSES, LOMMAConfig, identity_loss, max_margin_loss
 def augment(x: torch.Tensor, g: torch.Generator | None = None, scale: tuple[float, float] = (0.8, 1.0),
             jitter: float = 0.2, degrees: float = 5.0) -> torch.Tensor:
     """PLG-MI's inversion augmentations, batched: random resized crop (area ``scale``, square),
-    brightness and contrast jitter of +-``jitter``, horizontal flip, rotation of +-``degrees``."""
+    brightness and contrast jitter of +-``jitter``, horizontal flip, rotation of +-``degrees``.
+    Drawn by ``g`` on the CPU, applied on ``x``'s device."""
     b = len(x)
-    u = torch.rand(b, 6, generator=g)
+    u = torch.rand(b, 6, generator=g).to(x.device)
     side = (scale[0] + (scale[1] - scale[0]) * u[:, 0]).sqrt()  # crop side as a fraction of the image
     tx, ty = (2 * u[:, 1] - 1) * (1 - side), (2 * u[:, 2] - 1) * (1 - side)
     angle = (2 * u[:, 3] - 1) * math.radians(degrees)
@@ -65,7 +68,7 @@ def augment(x: torch.Tensor, g: torch.Generator | None = None, scale: tuple[floa
     theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    j = (2 * torch.rand(b, 2, 1, 1, 1, generator=g) - 1) * jitter
+    j = ((2 * torch.rand(b, 2, 1, 1, 1, generator=g) - 1) * jitter).to(x.device)
     mean = out.mean((1, 2, 3), keepdim=True)
     out = (out * (1 + j[:, 0]) - mean) * (1 + j[:, 1]) + mean
     return out.clamp(0.0, 1.0)
@@ -75,14 +78,15 @@ def augment(x: torch.Tensor, g: torch.Generator | None = None, scale: tuple[floa
 def pseudo_label(target: nn.Module, public_images: torch.Tensor, top_n: int,
                  batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-n selection: indices into ``public_images`` and their pseudo-labels, the ``top_n``
-    most confident images of each of the target's classes (class-major)."""
+    most confident images of each of the target's classes (class-major), on the CPU."""
     if top_n < 1:
         raise ValueError(f"top_n must be >= 1, got {top_n}")
+    device = module_device(target)
     with frozen(target):
-        probs = torch.cat([target(to_unit(public_images[i:i + batch]))["logits"].softmax(1)
+        probs = torch.cat([target(to_unit(to_device(public_images[i:i + batch], device)))["logits"].softmax(1)
                            for i in range(0, len(public_images), batch)])
     n = min(top_n, len(public_images))
-    idx = probs.topk(n, dim=0).indices.T  # (K, n)
+    idx = probs.topk(n, dim=0).indices.T.cpu()  # (K, n)
     labels = torch.arange(probs.shape[1]).repeat_interleave(n)
     return idx.reshape(-1), labels
 
@@ -110,22 +114,25 @@ class PLGMIRecipe(GANRecipe):
                     update: int) -> tuple[torch.Tensor, dict[str, float]]:
         """Hinge loss of the projection discriminator: real images with their pseudo-labels against
         samples of random classes."""
-        x, idx, _ = sample_batch(self.images, config.batch_size, g)
-        y_fake = torch.randint(self.num_classes, (config.batch_size,), generator=g)
+        device = module_device(gen)
+        x, idx, _ = sample_batch(self.images, config.batch_size, g, device)
+        y_fake = torch.randint(self.num_classes, (config.batch_size,), generator=g).to(device)
         with torch.no_grad():
-            fake = gen(latents(config, g), y_fake)
-        loss_d = F.relu(1 - disc(x, self.labels[idx])[0]).mean() + F.relu(1 + disc(fake, y_fake)[0]).mean()
-        return loss_d, {"d_hinge": loss_d.item()}
+            fake = gen(latents(config, g, device), y_fake)
+        loss_d = (F.relu(1 - disc(x, self.labels[idx].to(device))[0]).mean()
+                  + F.relu(1 + disc(fake, y_fake)[0]).mean())
+        return loss_d, {"d_hinge": loss_d.detach()}
 
     def generator_loss(self, gen: Generator, disc: Discriminator, config: GANConfig,
                        g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         """Hinge + ``alpha`` x the target's max-margin loss on augmented samples of random classes."""
-        y = torch.randint(self.num_classes, (config.batch_size,), generator=g)
-        fake = gen(latents(config, g), y)
+        device = module_device(gen)
+        y = torch.randint(self.num_classes, (config.batch_size,), generator=g).to(device)
+        fake = gen(latents(config, g, device), y)
         loss_adv = -disc(fake, y)[0].mean()
         loss_inv = (max_margin_loss(self.target(augment(fake, g))["logits"], y).mean() if self.alpha
-                    else torch.zeros(()))
-        return loss_adv + self.alpha * loss_inv, {"g_adv": loss_adv.item(), "g_inv": loss_inv.item()}
+                    else torch.zeros((), device=device))
+        return loss_adv + self.alpha * loss_inv, {"g_adv": loss_adv.detach(), "g_inv": loss_inv.detach()}
 
 
 def train_plgmi_gan(target: nn.Module, public_images: torch.Tensor, config: GANConfig = GANConfig(),
@@ -144,7 +151,7 @@ def train_plgmi_gan(target: nn.Module, public_images: torch.Tensor, config: GANC
                     top_n, alpha)
     with frozen(target):
         return train_recipe(recipe, public_images, config, key, cache, progress,
-                            extra={"pseudo_index": idx, "pseudo_labels": labels})
+                            extra={"pseudo_index": idx, "pseudo_labels": labels}, device=module_device(target))
 
 
 @dataclass(frozen=True)
@@ -187,10 +194,11 @@ def plgmi_attack(target: nn.Module, gan: GANBundle, classes: torch.Tensor, confi
     if gan.kind != "plgmi":
         raise ValueError(f"PLG-MI needs its conditional GAN (train_plgmi_gan), got a {gan.kind!r} GAN")
     kit = lomma_kit(target, config.lomma, public_images, progress)
-    labels = classes.repeat_interleave(config.seeds)
-    z = torch.randn(len(labels), gan.latent_dim, generator=generator).requires_grad_(True)
+    device = module_device(target)  # the GAN joins the target there; the latents are drawn on the CPU
+    labels = classes.repeat_interleave(config.seeds).to(device)
+    z = torch.randn(len(labels), gan.latent_dim, generator=generator).to(device).requires_grad_(True)
     opt = torch.optim.Adam([z], lr=config.lr)
-    G = gan.generator
+    G = gan.generator.to(device)
     views = config.views if config.augment else 1
     with frozen(target, G):
         for _ in range(config.steps):

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from veil.recognition.device import module_device
+
 from .metrics import evaluate_reconstructions
 from .pca import FacePrior, PCAAttackConfig, pca_attack
 
@@ -43,6 +45,7 @@ class PrivacyProbe:
     def __call__(self, target: nn.Module) -> float:
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(self.config.seed)
+        self.prior = self.prior.to(module_device(target))  # moved once, where the target trains
         recons, labels = pca_attack(target, self.prior, self.classes, self.config.attack, g)
         self.last = evaluate_reconstructions(recons, labels, self.eval_model, self.private_images,
                                              self.private_labels)

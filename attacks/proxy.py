@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from veil.defenses.mixup import radial_frequency
+from veil.recognition.device import module_device
 
 from .harness import pick_identities
 from .metrics import _forward, _unit
@@ -59,7 +60,7 @@ class ProxyConfig:
 @torch.no_grad()
 def project_onto_prior(images: torch.Tensor, prior: FacePrior) -> torch.Tensor:
     """uint8 or [0, 1] images (N, C, H, W) -> their projection onto the prior's PCA subspace, in [0, 1]."""
-    flat = _unit(images).flatten(1) - prior.mean
+    flat = _unit(images).to(prior.mean.device).flatten(1) - prior.mean
     proj = prior.mean + (flat @ prior.basis.T) @ prior.basis
     return proj.reshape(-1, *prior.shape).clamp(0.0, 1.0)
 
@@ -90,7 +91,8 @@ def privacy_proxies(target: nn.Module, split, eval_model: nn.Module | None,
     if len(images) == 0 or len(labels) == 0:
         raise ValueError(f"privacy proxies need held-out private images, but the split's {_kind(split)} "
                          "set (test_images) is empty")
-    prior = FacePrior.fit(split.public_images, config.components)
+    device = module_device(target)
+    prior = FacePrior.fit(split.public_images, config.components).to(device)
     was_training = target.training
     target.eval()
     out: dict[str, float] = {}
@@ -102,12 +104,13 @@ def privacy_proxies(target: nn.Module, split, eval_model: nn.Module | None,
             g = torch.Generator().manual_seed(config.seed)
             recons, rec_labels = pca_attack(target, prior, classes, attack, g)
             eval_logits, _ = _forward(eval_model, recons)
-            out["proxy_pca5"] = _checked("proxy_pca5", _top1(eval_logits, rec_labels, "proxy_pca5"))
+            out["proxy_pca5"] = _checked("proxy_pca5", _top1(eval_logits, rec_labels.to(eval_logits.device), "proxy_pca5"))
+        labels = labels.to(device)
         logits, _ = _forward(target, project_onto_prior(images, prior))
         _check_classes(logits, labels)
         true_prob = logits.softmax(1).gather(1, labels[:, None]).mean()
         out["proxy_conf"] = _checked("proxy_conf", true_prob)
-        logits, _ = _forward(target, low_pass(images, config.lowpass_radius))
+        logits, _ = _forward(target, low_pass(images.to(device), config.lowpass_radius))
         out["proxy_lowpass"] = _checked("proxy_lowpass", _top1(logits, labels, "proxy_lowpass"))
     finally:
         target.train(was_training)

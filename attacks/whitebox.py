@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from veil.recognition.device import module_device
+
 
 @dataclass(frozen=True)
 class WhiteBoxConfig:
@@ -83,11 +85,12 @@ def whitebox_attack(target: nn.Module, public_images: torch.Tensor, classes: tor
     """
     was_training = target.training
     target.eval()
-    labels = classes.repeat_interleave(config.seeds)
-    prior = mean_face(public_images)
+    device = module_device(target)  # the attack runs where the target is; noise is drawn on the CPU generator
+    labels = classes.repeat_interleave(config.seeds).to(device)
+    prior = mean_face(public_images).to(device)
     start = prior.expand(len(labels), *prior.shape[1:])
     if config.init_noise > 0:
-        start = start + config.init_noise * torch.randn(start.shape, generator=generator)
+        start = start + (config.init_noise * torch.randn(start.shape, generator=generator)).to(device)
     x = start.clamp(0.0, 1.0).clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=config.lr)
     params = list(target.parameters())

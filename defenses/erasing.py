@@ -5,7 +5,9 @@ fraction ``s ~ U(s_lo, s_hi)`` and aspect ratio ``r ~ logU(r_lo, r_hi)`` at a un
 filled with a value. The rectangle is drawn as torchvision's per-image ``RandomErasing`` draws it
 (up to 10 attempts; nothing is erased when none fits), but for every sample at once and
 independently: torchvision's v2 transform applied to a batch tensor erases one rectangle shared
-by all images. Sampling and application are separate, so a step can be replayed.
+by all images. Sampling and application are separate, so a step can be replayed. The boxes are
+drawn on the CPU (by a seeded CPU generator, the stream a seed always gave) and the mask is built
+on the images' device.
 """
 
 from __future__ import annotations
@@ -63,11 +65,11 @@ class EraseRecord:
     value: str | float
     noise_seed: int  # seeds the random fill, so a replay fills the same noise
 
-    def mask(self, height: int, width: int) -> torch.Tensor:
-        """(B, H, W) bool: the erased pixels."""
-        top, left, h, w = self.boxes.unbind(1)
-        rows = torch.arange(height)
-        cols = torch.arange(width)
+    def mask(self, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+        """(B, H, W) bool on ``device`` (default: the CPU, where the boxes were drawn): the erased pixels."""
+        top, left, h, w = self.boxes.to(device).unbind(1)
+        rows = torch.arange(height, device=device)
+        cols = torch.arange(width, device=device)
         in_rows = (rows[None] >= top[:, None]) & (rows[None] < (top + h)[:, None])
         in_cols = (cols[None] >= left[:, None]) & (cols[None] < (left + w)[:, None])
         return in_rows[:, :, None] & in_cols[:, None, :]  # boxes of unerased samples are empty
@@ -104,7 +106,7 @@ def apply_erasing(images: torch.Tensor, record: EraseRecord) -> torch.Tensor:
     if images.ndim != 4 or images.shape[0] != record.erased.shape[0]:
         raise ValueError(f"images of shape {tuple(images.shape)} do not match a record for "
                          f"{record.erased.shape[0]} samples")
-    mask = record.mask(images.shape[2], images.shape[3])[:, None]
+    mask = record.mask(images.shape[2], images.shape[3], images.device)[:, None]
     if record.value == "mean":  # broadcast (1, C, 1, 1): no full-size fill tensor
         return torch.where(mask, images.mean(dim=(0, 2, 3), keepdim=True), images)
     if record.value == "random":

@@ -176,10 +176,11 @@ def apply_mixup(images: torch.Tensor, soft_targets: torch.Tensor, rec: MixRecord
     if cfg.mode == "dct":
         return _apply_dct(images, soft_targets, rec)
     b, c, h, w = images.shape
-    spec = torch.fft.rfft2(images)
-    mask = _band_mask(cfg, h, w, images.device)
-    if mask.sum() == 0:
+    mask = _band_mask(cfg, h, w, torch.device("cpu"))
+    if mask.sum() == 0:  # decided on the CPU: no host round trip from the images' device
         return images, soft_targets
+    mask = mask.to(images.device)
+    spec = torch.fft.rfft2(images)
     wts = rec.weights.to(images)[:, :, None, None, None]
     partners = spec[rec.perm]  # (B, k, C, H, W//2+1)
     if cfg.mode == "complex":

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Images, MappedImages, one_hot, random_hflip, to_float
+from .device import DeviceConfig, autocast, grad_scaler, to_device
 from .io import atomic_torch_save
 from .progress import progress_bar
 
@@ -98,7 +99,8 @@ def make_optimizer(model: nn.Module, config: TrainerConfig) -> torch.optim.Optim
 
 
 class Trainer:
-    """Trains ``model`` (any ``veil.recognition.models`` backbone) on soft targets.
+    """Trains ``model`` (any ``veil.recognition.models`` backbone) on soft targets, on ``device``
+    (a name or a ``DeviceConfig`` with mixed precision, channels-last and ``torch.compile``).
 
     Example:
         >>> trainer = Trainer(model, TrainerConfig(epochs=5), num_classes=50)
@@ -108,12 +110,18 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, config: TrainerConfig, num_classes: int,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device | DeviceConfig = "cpu") -> None:
         self.config = config
         self.num_classes = num_classes
-        self.device = torch.device(device)
+        # ``device``: a device name, or a DeviceConfig with the speed options (AMP, channels-last, compile)
+        self.device_config = device if isinstance(device, DeviceConfig) else DeviceConfig(device=str(device))
+        self.device = self.device_config.resolve()
         torch.manual_seed(config.seed)
         self.model = model.to(self.device)
+        if self.device_config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.scaler = grad_scaler(self.device, self.device_config.amp)  # fp16 on CUDA only
+        self._compiled: tuple[nn.Module, Callable[..., Any]] | None = None
         self.optimizer = self._make_optimizer()
         self.generator = torch.Generator().manual_seed(config.seed)
         self.total_steps = config.total_steps
@@ -147,10 +155,24 @@ class Trainer:
         if soft_targets.shape != (images.shape[0], self.num_classes):
             raise ValueError(f"soft_targets must have shape ({images.shape[0]}, {self.num_classes}), "
                              f"got {tuple(soft_targets.shape)}")
-        if not torch.isfinite(images).all():
-            raise ValueError(f"images contain {int((~torch.isfinite(images)).sum())} NaN/inf values")
-        if not torch.isfinite(soft_targets).all():
+        if not bool(torch.isfinite(images).all() & torch.isfinite(soft_targets).all()):  # one host sync for both
+            if not torch.isfinite(images).all():
+                raise ValueError(f"images contain {int((~torch.isfinite(images)).sum())} NaN/inf values")
             raise ValueError("soft_targets contain NaN/inf values")
+
+    def net(self) -> Callable[..., Any]:
+        """The model as the forward passes call it: ``torch.compile``d with ``DeviceConfig.compile``
+        (rebuilt if ``self.model`` was replaced, e.g. wrapped by DP-SGD), else the model itself."""
+        if not self.device_config.compile:
+            return self.model
+        if self._compiled is None or self._compiled[0] is not self.model:
+            self._compiled = (self.model, torch.compile(self.model))
+        return self._compiled[1]
+
+    def _inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """A float batch on the device, channels-last when the model is."""
+        images = to_device(images, self.device)
+        return images.contiguous(memory_format=torch.channels_last) if self.device_config.channels_last else images
 
     def loss(self, outputs: dict[str, Any], images: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:
         """Soft cross-entropy plus every registered regularizer."""
@@ -163,26 +185,35 @@ class Trainer:
         """One optimizer step on a batch of float images in [0, 1] with soft targets (after the
         ``before_step`` hooks)."""
         self._check_batch(images, soft_targets)
-        images, soft_targets = images.to(self.device), soft_targets.to(self.device)
+        images, soft_targets = self._inputs(images), to_device(soft_targets, self.device)
         for hook in self.before_step:
             hook(images, soft_targets)
         self.model.train()
         lr = self.lr_at(self.global_step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        outputs = self.model(images)
-        loss = self.loss(outputs, images, soft_targets)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.global_step} (lr={lr:.3g}); "
-                                     "lower the learning rate or check the inputs")
+        with autocast(self.device, self.device_config.amp):
+            outputs = self.net()(images)
+            loss = self.loss(outputs, images, soft_targets)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip or float("inf"))
-        self.optimizer.step()
-        self.global_step += 1
         acc = (outputs["logits"].argmax(1) == soft_targets.argmax(1)).float().mean()
-        self.last_stats = StepStats(loss.item(), acc.item(), grad_norm.item())
+        # one host sync per step: the loss (checked before the weights move), accuracy and gradient norm
+        loss_v, acc_v, norm_v = torch.stack([loss.detach().float(), acc, grad_norm.float()]).tolist()
+        if not math.isfinite(loss_v):
+            raise FloatingPointError(f"non-finite loss {loss_v} at step {self.global_step} (lr={lr:.3g}); "
+                                     "lower the learning rate or check the inputs")
+        if self.scaler is None:
+            self.optimizer.step()
+        else:  # skips the step when fp16 gradients overflowed, and adapts the scale
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.global_step += 1
+        self.last_stats = StepStats(loss_v, acc_v, norm_v)
         return self.last_stats
 
     @torch.no_grad()
@@ -193,13 +224,16 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         try:
-            outputs = self.model(images.to(self.device))
-            targets = soft_targets.to(self.device)
-            loss = soft_cross_entropy(outputs["logits"], targets)
-            acc = (outputs["logits"].argmax(1) == targets.argmax(1)).float().mean()
+            with autocast(self.device, self.device_config.amp):
+                outputs = self.net()(self._inputs(images))
+            logits = outputs["logits"].float()
+            targets = to_device(soft_targets, self.device)
+            loss = soft_cross_entropy(logits, targets)
+            acc = (logits.argmax(1) == targets.argmax(1)).float().mean()
         finally:
             self.model.train(was_training)
-        return StepStats(loss.item(), acc.item())
+        loss_v, acc_v = torch.stack([loss, acc]).tolist()  # one host sync
+        return StepStats(loss_v, acc_v)
 
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -208,23 +242,27 @@ class Trainer:
             raise ValueError("evaluate() got an empty set")
         was_training = self.model.training
         self.model.eval()
-        correct1 = correct5 = 0
-        loss_sum = 0.0
         k = min(5, self.num_classes)
+        losses, hits1, hits5 = [], [], []  # per batch, on the device: one host sync at the end
         try:
             for i in range(0, len(labels), self.config.eval_batch_size):
-                x = images[i:i + self.config.eval_batch_size]
+                x = to_device(images[i:i + self.config.eval_batch_size], self.device)
                 x = to_float(x) if x.dtype == torch.uint8 else x
-                y = labels[i:i + self.config.eval_batch_size].to(self.device)
-                logits = self.model(x.to(self.device))["logits"]
-                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+                y = to_device(labels[i:i + self.config.eval_batch_size], self.device)
+                with autocast(self.device, self.device_config.amp):
+                    logits = self.net()(self._inputs(x))["logits"]
+                logits = logits.float()
+                losses.append(F.cross_entropy(logits, y, reduction="sum"))
                 topk = logits.topk(k, dim=1).indices
-                correct1 += (topk[:, 0] == y).sum().item()
-                correct5 += (topk == y[:, None]).any(1).sum().item()
+                hits1.append((topk[:, 0] == y).sum())
+                hits5.append((topk == y[:, None]).any(1).sum())
         finally:
             self.model.train(was_training)
         n = len(labels)
-        return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss_sum / n}
+        # summed on the host in batch order, in double precision, as the per-batch .item() sums were
+        loss_sum = sum(torch.stack(losses).tolist(), 0.0)
+        return {"top1": sum(torch.stack(hits1).tolist()) / n, "top5": sum(torch.stack(hits5).tolist()) / n,
+                "loss": loss_sum / n}
 
     # ------------------------------------------------------------------ fit
 
@@ -269,8 +307,9 @@ class Trainer:
                 t0 = time.perf_counter()
                 loss_sum = acc_sum = 0.0
                 for xb, yb in self.batches(train_images, train_labels, order):
-                    x = to_float(xb)
-                    y = one_hot(yb, self.num_classes)
+                    # to the device first: flips and ``augment`` run where the model does
+                    x = to_float(to_device(xb, self.device))
+                    y = one_hot(to_device(yb, self.device), self.num_classes)
                     if self.config.hflip:
                         x = random_hflip(x, self.generator)
                     if augment is not None:
@@ -317,10 +356,13 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: weights, optimizer, counters, RNG states, history."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "global_step": self.global_step, "epoch": self.epoch, "total_steps": self.total_steps,
-                "num_classes": self.num_classes, "config": asdict(self.config), "history": self.history,
-                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "global_step": self.global_step, "epoch": self.epoch, "total_steps": self.total_steps,
+                 "num_classes": self.num_classes, "config": asdict(self.config), "history": self.history,
+                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("num_classes") != self.num_classes:
@@ -331,8 +373,11 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.total_steps = state["total_steps"]
         self.history = list(state["history"])
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        # RNG states are CPU byte tensors whatever map_location put them on
+        self.generator.set_state(state["generator"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
 
     def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write a resumable checkpoint atomically (temporary file, then rename)."""
