@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from veil.recognition import ModelConfig, Trainer, TrainerConfig, build_model
-from veil.recognition.data import (DataConfig, DataError, FaceData, MappedImages, SplitConfig, _folder_entries,
-                                   load_faces, split_identities, to_float)
+from veil.recognition.data import (DataConfig, DataError, FaceData, MappedImages, SplitConfig, _Aligner,
+                                   _folder_entries, load_faces, split_identities, to_float)
 
 
 def _write_face(path: Path, value: int, size: tuple[int, int] = (40, 50), mode: str = "RGB") -> None:
@@ -289,7 +289,8 @@ def test_training_on_a_memory_mapped_set_is_bit_identical_to_training_in_memory(
                           TrainerConfig(epochs=2, batch_size=4, seed=3), 3)
         history = trainer.fit(split.train_images, split.train_labels, split.test_images, split.test_labels,
                               progress=False)
-        runs.append(([{k: v for k, v in h.items() if k != "images_per_s"} for h in history], trainer.model.state_dict()))
+        kept = [{k: v for k, v in h.items() if k != "images_per_s"} for h in history]
+        runs.append((kept, trainer.model.state_dict()))
     (h1, w1), (h2, w2) = runs
     assert h1 == h2
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
@@ -354,3 +355,16 @@ def test_an_old_torch_cache_entry_is_still_read(folder_set: Path, tmp_path: Path
     mapped = load_faces(DataConfig(source=str(folder_set), image_size=16, in_memory=False))
     assert isinstance(mapped.images, MappedImages) and torch.equal(mapped.images[:], data.images)
     assert old.is_file()  # converted beside it, never removed
+
+
+def test_batched_mtcnn_alignment_gives_the_per_image_faces_and_falls_back_where_none_is_found(att_root: Path) -> None:
+    files = sorted((att_root / "s1").glob("*.pgm"))[:3] + sorted((att_root / "s2").glob("*.pgm"))[:2]
+    imgs = [Image.open(f).convert("RGB") for f in files] + [Image.new("RGB", (92, 112), (128, 128, 128))]
+    paths = [*files, Path("flat.png")]
+    aligner = _Aligner(64, device="cpu")  # the GPU's batched path, run on the CPU
+    with pytest.warns(UserWarning, match="no face found in flat.png"):
+        one_by_one = [np.asarray(aligner(im, p)) for im, p in zip(imgs, paths)]
+    with pytest.warns(UserWarning, match="no face found in flat.png"):
+        batched = [np.asarray(im) for im in aligner.align_batch(imgs, paths)]
+    assert len(batched) == 6 and all(b.shape == (64, 64, 3) for b in batched)
+    assert all(np.array_equal(a, b) for a, b in zip(one_by_one, batched))
