@@ -34,8 +34,9 @@ class ModelConfig:
         head_relu: ``cnn`` only: a ReLU between the embedding and the head. Checkpoints written
             before veil 0.4 had it; it can die (every embedding unit negative leaves the head a
             constant, seen on CFP with random erasing), so new models read the embedding directly.
-        weights: optional path to a state dict to load (e.g. a user-given InceptionResnetV1
-            file); nothing is ever downloaded.
+        weights: optional path to a local state dict to start from: a veil model's, torchvision's
+            ResNet-18 (ImageNet) or facenet-pytorch's InceptionResnetV1 (VGGFace2, CASIA-WebFace);
+            checked by shape, its classifier head re-learned, never downloaded (``load_weights``).
     """
 
     name: str = "cnn"
@@ -218,27 +219,53 @@ def build_model(config: ModelConfig) -> nn.Module:
     return model
 
 
+HEADS = {"SmallCNN": "head.", "ResNet18": "net.fc.", "InceptionFace": "net.logits."}
+"""Each backbone's classifier head (its keys' prefix): the layer re-learned on the private identities."""
+
+
 def load_weights(model: nn.Module, path: str) -> None:
-    """Load a local state dict into ``model``, tolerating a bare backbone file (keys without
-    the ``net.`` prefix, e.g. facenet-pytorch's VGGFace2 weights) and a head of another size,
-    which is skipped with a warning because it is re-learned on the private identities."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """Load a local state dict into ``model``; nothing is ever downloaded.
+
+    The file is a veil model's state dict (or a checkpoint holding one), or a bare file of the
+    wrapped network, keys without the ``net.`` prefix: torchvision's ResNet-18 (ImageNet) or
+    facenet-pytorch's InceptionResnetV1 (VGGFace2, CASIA-WebFace). A bare file's classifier head (1000
+    ImageNet classes, 8631 or 10575 identities) is never loaded, and neither is a head of another
+    size (with a warning): the head is re-learned on the private identities. Every other tensor
+    must be there with the model's shape; else a one-line error names the file and the first
+    mismatching key.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"weights file {path} does not exist") from None
+    except Exception as err:  # noqa: BLE001 - any unreadable file is refused the same way
+        raise ValueError(f"weights file {path} is not a readable state dict "
+                         f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
-    if not isinstance(state, dict):
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"weights file {path} does not hold a state dict")
     own = model.state_dict()
-    if hasattr(model, "net") and not any(k in own for k in state):
-        state = {f"net.{k}": v for k, v in state.items()}
-    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    state = {k: v for k, v in state.items() if k not in skipped}
+    head = HEADS.get(type(model).__name__, "\0")
+    bare = hasattr(model, "net") and not any(k in own for k in state)
+    if bare:  # torchvision's or facenet-pytorch's own file: its head is for its own classes
+        state = {f"net.{k}": v for k, v in state.items() if not f"net.{k}".startswith(head)}
     unexpected = [k for k in state if k not in own]
-    matched = len(state) - len(unexpected)
-    if unexpected or matched == 0:
-        raise ValueError(
-            f"weights file {path} does not match this model: {matched} matching, "
-            f"{len(unexpected)} unexpected keys (first: {unexpected[:3]})"
-        )
+    if unexpected:
+        matched = len(state) - len(unexpected)
+        raise ValueError(f"weights file {path} does not match this model: {matched} matching, "
+                         f"{len(unexpected)} unexpected keys (first: {unexpected[0]!r})")
+    wrong = [k for k, v in state.items() if own[k].shape != v.shape and not k.startswith(head)]
+    if wrong:
+        k = wrong[0]
+        raise ValueError(f"weights file {path} does not match this model: {k!r} is {tuple(state[k].shape)} in the "
+                         f"file, {tuple(own[k].shape)} in the model ({len(wrong)} mismatching tensors)")
+    missing = [k for k in own if k not in state and not k.startswith(head)]
+    if missing:
+        raise ValueError(f"weights file {path} does not match this model: it lacks {missing[0]!r} "
+                         f"({len(missing)} of the model's tensors missing)")
+    skipped = [k for k, v in state.items() if own[k].shape != v.shape]
     if skipped:
-        warnings.warn(f"{path}: skipped {len(skipped)} tensors of another shape: {skipped[:4]}", stacklevel=2)
-    model.load_state_dict(state, strict=False)
+        warnings.warn(f"{path}: skipped the classifier head of another shape ({', '.join(skipped)}); "
+                      "it is re-learned", stacklevel=2)
+    model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
