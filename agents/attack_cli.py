@@ -200,7 +200,8 @@ def load_eval_model(spec: str | None, split, args: argparse.Namespace, target_ar
     arch = args.eval_arch
     if target_arch == arch:
         print(f"warning: the evaluation model has the target's architecture ({arch}); use --eval-arch to change it")
-    return train_eval_model(split, EvalModelConfig(model=arch, epochs=args.eval_epochs, seed=args.seed))
+    return train_eval_model(split, EvalModelConfig(model=arch, epochs=args.eval_epochs, seed=args.seed,
+                                                   weights=args.eval_weights))
 
 
 def _log_eval_model(ev, split_summary: dict) -> str:
@@ -331,6 +332,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--eval-arch", choices=("resnet18", "cnn", "inception"), default="resnet18",
                    help="evaluation model architecture; differs from the target's (default: resnet18)")
     a.add_argument("--eval-epochs", type=count(1), default=40, help="evaluation model training epochs (default: 40)")
+    a.add_argument("--eval-weights", default=EvalModelConfig.weights, metavar="FILE",
+                   help="a local pretrained file the evaluation model starts from (e.g. InceptionResnetV1 VGGFace2 "
+                        "weights with --eval-arch inception); never downloaded, its SHA-256 keys the cache")
     a.add_argument("--seed", type=int, default=0, help="seed of identities and attack runs (default: 0)")
     a.add_argument("--threads", type=count(1), default=None, help="torch CPU threads (default: all cores)")
     a.add_argument("--out-dir", default="reports", help="where reports are written (default: reports)")

@@ -34,7 +34,7 @@ from torch import nn
 from veil.attacks.evaluation import EvalModelConfig, train_eval_model
 from veil.attacks.harness import ATTACKS, HarnessConfig, run_attack, target_accuracy
 from veil.attacks.proxy import ProxyConfig, privacy_proxies
-from veil.recognition import TrainerConfig, load_faces, split_identities
+from veil.recognition import MODEL_NAMES, TrainerConfig, load_faces, split_identities
 
 from . import tracking
 from .attack_cli import attack_settings, load_target, model_from_checkpoint
@@ -89,7 +89,7 @@ def cell_job(plan: Plan, name: str, seed: int, track: Tracking) -> FRJob:
         names.remove("schedule")
     ns = row_namespace({**options, "defense": ",".join(names) or "none"})
     train = TrainerConfig(epochs=epochs, batch_size=plan.budget.batch_size, lr=plan.budget.lr, seed=seed)
-    return FRJob(data=plan.data, split=plan.split, train=train, model=plan.budget.model,
+    return FRJob(data=plan.data, split=plan.split, train=train, model=plan.budget.model, weights=plan.budget.weights,
                  defense=defense_options(ns, seed), policy=policy, augment_schedule=schedule,
                  threads=plan.budget.threads,
                  checkpoint=str(Path(plan.out_dir) / "checkpoints" / f"{name}-s{seed}.pt"),
@@ -464,7 +464,8 @@ def run_benchmark(plan: Plan, opts: RunOptions) -> list[dict[str, Any]]:
     split = split_identities(load_faces(plan.data), plan.split)
     for path in sorted(given):
         check_given_target(path, plan, split)  # another split or class count fails before any cell runs
-    ev = train_eval_model(split, EvalModelConfig(epochs=plan.attacks.eval_epochs))
+    ev = train_eval_model(split, EvalModelConfig(model=plan.attacks.eval_arch, epochs=plan.attacks.eval_epochs,
+                                                 weights=plan.attacks.eval_weights))
     print(f"benchmark: {split.source}, {split.num_private} private identities; evaluation model {ev.config.model} "
           f"{ev.metrics['top1']:.1%}; {len(defenses)} defenses x {len(seeds)} seeds x {len(attacks)} attacks")
     tracking.setup(opts.tracking.uri, opts.tracking.experiment)
@@ -571,6 +572,8 @@ def add_plan_args(b: argparse.ArgumentParser) -> None:
                    help=f"target batch size (default: {p.budget.batch_size})")
     b.add_argument("--lr", type=float, default=p.budget.lr, help=f"target learning rate (default: {p.budget.lr:g})")
     b.add_argument("--model", default=p.budget.model, help=f"target backbone (default: {p.budget.model})")
+    b.add_argument("--weights", default=p.budget.weights, metavar="FILE",
+                   help="a local pretrained backbone every target starts from (as veil train-fr --weights)")
     a = p.attacks
     b.add_argument("--identities", type=int, default=a.identities, help="identities attacked (default: 0 = all)")
     b.add_argument("--attack-seeds", type=int, default=a.attack_seeds,
@@ -584,6 +587,10 @@ def add_plan_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--gan-steps", type=int, default=a.gan_steps, help="generator updates per GAN (default: 2000)")
     b.add_argument("--eval-epochs", type=int, default=a.eval_epochs,
                    help=f"evaluation model epochs (default: {a.eval_epochs}; cached)")
+    b.add_argument("--eval-arch", choices=MODEL_NAMES, default=a.eval_arch,
+                   help=f"evaluation model backbone (default: {a.eval_arch}); differs from the targets'")
+    b.add_argument("--eval-weights", default=a.eval_weights, metavar="FILE",
+                   help="a local pretrained file the evaluation model starts from (its SHA-256 keys the cache)")
     b.add_argument("--threads", type=int, default=p.budget.threads, help="torch CPU threads")
     b.add_argument("--retrain-lost", action="store_true",
                    help="a cell that lacks attacks and whose target checkpoint is gone gets its target trained "

@@ -84,6 +84,7 @@ class FRBudget:
     lr: float = TrainerConfig.lr
     model: str = "cnn"
     threads: int | None = None
+    weights: str | None = None  # a local pretrained backbone file every target starts from (ModelConfig.weights)
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from veil.attacks.evaluation import EvalModelConfig
 from veil.defenses.params import AugmentParams
 from veil.env.actions import ACTION_TABLE, decode, with_fixed
 from veil.recognition import DataConfig, SplitConfig
@@ -64,6 +65,8 @@ class AttackPlan:
     gan_steps: int | None = None
     gan_seconds: float | None = None
     eval_epochs: int = 40
+    eval_arch: str = EvalModelConfig.model  # the evaluation model's backbone
+    eval_weights: str | None = None  # a local pretrained file the evaluation model starts from
 
 
 @dataclass
@@ -242,9 +245,11 @@ class Plan:
         plan = self
         data, split = data_configs(args, base=(plan.data, plan.split), given=given)
         plan = replace(plan, data=data, split=split)
-        budget = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "model", "threads") if k in given}
+        budget = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "model", "threads", "weights")
+                  if k in given}
         attacks = {k: getattr(args, k) for k in ("identities", "attack_seeds", "restarts", "steps", "gan_steps",
-                                                 "gan_seconds", "eval_epochs") if k in given}
+                                                 "gan_seconds", "eval_epochs", "eval_arch", "eval_weights")
+                   if k in given}
         if "attacks" in given:
             attacks["names"] = comma_list(args.attacks)
         top: dict[str, Any] = {}
@@ -386,6 +391,10 @@ def load_plan(path: str | Path) -> Plan:
     for learn in plan.learn.values():
         if not Path(learn.out).is_absolute():
             learn.out = str(base / learn.out)
+    if plan.budget.weights and not Path(plan.budget.weights).expanduser().is_absolute():
+        plan.budget.weights = str(base / plan.budget.weights)
+    if plan.attacks.eval_weights and not Path(plan.attacks.eval_weights).expanduser().is_absolute():
+        plan.attacks.eval_weights = str(base / plan.attacks.eval_weights)
     try:
         plan = replace(plan, defenses=rows, out_dir=out_dir, policy=_policy_table(policy, base))
     except ValueError as err:

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from veil.recognition import DeviceConfig, ModelConfig, Trainer, TrainerConfig, build_model
+from veil.recognition.data import MappedImages
 from veil.recognition.io import cache_dir, save_cache_entry
+from veil.recognition.models import load_weights
 
 from .cache import read_weights
 
@@ -37,6 +39,9 @@ class EvalModelConfig:
         scale_min, shift: random resized-crop augmentation: zoom in to at least ``scale_min`` of
             the side and shift by up to ``shift`` of the side, per sample.
         seed: training seed.
+        weights: a local pretrained file the judge starts from (``ModelConfig.weights``: e.g.
+            facenet-pytorch's InceptionResnetV1 VGGFace2 file with ``model="inception"``); its SHA-256,
+            not its path, keys the cache, so another file never reuses a cached judge.
     """
 
     model: str = "resnet18"
@@ -46,6 +51,7 @@ class EvalModelConfig:
     scale_min: float = 0.85
     shift: float = 0.08
     seed: int = 0
+    weights: str | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -102,10 +108,26 @@ def _key(split, config: EvalModelConfig) -> str:
     h = hashlib.sha256()
     for t in (split.train_images, split.train_labels, split.test_images, split.test_labels):
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.contiguous().numpy().tobytes())
-    key = {"config": asdict(config), "arch": asdict(_arch(split, config)), "v": EVAL_CACHE_VERSION}
+        # a memory-mapped set: which rows of which cache entry (named by its content), not its bytes
+        h.update(t.fingerprint().encode() if isinstance(t, MappedImages) else t.contiguous().numpy().tobytes())
+    cfg = asdict(config)
+    if cfg.pop("weights"):  # absent without weights: the keys of judges cached before 0.18 stay valid
+        cfg["weights_sha256"] = file_sha256(config.weights)
+    key = {"config": cfg, "arch": asdict(_arch(split, config)), "v": EVAL_CACHE_VERSION}
     h.update(json.dumps(key, sort_keys=True).encode())
     return h.hexdigest()[:20]
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (read in blocks); a one-line error if it cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    except OSError as err:
+        raise ValueError(f"weights file {path} cannot be read: {err.strerror or err}") from None
+    return h.hexdigest()
 
 
 def build_eval_model(split, config: EvalModelConfig) -> nn.Module:
@@ -144,6 +166,8 @@ def _train_or_load(split, config: EvalModelConfig, cache: bool, progress: bool,
             print(f"evaluation-model cache {path} is unreadable ({err}); retraining")
             torch.manual_seed(config.seed)
             model = build_eval_model(split, config)
+    if config.weights:  # the judge starts from the user's pretrained backbone; its head is learned here
+        load_weights(model, config.weights)
     trainer = Trainer(model, TrainerConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                                            schedule="cosine", seed=config.seed), num_classes=split.num_private,
                       device=device)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
 import pytest
 import torch
 
-from veil.attacks.evaluation import EvalModelConfig, random_crop_shift, train_eval_model
-from veil.recognition import DataConfig, SplitConfig, load_faces, split_identities
+from veil.attacks.evaluation import EvalModelConfig, _arch, _key, random_crop_shift, train_eval_model
+from veil.recognition import DataConfig, ModelConfig, SplitConfig, build_model, load_faces, split_identities
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +88,53 @@ def test_a_cache_that_cannot_be_written_keeps_the_fresh_model_with_a_warning(spl
 def test_bad_config_names_the_value() -> None:
     with pytest.raises(ValueError, match="scale_min"):
         EvalModelConfig(scale_min=0.0)
+
+
+# ----------------------------------------------------------------------------------- pretrained judge
+
+def _pretrained_file(path: Path, split, classes: int = 9) -> Path:
+    """A small-CNN state dict of another head size, as a user's pretrained file."""
+    torch.manual_seed(123)
+    torch.save(build_model(ModelConfig(num_classes=classes, image_size=32)).state_dict(), path)
+    return path
+
+
+def test_the_judge_starts_from_the_eval_weights_file(split, tmp_path: Path) -> None:
+    file = _pretrained_file(tmp_path / "judge.pt", split)
+    stored = torch.load(file, weights_only=True)
+    cfg = EvalModelConfig(model="cnn", epochs=1, batch_size=8, lr=1e-9, weights=str(file))  # a step that moves nothing
+    with pytest.warns(UserWarning, match="classifier head of another shape"):
+        ev = train_eval_model(split, cfg, cache=False, progress=False)
+    own = ev.model.state_dict()
+    assert torch.allclose(own["stages.0.0.weight"], stored["stages.0.0.weight"], atol=1e-6)
+    assert own["head.weight"].shape == (split.num_private, 128)
+    scratch = train_eval_model(split, EvalModelConfig(model="cnn", epochs=1, batch_size=8, lr=1e-9), cache=False,
+                               progress=False)
+    assert not torch.allclose(scratch.model.state_dict()["stages.0.0.weight"], stored["stages.0.0.weight"])
+
+
+def test_the_judges_cache_key_follows_the_weights_files_content_not_its_path(split, tmp_path: Path) -> None:
+    a = _pretrained_file(tmp_path / "a.pt", split)
+    same = tmp_path / "copy.pt"
+    same.write_bytes(a.read_bytes())
+    other = _pretrained_file(tmp_path / "b.pt", split, classes=7)
+    key = lambda w: _key(split, EvalModelConfig(model="cnn", weights=w))  # noqa: E731
+    assert key(str(a)) == key(str(same))
+    assert key(str(a)) != key(str(other)) and key(str(a)) != key(None)
+
+
+def test_a_judge_without_weights_keeps_its_cache_key_from_before_weights_existed(split) -> None:
+    cfg = EvalModelConfig(model="cnn")
+    h = hashlib.sha256()  # the key as veil 0.17 computed it
+    for t in (split.train_images, split.train_labels, split.test_images, split.test_labels):
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.contiguous().numpy().tobytes())
+    old_config = {k: v for k, v in asdict(cfg).items() if k != "weights"}
+    h.update(json.dumps({"config": old_config, "arch": asdict(_arch(split, cfg)), "v": "1"}, sort_keys=True).encode())
+    assert _key(split, cfg) == h.hexdigest()[:20]
+
+
+def test_a_missing_eval_weights_file_is_a_one_line_error_naming_it(split, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"weights file .*nowhere\.pt"):
+        train_eval_model(split, EvalModelConfig(model="cnn", epochs=1, weights=str(tmp_path / "nowhere.pt")),
+                         progress=False)

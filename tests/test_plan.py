@@ -161,3 +161,32 @@ def test_plan_defaults_are_the_commands_defaults() -> None:
     assert (args.epochs, args.batch_size, args.lr, args.model) == (plan.budget.epochs, plan.budget.batch_size,
                                                                    plan.budget.lr, plan.budget.model)
     assert args.defenses.split(",") == plan.rows and args.attacks.split(",") == plan.attacks.names
+
+
+REALISTIC = ROOT / "docs" / "plans" / "realistic-protocol.toml"
+
+
+def test_the_realistic_protocol_plan_loads_as_documented() -> None:
+    plan = load_plan(REALISTIC)
+    assert (plan.split.n_private, plan.data.image_size, plan.data.max_identities) == (1000, 112, 2000)
+    assert (plan.budget.model, Path(plan.budget.weights).name) == ("resnet18", "resnet18-f37072fd.pth")
+    judge = (plan.attacks.eval_arch, Path(plan.attacks.eval_weights).name)
+    assert judge == ("inception", "20180402-114759-vggface2.pt")
+    job = benchmark.cell_job(plan, "c125", 0, benchmark.Tracking())
+    assert (job.model, job.weights, job.defense.names) == ("resnet18", plan.budget.weights, ("re", "mixup"))
+
+
+def test_the_realistic_protocol_fails_only_on_its_placeholder_data_with_a_clear_message(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["benchmark", "--config", str(REALISTIC), "--out-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "veil benchmark: error: data path /data/casia-webface does not exist"
+
+
+def test_weights_flags_override_the_plans_files(tmp_path: Path) -> None:
+    argv = ["benchmark", "--config", str(REALISTIC), "--weights", "mine.pth", "--eval-weights", "judge.pt",
+            "--eval-arch", "resnet18"]
+    plan = benchmark.plan_from_args(parse_command(benchmark.add_parser, argv), benchmark.add_parser)
+    assert (plan.budget.weights, plan.attacks.eval_weights, plan.attacks.eval_arch) == ("mine.pth", "judge.pt",
+                                                                                        "resnet18")
+    assert plan.split.n_private == 1000  # the rest stays the plan's
