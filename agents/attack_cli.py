@@ -35,7 +35,7 @@ from veil.recognition import (
 
 from . import tracking
 from .fr_defenses import embedding_dim, wrap_recorded
-from .options import add_data_args, add_tracking_args, count, data_configs
+from .options import add_data_args, add_device_args, add_tracking_args, count, data_configs, device_config
 
 
 class DictOutputs(nn.Module):
@@ -157,10 +157,15 @@ def load_mlflow_model(path: Path) -> nn.Module:
         raise ValueError(f"{path} is not a loadable MLflow model folder: {type(err).__name__}: {err}") from None
 
 
-def load_target(spec: str) -> tuple[nn.Module, str | None, dict[str, str]]:
-    """The target model, its MLflow run ID (if known) and that run's params. ``spec`` is a veil
-    checkpoint, an MLflow model folder, or a run ID of ``veil train-fr`` (its checkpoint artifact)
-    or of ``veil train-agent`` (its game's FR model, the ``game_target`` artifact)."""
+def load_target(spec: str, device: str | torch.device = "cpu") -> tuple[nn.Module, str | None, dict[str, str]]:
+    """The target model (on ``device``), its MLflow run ID (if known) and that run's params. ``spec``
+    is a veil checkpoint, an MLflow model folder, or a run ID of ``veil train-fr`` (its checkpoint
+    artifact) or of ``veil train-agent`` (its game's FR model, the ``game_target`` artifact)."""
+    model, run_id, params = _load_target(spec)
+    return model.to(device), run_id, params
+
+
+def _load_target(spec: str) -> tuple[nn.Module, str | None, dict[str, str]]:
     path = Path(spec)
     if path.is_dir():
         return DictOutputs(load_mlflow_model(path)), None, {}
@@ -182,7 +187,14 @@ def load_target(spec: str) -> tuple[nn.Module, str | None, dict[str, str]]:
 
 
 def load_eval_model(spec: str | None, split, args: argparse.Namespace, target_arch: str | None):
-    """The evaluation model: a given file (a cached eval-model ``.pt``), or trained and cached."""
+    """The evaluation model: a given file (a cached eval-model ``.pt``), or trained and cached; on
+    the device the options name."""
+    ev = _eval_model(spec, split, args, target_arch)
+    ev.model.to(device_config(args).resolve())
+    return ev
+
+
+def _eval_model(spec: str | None, split, args: argparse.Namespace, target_arch: str | None):
     if spec:
         path = Path(spec)
         if not path.is_file():
@@ -201,7 +213,8 @@ def load_eval_model(spec: str | None, split, args: argparse.Namespace, target_ar
     if target_arch == arch:
         print(f"warning: the evaluation model has the target's architecture ({arch}); use --eval-arch to change it")
     return train_eval_model(split, EvalModelConfig(model=arch, epochs=args.eval_epochs, seed=args.seed,
-                                                   weights=args.eval_weights))
+                                                   weights=args.eval_weights),
+                            device=device_config(args))
 
 
 def _log_eval_model(ev, split_summary: dict) -> str:
@@ -246,7 +259,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     unknown = [a for a in names if a not in ATTACKS]
     if unknown:
         raise ValueError(f"unknown attack(s) {unknown}; known: {sorted(ATTACKS)}")
-    target, run_id, params = load_target(args.model)
+    device = device_config(args)
+    target, run_id, params = load_target(args.model, device.resolve())
     if args.data is None:
         if not params:
             raise ValueError("--data is needed when --model is a file (a run ID carries its data options)")
@@ -254,7 +268,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     else:
         data_cfg, split_cfg = data_configs(args)
     split = split_identities(load_faces(data_cfg), split_cfg)
-    n_out = target(split.test_images[:1].float() / 255.0)["logits"].shape[1]
+    n_out = target(split.test_images[:1].float().div(255.0).to(device.resolve()))["logits"].shape[1]
     if n_out != split.num_private:
         raise ValueError(f"the target has {n_out} classes but the split has {split.num_private} private identities; "
                          "pass the data options it was trained with")
@@ -282,7 +296,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
                                  "veil.target_run": run_id or "", "veil.target": args.model,
                                  "veil.defense": target_run.data.tags.get("veil.defense", "") if target_run else ""})
                 tracking.log_params({"attack": {"name": name, "attack_seeds": args.attack_seeds,
-                                                **settings.to_dict()}})
+                                                **settings.to_dict()}, "device": str(device.resolve())})
                 report = run_attack(name, target, split, ev.model, cfg)
                 report.context = {"target": args.model, "target_top1": acc["top1"], "num_private": split.num_private,
                                   "eval_model": f"{ev.config.model} ({ev.metrics['top1']:.1%} private test top-1, "
@@ -340,4 +354,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--out-dir", default="reports", help="where reports are written (default: reports)")
     add_data_args(a)
     a.set_defaults(data=None, handler=cmd_attack)  # data None: take the data options from the target's run
+    add_device_args(a)
     add_tracking_args(a)

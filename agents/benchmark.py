@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +34,17 @@ from torch import nn
 from veil.attacks.evaluation import EvalModelConfig, train_eval_model
 from veil.attacks.harness import ATTACKS, HarnessConfig, run_attack, target_accuracy
 from veil.attacks.proxy import ProxyConfig, privacy_proxies
-from veil.recognition import MODEL_NAMES, TrainerConfig, load_faces, split_identities
+from veil.recognition import MODEL_NAMES, DeviceConfig, TrainerConfig, load_faces, split_identities
 
 from . import tracking
 from .attack_cli import attack_settings, load_target, model_from_checkpoint
 from .options import (
     add_data_args,
+    add_device_args,
     add_tracking_args,
     command_parser,
     defense_options,
+    device_config,
     given_options,
     row_namespace,
     row_options_from_argv,
@@ -56,11 +58,13 @@ from .train_fr import FRJob, PolicyUse, Tracking, data_record, first_difference,
 
 @dataclass
 class RunOptions:
-    """How a plan is run (not what it measures): where it is logged, rebuild-only, retraining."""
+    """How a plan is run (not what it measures): where it is logged, rebuild-only, retraining, and on
+    which device (with which speed options) its targets, evaluation model and attacks run."""
 
     tracking: Tracking
     summarize_only: bool = False
     retrain_lost: bool = False
+    device: DeviceConfig = field(default_factory=DeviceConfig)
 
 
 def _write_json(obj: Any, path: Path) -> None:
@@ -72,7 +76,8 @@ def _write_json(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def cell_job(plan: Plan, name: str, seed: int, track: Tracking) -> FRJob:
+def cell_job(plan: Plan, name: str, seed: int, track: Tracking,
+             device: DeviceConfig = DeviceConfig(device="cpu")) -> FRJob:
     """The ``veil train-fr`` run of one cell: the plan's data and budget, this row's defense and options."""
     row = plan.row(name)
     options = dict(row.options)
@@ -93,7 +98,7 @@ def cell_job(plan: Plan, name: str, seed: int, track: Tracking) -> FRJob:
                  defense=defense_options(ns, seed), policy=policy, augment_schedule=schedule,
                  threads=plan.budget.threads,
                  checkpoint=str(Path(plan.out_dir) / "checkpoints" / f"{name}-s{seed}.pt"),
-                 tracking=replace(track, run_name=f"{name}-s{seed}"))
+                 tracking=replace(track, run_name=f"{name}-s{seed}"), device=device)
 
 
 def cell_options(record: dict[str, Any]) -> dict[str, Any]:
@@ -284,26 +289,27 @@ def _take_target(plan: Plan, defense: str, seed: int, split, ckpt: Path):
     return run.info.run_id, target, natural
 
 
-def _train_target(plan: Plan, track: Tracking, defense: str, seed: int, split, ckpt: Path):
+def _train_target(plan: Plan, track: Tracking, defense: str, seed: int, split, ckpt: Path,
+                  device: DeviceConfig = DeviceConfig(device="cpu")):
     """Train one cell's target with its options and seed (``train_fr`` writes ``ckpt``; a target
     row takes its given checkpoint instead); return the FR run, the loaded model and its natural
     accuracy on the test split."""
     if plan.row(defense).use == "target":
         return _take_target(plan, defense, seed, split, ckpt)
-    fr_run = train_fr(cell_job(plan, defense, seed, track))
-    target, _, _ = load_target(str(ckpt))
+    fr_run = train_fr(cell_job(plan, defense, seed, track, device))
+    target, _, _ = load_target(str(ckpt), device.resolve())
     return fr_run, target, target_accuracy(target, split)
 
 
 def retrain_lost_target(plan: Plan, track: Tracking, defense: str, seed: int, split, record: dict[str, Any],
-                        ckpt: Path):
+                        ckpt: Path, device: DeviceConfig = DeviceConfig(device="cpu")):
     """Train a cell's lost target again with the cell's options and seed and return it, if it
     reaches exactly the recorded natural accuracy (top-1 and top-5 on the same test images); else
     set the new checkpoint aside and stop, since attacks on another model would be mixed into the
     cell. One-thread training on the same torch and CPU reproduces; other setups may not."""
     again = "copying it again from its file" if plan.row(defense).use == "target" else "training it again"
     print(f"target {ckpt} is gone: {again} (seed {seed}) and checking it against the cell")
-    fr_run, target, natural = _train_target(plan, track, defense, seed, split, ckpt)
+    fr_run, target, natural = _train_target(plan, track, defense, seed, split, ckpt, device)
     aside = ckpt.with_name(ckpt.stem + ".mismatch.pt")
     try:
         got = _check_reproduces(natural, split, record, f"the retrained target of cell {defense} seed {seed}",
@@ -372,7 +378,7 @@ def run_cell(plan: Plan, opts: RunOptions, defense: str, seed: int, split, ev,
     cell = out / "cells" / f"{defense}-s{seed}.json"
     ckpt = out / "checkpoints" / f"{defense}-s{seed}.pt"
     if record is None:
-        fr_run, target, natural = _train_target(plan, opts.tracking, defense, seed, split, ckpt)
+        fr_run, target, natural = _train_target(plan, opts.tracking, defense, seed, split, ckpt, opts.device)
         record = {"defense": defense, "seed": seed, "fr_run": fr_run, "natural_top1": natural["top1"],
                   "natural_top5": natural["top5"], "collapsed": bool(natural["collapsed"]), "attacks": {},
                   "split": split.kind, "options": plan.row(defense).options,
@@ -386,16 +392,17 @@ def run_cell(plan: Plan, opts: RunOptions, defense: str, seed: int, split, ev,
             print(f"warning: target {defense} seed {seed} collapsed (its output does not depend on the input); its "
                   "attack scores are those of a model that learned nothing. The table counts it and says so.")
     elif ckpt.is_file() and (plan.row(defense).use == "target" or _set_aside_if_partial(ckpt) is None):
-        target, _, _ = load_target(str(ckpt))
+        target, _, _ = load_target(str(ckpt), opts.device.resolve())
         _check_reproduces(target_accuracy(target, split), split, record, f"the target {ckpt} of cell {defense} seed {seed}",
                           "Delete the cell (or the checkpoint) to train it again.")
     elif opts.retrain_lost or plan.row(defense).use == "target":  # a given target is copied again
-        target = retrain_lost_target(plan, opts.tracking, defense, seed, split, record, ckpt)
+        target = retrain_lost_target(plan, opts.tracking, defense, seed, split, record, ckpt, opts.device)
         _write_json(record, cell)
     else:
         raise FileNotFoundError(f"cell {cell} lacks attacks but its target {ckpt} is gone; pass --retrain-lost to "
                                 "train it again with the same options and seed (kept only if it reaches the "
                                 "recorded accuracy), or delete the cell file to start the cell over")
+    target = target.to(opts.device.resolve())  # a given target's file loads on the CPU; attacks run where it is
     missing = [a for a in plan.attacks.names if a not in record["attacks"]]
     settings = attack_settings(plan.attacks)
     record["fr_run"] = _run_in_this_store(record["fr_run"], f"{defense}-s{seed}")
@@ -465,7 +472,7 @@ def run_benchmark(plan: Plan, opts: RunOptions) -> list[dict[str, Any]]:
     for path in sorted(given):
         check_given_target(path, plan, split)  # another split or class count fails before any cell runs
     ev = train_eval_model(split, EvalModelConfig(model=plan.attacks.eval_arch, epochs=plan.attacks.eval_epochs,
-                                                 weights=plan.attacks.eval_weights))
+                                                 weights=plan.attacks.eval_weights), device=opts.device)
     print(f"benchmark: {split.source}, {split.num_private} private identities; evaluation model {ev.config.model} "
           f"{ev.metrics['top1']:.1%}; {len(defenses)} defenses x {len(seeds)} seeds x {len(attacks)} attacks")
     tracking.setup(opts.tracking.uri, opts.tracking.experiment)
@@ -479,7 +486,7 @@ def run_benchmark(plan: Plan, opts: RunOptions) -> list[dict[str, Any]]:
                                            "identities": plan.attacks.identities,
                                            "attack_seeds": plan.attacks.attack_seeds,
                                            "eval_model": ev.config.model, "eval_top1": round(ev.metrics["top1"], 4)},
-                             "split": split.summary()})
+                             "split": split.summary(), **opts.device.params()})
         evaluator = ev.fingerprint
 
         def state(d: str, s: int, quiet: bool = False) -> tuple[dict[str, Any] | None, list[str]]:
@@ -552,7 +559,8 @@ def plan_from_args(args: argparse.Namespace, add: Any) -> Plan:
 
 def run_options(args: argparse.Namespace) -> RunOptions:
     return RunOptions(Tracking(args.tracking_uri, args.experiment, args.run_name),
-                      summarize_only=getattr(args, "summarize_only", False), retrain_lost=args.retrain_lost)
+                      summarize_only=getattr(args, "summarize_only", False), retrain_lost=args.retrain_lost,
+                      device=device_config(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -630,5 +638,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out-dir", default=p.out_dir, help=f"cells, tables, plots (default: {p.out_dir}; a plan's "
                                                         "out_dir is relative to the plan file)")
     add_data_args(b)
+    add_device_args(b)
     add_tracking_args(b)
     b.set_defaults(handler=run)

@@ -28,7 +28,7 @@ from veil.attacks.evaluation import EvalModelConfig, train_eval_model
 from veil.recognition import load_faces, split_identities
 
 from .benchmark import RunOptions, given_plan, read_cells, run_benchmark
-from .options import add_tracking_args, count
+from .options import add_device_args, add_tracking_args, count, device_config
 from .plan import Plan, load_plan
 from .tables import write_outputs
 from .train_fr import Tracking
@@ -75,6 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--out-dir", default="veil-demo", help="cells, table, plot and grids (default: veil-demo)")
     d.add_argument("--jobs", type=int, default=2, choices=(1, 2),
                    help="rows trained at once, one torch thread each (default: 2)")
+    add_device_args(d)
     add_tracking_args(d)
     d.set_defaults(handler=run)
 
@@ -176,13 +177,13 @@ def run(args: argparse.Namespace) -> int:
     plan = demo_plan(args)
     if DEFENDED not in plan.rows or "none" not in plan.rows:
         raise ValueError(f"veil demo compares 'none' with '{DEFENDED}'; the plan's rows are {plan.rows}")
-    opts = RunOptions(Tracking(args.tracking_uri, args.experiment, args.run_name))
+    opts = RunOptions(Tracking(args.tracking_uri, args.experiment, args.run_name), device=device_config(args))
     # nothing else runs while the evaluation model trains; always on EVAL_THREADS, whatever --jobs
     # says: float sums differ with the thread count, and so would the judge and its scores
     torch.set_num_threads(EVAL_THREADS)
     print(f"== 1/3: the evaluation model that scores the attack ({plan.attacks.eval_epochs} epochs; cached)", flush=True)
     split = split_identities(load_faces(plan.data), plan.split)
-    ev = train_eval_model(split, EvalModelConfig(epochs=plan.attacks.eval_epochs))
+    ev = train_eval_model(split, EvalModelConfig(epochs=plan.attacks.eval_epochs), device=opts.device)
     print(f"evaluation model: {ev.metrics['top1']:.1%} on the private test images "
           f"({'from the cache' if ev.cached else 'trained'}; {time.perf_counter() - t0:.0f}s)", flush=True)
     print(f"\n== 2/3: FR models {' and '.join(plan.rows)} ({plan.budget.epochs} epochs), each attacked with "

@@ -32,12 +32,12 @@ from veil.attacks.harness import HarnessConfig, run_attack
 from veil.attacks.settings import AttackSettings
 from veil.defenses.params import AugmentParams
 from veil.env.schedule_game import FaceScheduleEnv, ScheduleGameConfig, schedule_of
-from veil.recognition import FaceSplit, load_faces, split_identities
+from veil.recognition import DeviceConfig, FaceSplit, load_faces, split_identities
 
 from . import tracking
 from .attack_cli import attack_settings
 from .benchmark import read_cells
-from .options import add_tracking_args
+from .options import add_device_args, add_tracking_args, device_config
 from .plan import LearnPlan, Plan, calibration_plan, centre_params, load_plan
 from .race import race_box
 from .schedules import save_schedule
@@ -131,7 +131,7 @@ def learn_ppo(game: ScheduleGameConfig, split: FaceSplit, probe: Any, learn: Lea
     env = FaceScheduleEnv(game, split=split, probe=probe)
     n_steps = learn.segments * learn.ppo_episodes_per_update
     algo = PPO("MlpPolicy", env, n_steps=n_steps, batch_size=n_steps, n_epochs=10, gamma=1.0, gae_lambda=1.0,
-               learning_rate=learn.ppo_lr, ent_coef=0.0, seed=learn.seed, device="cpu", verbose=0,
+               learning_rate=learn.ppo_lr, ent_coef=0.0, seed=learn.seed, device=game.device, verbose=0,
                policy_kwargs={"net_arch": [32, 32], "log_std_init": learn.ppo_log_std_init})
     log = EpisodeLog(learn.episodes)
     algo.learn(total_timesteps=learn.episodes * learn.segments, callback=log)
@@ -139,15 +139,16 @@ def learn_ppo(game: ScheduleGameConfig, split: FaceSplit, probe: Any, learn: Lea
     return [game.codec.decode(a) for a in actions], log.history
 
 
-def learn_schedule(plan: Plan, name: str, track: Tracking) -> Path:
-    """Run the learner ``[learn.NAME]`` of ``plan`` and write its schedule (and a JSON record beside it)."""
+def learn_schedule(plan: Plan, name: str, track: Tracking, device: DeviceConfig = DeviceConfig(device="cpu")) -> Path:
+    """Run the learner ``[learn.NAME]`` of ``plan`` and write its schedule (and a JSON record beside it); the
+    FR runs, the evaluation model and the probe run on ``device``."""
     if name not in plan.learn:
         raise ValueError(f"the plan has no [learn.{name}] table (it has: {', '.join(plan.learn) or 'none'})")
     learn = plan.learn[name]
     torch.set_num_threads(plan.budget.threads or torch.get_num_threads())
-    game = game_config(plan, learn, reference_accuracy(plan, learn))
+    game = replace(game_config(plan, learn, reference_accuracy(plan, learn)), device=str(device.resolve()))
     split = split_identities(load_faces(game.data), game.split)
-    ev = train_eval_model(split, EvalModelConfig(epochs=plan.attacks.eval_epochs))
+    ev = train_eval_model(split, EvalModelConfig(epochs=plan.attacks.eval_epochs), device=device)
     probe = functools.partial(pca_probe, eval_model=ev.model, settings=attack_settings(plan.attacks),
                               identities=plan.attacks.identities, attack_seeds=plan.attacks.attack_seeds)
     out = Path(learn.out)
@@ -186,7 +187,7 @@ def learn_schedule(plan: Plan, name: str, track: Tracking) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     plan = load_plan(args.config)
-    learn_schedule(plan, args.name, Tracking(args.tracking_uri, args.experiment, args.run_name))
+    learn_schedule(plan, args.name, Tracking(args.tracking_uri, args.experiment, args.run_name), device_config(args))
     return 0
 
 
@@ -199,5 +200,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "schedule file, which veil train-fr --augment-schedule replays exactly.")
     c.add_argument("--config", required=True, metavar="PLAN.toml", help="a race plan with [learn.NAME] tables")
     c.add_argument("--name", required=True, help="which [learn.NAME] to run")
+    add_device_args(c)
     add_tracking_args(c)
     c.set_defaults(handler=run)

@@ -2,7 +2,9 @@
 
 Every flag's default is read from the dataclass field it sets, so a default is written once. Each
 command module adds its own parser with these groups; ``veil benchmark`` also reads them as
-overrides of an experiment plan (``plan.py``), through the same tables.
+overrides of an experiment plan (``plan.py``), through the same tables. The device options
+(``add_device_args``) map to ``DeviceConfig`` through ``DEVICE_FLAGS``; ``--device`` is resolved
+while the command line is read, so an absent device fails before any data loads.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from veil.defenses.loft import ACTIVATIONS, LoFtConfig
 from veil.defenses.mixup import MixConfig, band_for
 from veil.defenses.tldmi import TLDMIConfig
 from veil.defenses.trapmid import TrapMIDConfig
-from veil.recognition import DataConfig, SplitConfig, TrainerConfig
+from veil.recognition import DataConfig, DeviceConfig, SplitConfig, TrainerConfig
 from veil.recognition.data import IN_MEMORY_MAX_BYTES
+from veil.recognition.device import AMP_DTYPES, DEVICE_CHOICES, device_problem
 
 from .fr_defenses import DefenseOptions, parse_defenses
 
@@ -43,6 +46,9 @@ DATA_FLAGS: dict[str, tuple[str, str]] = {
     "in_memory": ("data", "in_memory"), "data_workers": ("data", "workers"),
 }
 NEGATED_DATA_FLAGS = {"no_cache": ("data", "use_cache")}  # a store_true flag that turns a field off
+# flag dest -> DeviceConfig field: the one mapping from the device options to DeviceConfig
+DEVICE_FLAGS: dict[str, str] = {"device": "device", "amp": "amp", "channels_last": "channels_last",
+                                "compile": "compile"}
 
 
 MAX_MIX_K = 6  # --mix-k's range, as the game's k_max
@@ -126,6 +132,36 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help=f"synthetic data: number of identities (default: {d.synthetic_identities})")
     g.add_argument("--synthetic-images", type=count(1), default=d.synthetic_images,
                    help=f"synthetic data: images per identity (default: {d.synthetic_images})")
+
+
+def device_name(text: str) -> str:
+    """An argparse ``type`` for ``--device``: the device resolved (``auto`` becomes what it picks), or
+    a one-line error while the command line is read, e.g. ``cuda: CUDA is not available on this machine``."""
+    dev, problem = device_problem(text)
+    if dev is None:
+        raise argparse.ArgumentTypeError(f"{text}: {problem}")
+    return str(dev)
+
+
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    """Where the models train and attack, and the GPU speed options (defaults from ``DeviceConfig``:
+    all off, so the CPU path is as it was)."""
+    d = DeviceConfig
+    g = p.add_argument_group("device")
+    g.add_argument("--device", type=device_name, default=d.device, metavar=DEVICE_CHOICES,
+                   help=f"where models train and attack: auto picks CUDA, then MPS, then CPU (default: {d.device})")
+    g.add_argument("--amp", choices=tuple(AMP_DTYPES), default=d.amp,
+                   help=f"mixed precision of the FR model's forward passes; fp16 adds a gradient scaler on CUDA "
+                        f"(default: {d.amp})")
+    g.add_argument("--channels-last", action="store_true",
+                   help="channels-last memory format for the convolutional backbones (faster on recent GPUs)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the FR model (slow first steps; where the backend supports the model)")
+
+
+def device_config(args: argparse.Namespace) -> DeviceConfig:
+    """The ``DeviceConfig`` the device options describe (its defaults where a parser lacks them)."""
+    return DeviceConfig(**{field: getattr(args, dest) for dest, field in DEVICE_FLAGS.items() if hasattr(args, dest)})
 
 
 def data_configs(args: argparse.Namespace, base: tuple[DataConfig, SplitConfig] | None = None,

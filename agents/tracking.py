@@ -15,6 +15,7 @@ attack runs name in ``veil.eval_run``. Runs start and end around their work (``s
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import json
 import math
@@ -39,6 +40,7 @@ from torchvision.utils import make_grid
 
 import veil
 from veil.attacks.harness import ATTACKS
+from veil.recognition.device import module_device
 from veil.recognition.models import LogitsOnly
 
 DEFAULT_EXPERIMENT = "veil"
@@ -328,6 +330,8 @@ def log_fr_model(model: nn.Module, example: torch.Tensor, name: str = "model") -
     (``veil_code_tree``), so MLflow neither probes the environment in a subprocess nor needs veil
     installed to load it.
     """
+    if module_device(model).type != "cpu":  # logged to load on any machine; the trained copy stays put
+        model = copy.deepcopy(model).cpu()
     wrapped = LogitsOnly(model).eval()
     with torch.no_grad():
         out = wrapped(example)

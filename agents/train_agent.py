@@ -26,7 +26,16 @@ from veil.recognition.progress import progress_bar
 
 from . import tracking
 from .export import export_policy
-from .options import EPILOG_DATA, add_data_args, add_tracking_args, count, data_configs
+from .options import (
+    DEVICE_FLAGS,
+    EPILOG_DATA,
+    add_data_args,
+    add_device_args,
+    add_tracking_args,
+    count,
+    data_configs,
+    device_config,
+)
 from .registry import log_policy_model, registered_name
 from .rl import (
     ALGOS,
@@ -88,7 +97,7 @@ def make_probe(args: Any, split: Any):
     if not getattr(args, "probe_every", 0):
         return None, None
 
-    ev = train_eval_model(split, EvalModelConfig(epochs=args.eval_epochs, seed=args.seed))
+    ev = train_eval_model(split, EvalModelConfig(epochs=args.eval_epochs, seed=args.seed), device=device_config(args))
     print(f"probe: evaluation model {ev.config.model} at {ev.metrics['top1']:.1%} private test top-1"
           f"{' (cached)' if ev.cached else ''}; {args.probe_identities} identities every {args.probe_every} steps")
     return PrivacyProbe(split, ev.model, ProbeConfig(identities=args.probe_identities, seed=args.seed)), ev
@@ -145,7 +154,7 @@ def train(args: Any) -> Path | None:
     resumed = None
     if getattr(args, "resume", None):
         resumed = read_game(args.resume, args.out_dir)
-        kept = {k: getattr(args, k) for k in ("resume", "threads")}
+        kept = {k: getattr(args, k) for k in ("resume", "threads", *DEVICE_FLAGS)}  # how it runs, not what it plays
         args = argparse.Namespace(**{**resumed["options"], **kept})
 
 
@@ -170,7 +179,7 @@ def train(args: Any) -> Path | None:
                         reward_scale=args.reward_scale, preserve_budget=args.preserve_budget,
                         preserve_weight=args.preserve_weight, preserve_on=args.preserve_on,
                         warmup_steps=args.warmup_steps, reset_mode=args.reset_mode, probe_every=args.probe_every,
-                        privacy_weight=args.privacy_weight, seed=args.seed)
+                        privacy_weight=args.privacy_weight, seed=args.seed, device=args.device)
     print(f"data: {split.num_private} private identities, {len(split.train_labels)} training images; "
           f"{args.n_envs} env(s), {args.algo if not args.baseline else 'baseline ' + args.baseline}")
 
@@ -187,7 +196,7 @@ def train(args: Any) -> Path | None:
         if resumed:
             print(f"resuming run {run.info.run_id} at step {resumed['num_timesteps']} of {args.timesteps}")
         else:
-            tracking.log_params({"env": asdict(env_cfg), "split": split.summary(),
+            tracking.log_params({"env": asdict(env_cfg), "split": split.summary(), **device_config(args).params(),
                                  "agent": {"algo": args.algo, "timesteps": args.timesteps, "n_envs": args.n_envs,
                                            "n_steps": args.n_steps, "ent_coef": args.ent_coef,
                                            "policy_lr": args.policy_lr, "baseline": args.baseline,
@@ -210,7 +219,9 @@ def train(args: Any) -> Path | None:
         if normalize_reward:
             vec = VecNormalize(vec, norm_obs=False, norm_reward=True)
         algo_cls = ALGOS[args.algo]
-        kwargs: dict[str, Any] = {"seed": args.seed, "device": "cpu", "learning_rate": args.policy_lr, "verbose": 0,
+        # the policy on the FR model's device (a small MLP: on CUDA SB3 warns that the CPU may be faster)
+        kwargs: dict[str, Any] = {"seed": args.seed, "device": args.device, "learning_rate": args.policy_lr,
+                                  "verbose": 0,
                                   "gamma": args.gamma}
         if args.algo in ("ppo", "a2c"):
             kwargs.update(n_steps=args.n_steps, ent_coef=args.ent_coef,
@@ -537,6 +548,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="continue an interrupted game from its last game checkpoint (<out-dir>/<run id>-game.pt or the "
                         "file), with the options it was started with, into the same MLflow run")
     g.add_argument("--out-dir", default="checkpoints", help="where the agent, the policy and plots go (default: checkpoints)")
+    add_device_args(a)
     add_tracking_args(a)
 
     a.set_defaults(handler=run)

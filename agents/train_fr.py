@@ -22,6 +22,7 @@ from veil.defenses.tldmi import freeze_until
 from veil.env.schedule_game import SCHEDULE_SEED_OFFSET
 from veil.recognition import (
     DataConfig,
+    DeviceConfig,
     ModelConfig,
     SplitConfig,
     Trainer,
@@ -42,11 +43,13 @@ from .options import (
     FRBudget,
     add_data_args,
     add_defense_args,
+    add_device_args,
     add_policy_use_args,
     add_tracking_args,
     count,
     data_configs,
     defense_options,
+    device_config,
 )
 from .registry import policy_file
 from .schedules import ScheduleAugmenter, load_schedule
@@ -89,6 +92,7 @@ class FRJob:
     resume: str | None = None
     force: bool = False
     tracking: Tracking = field(default_factory=Tracking)
+    device: DeviceConfig = field(default_factory=DeviceConfig)  # where it trains; not part of what it trains
 
     def __post_init__(self) -> None:
         if self.train.epochs < 1:
@@ -181,6 +185,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "rate schedule to the new total")
     g.add_argument("--force", action="store_true",
                    help="with --resume: resume even where the options differ from the checkpoint's")
+    add_device_args(p)
     add_tracking_args(p)
     p.set_defaults(handler=run)
 
@@ -195,7 +200,7 @@ def job_from_args(args: argparse.Namespace) -> FRJob:
     return FRJob(data=data, split=split, train=train, model=args.model, weights=args.weights,
                  defense=defense_options(args, args.seed), policy=policy, augment_schedule=args.augment_schedule,
                  threads=args.threads, checkpoint=args.checkpoint, resume=args.resume, force=args.force,
-                 tracking=Tracking(args.tracking_uri, args.experiment, args.run_name))
+                 tracking=Tracking(args.tracking_uri, args.experiment, args.run_name), device=device_config(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -224,11 +229,11 @@ def train_fr(job: FRJob) -> str:
     model = build_model(model_cfg)
     pretrain_history: list[dict[str, float]] = []
     if "tldmi" in defense.names and not job.resume:
-        model, pretrain_history = _tldmi_pretrain(model, model_cfg, train_cfg, defense, split)
+        model, pretrain_history = _tldmi_pretrain(model, model_cfg, train_cfg, defense, split, job.device)
     elif "tldmi" in defense.names:  # resuming: the checkpoint holds the weights; freeze the same layers
         freeze_until(model, defense.tldmi.freeze)
     model = fr_defenses.wrap_model(model, defense, fr_defenses.embedding_dim(model, channels, size), split.num_private)
-    trainer = Trainer(model, train_cfg, num_classes=split.num_private)
+    trainer = Trainer(model, train_cfg, num_classes=split.num_private, device=job.device)
     trainer.regularizers = fr_defenses.regularizers(defense)
     trap = fr_defenses.attach_trapmid(trainer, defense, model_cfg)
     augment = fr_defenses.make_augment(defense)
@@ -293,7 +298,7 @@ def train_fr(job: FRJob) -> str:
                                           or synthetic},
                                  "split": {**asdict(job.split), **split.summary()},
                                  "model": asdict(model_cfg), "train": asdict(train_cfg),
-                                 "defense": defense.params()})
+                                 "defense": defense.params(), **job.device.params()})
             for i, m in enumerate(pretrain_history):
                 tracking.log_metrics({f"pretrain_{k}": v for k, v in m.items() if k != "epoch"}, step=i + 1)
             if augment is not None:
@@ -386,7 +391,8 @@ def policy_augment_for(policy: PolicyUse, trainer: Trainer | None, seed: int, pl
 
 
 def _tldmi_pretrain(model: nn.Module, model_cfg: ModelConfig, train_cfg: TrainerConfig, defense: DefenseOptions,
-                    split) -> tuple[nn.Module, list[dict[str, float]]]:
+                    split, device: DeviceConfig = DeviceConfig(device="cpu")
+                    ) -> tuple[nn.Module, list[dict[str, float]]]:
     """TL-DMI: train a copy on the public identities, move its backbone into ``model``, freeze."""
     n_pub = len(split.public_names)
     if n_pub < 2:
@@ -394,7 +400,7 @@ def _tldmi_pretrain(model: nn.Module, model_cfg: ModelConfig, train_cfg: Trainer
     public = build_model(replace(model_cfg, num_classes=n_pub, weights=None))
     public.load_state_dict({k: v for k, v in model.state_dict().items()
                             if public.state_dict()[k].shape == v.shape}, strict=False)
-    pre = Trainer(public, replace(train_cfg, epochs=defense.tldmi.pretrain_epochs), num_classes=n_pub)
+    pre = Trainer(public, replace(train_cfg, epochs=defense.tldmi.pretrain_epochs), num_classes=n_pub, device=device)
     print(f"tldmi: pre-training on {n_pub} public identities for {defense.tldmi.pretrain_epochs} epochs")
     history = pre.fit(split.public_images, split.public_labels, progress=True, desc="tldmi pre-training")
     fr_defenses.transfer_backbone(public, model)

@@ -67,6 +67,7 @@ class ScheduleGameConfig:
         budget, penalty: the reward loses ``penalty * max(0, drop - budget) / 100`` for a drop of
             ``drop`` points of validation top-1 against ``acc_reference``.
         seed: the first episode's seed; episode j of an unseeded ``reset`` trains seed + j.
+        device: where each run's FR model trains (``auto``: CUDA, then MPS, then CPU).
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -85,6 +86,7 @@ class ScheduleGameConfig:
     budget: float = 2.0
     penalty: float = 5.0
     seed: int = 100
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if not 1 <= self.segments <= self.epochs:
@@ -170,7 +172,7 @@ class FaceScheduleEnv(gym.Env):
         torch.manual_seed(seed)  # the initial weights follow the seed
         model = build_model(cfg)
         return Trainer(model, TrainerConfig(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, seed=seed),
-                       num_classes=self.split.num_private)
+                       num_classes=self.split.num_private, device=c.device)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
