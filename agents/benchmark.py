@@ -34,14 +34,18 @@ from torch import nn
 from veil.attacks.evaluation import EvalModelConfig, train_eval_model
 from veil.attacks.harness import ATTACKS, HarnessConfig, run_attack, target_accuracy
 from veil.attacks.proxy import ProxyConfig, privacy_proxies
-from veil.recognition import MODEL_NAMES, DeviceConfig, TrainerConfig, load_faces, split_identities
+from veil.recognition import MODEL_NAMES, DeviceConfig, FaceSplit, TrainerConfig, load_faces, split_identities
+from veil.recognition.data import default_data_root
 
 from . import tracking
 from .attack_cli import attack_settings, load_target, model_from_checkpoint
+from .cluster import ClusterConfig, ray_module, run_tasks
 from .options import (
+    add_cluster_args,
     add_data_args,
     add_device_args,
     add_tracking_args,
+    cluster_config,
     command_parser,
     defense_options,
     device_config,
@@ -58,13 +62,15 @@ from .train_fr import FRJob, PolicyUse, Tracking, data_record, first_difference,
 
 @dataclass
 class RunOptions:
-    """How a plan is run (not what it measures): where it is logged, rebuild-only, retraining, and on
-    which device (with which speed options) its targets, evaluation model and attacks run."""
+    """How a plan is run (not what it measures): where it is logged, rebuild-only, retraining, on
+    which device (with which speed options) its targets, evaluation model and attacks run, and
+    whether its cells run in this process or as Ray tasks (``cluster``)."""
 
     tracking: Tracking
     summarize_only: bool = False
     retrain_lost: bool = False
     device: DeviceConfig = field(default_factory=DeviceConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 def _write_json(obj: Any, path: Path) -> None:
@@ -438,8 +444,92 @@ def run_cell(plan: Plan, opts: RunOptions, defense: str, seed: int, split, ev,
     return record
 
 
+def cell_state(plan: Plan, d: str, s: int, split, evaluator: str,
+               quiet: bool = False) -> tuple[dict[str, Any] | None, list[str]]:
+    """A cell's saved record (None: not trained) and the attacks it still lacks (``proxies`` too,
+    where its target is saved but they were never computed); attacks scored by another evaluation
+    model than ``evaluator`` count as lacking."""
+    out = Path(plan.out_dir)
+    cell = out / "cells" / f"{d}-s{s}.json"
+    done = _read_cell(cell, out / "checkpoints" / f"{d}-s{s}.pt", split)
+    check_row_cell(done, plan.row(d), cell)  # built-ins: no options, always {}
+    attacks = plan.attacks.names
+    for a in [a for a in attacks if done is not None and a in done["attacks"]]:
+        scored_by = done["attacks"][a].get("evaluator")  # None: a cell from before this record
+        if scored_by is not None and scored_by != evaluator:
+            if not quiet:
+                print(f"cell {d} seed {s}: {a} was scored by another evaluation model ({scored_by}, now "
+                      f"{evaluator}); rerunning it so every row is judged by the same model")
+            del done["attacks"][a]
+    if done is not None and _fill_identity_top1(done):
+        _save_cell(done, cell)
+    missing = [a for a in attacks if done is None or a not in done["attacks"]]
+    if done is not None and "proxies" not in done and (out / "checkpoints" / f"{d}-s{s}.pt").is_file():
+        missing.append("proxies")  # the cheap privacy proxies, computed on the saved target
+    return done, missing
+
+
+_SPLITS: dict[str, FaceSplit] = {}  # a Ray worker's loaded splits, by plan data: its later cells reuse them
+
+
+def cell_task(ev, plan: Plan, opts: RunOptions, defense: str, seed: int, parent_run_id: str) -> dict[str, Any]:
+    """One cell as a Ray task (``cluster.run_tasks``): the same ``run_cell`` as in-process, its MLflow
+    runs nested under the driver's benchmark run; a cell already finished (a retry after its worker
+    died past the last write) is returned as saved, not run again."""
+    if plan.budget.threads:
+        torch.set_num_threads(plan.budget.threads)
+    key = repr((plan.data, plan.split))
+    if key not in _SPLITS:
+        _SPLITS[key] = split_identities(load_faces(plan.data), plan.split)
+    split = _SPLITS[key]
+    tracking.setup(opts.tracking.uri, opts.tracking.experiment)
+    with tracking.attach(parent_run_id):
+        done, missing = cell_state(plan, defense, seed, split, ev.fingerprint, quiet=True)
+        if not missing:
+            return done
+        return run_cell(plan, opts, defense, seed, split, ev, done)
+
+
+def for_workers(plan: Plan, opts: RunOptions) -> tuple[Plan, RunOptions]:
+    """The plan and options with every path a worker resolves made absolute (out dir, data root,
+    a data folder, the default tracking store): a Ray worker does not start in this folder."""
+    data = plan.data
+    if data.data_root is None and data.source in ("att", "cfp"):
+        data = replace(data, data_root=str(default_data_root().resolve()))
+    if Path(str(data.source)).exists():
+        data = replace(data, source=str(Path(str(data.source)).resolve()))
+    uri = opts.tracking.uri or tracking.default_tracking_uri()
+    return (replace(plan, out_dir=str(Path(plan.out_dir).resolve()), data=data),
+            replace(opts, tracking=replace(opts.tracking, uri=uri)))
+
+
+def run_on_ray(plan: Plan, opts: RunOptions, todo: list[tuple[str, int]], split, ev) -> list[dict[str, Any]]:
+    """The ``todo`` cells as Ray tasks (one per cell, ``threads`` CPUs each, a GPU with a CUDA device),
+    in ``todo`` order. The cell store stays the truth: a task writes its cell through it; the driver
+    reads the cell back and writes the returned record only where the task's writes did not reach
+    this disk (a worker without the shared out dir), merging as ``_save_cell`` does."""
+    wplan, wopts = for_workers(plan, opts)
+    parent = mlflow.active_run().info.run_id
+    cpus = float(plan.budget.threads or 1)
+    gpus = opts.cluster.task_gpus(opts.device.device)
+    print(f"\n== {len(todo)} cells as Ray tasks on {opts.cluster.address} ({cpus:g} CPU, {gpus:g} GPU each; "
+          f"retried {opts.cluster.max_retries} times if a worker dies)")
+    got: dict[int, dict[str, Any]] = {}
+    t0 = time.perf_counter()
+    for i, record in run_tasks(cell_task, [(d, s, parent) for d, s in todo], opts.cluster, cpus, gpus,
+                               shared=(ev, wplan, wopts)):
+        d, s = todo[i]
+        saved, missing = cell_state(plan, d, s, split, ev.fingerprint, quiet=True)
+        got[i] = saved if not missing else _save_cell(record, Path(plan.out_dir) / "cells" / f"{d}-s{s}.json")
+        took = eta(len(got), len(todo), time.perf_counter() - t0)
+        print(f"cell {d} seed {s}: done on Ray [{len(got)}/{len(todo)}{took}]")
+    return [got[i] for i in range(len(todo))]
+
+
 def run_benchmark(plan: Plan, opts: RunOptions) -> list[dict[str, Any]]:
     """Run (or, with ``summarize_only``, only summarize) every cell of ``plan``; returns the records."""
+    if opts.cluster.address and not opts.summarize_only:
+        ray_module()  # without Ray, --ray fails in one line before any data loads
     if plan.budget.threads:
         torch.set_num_threads(plan.budget.threads)
     defenses, attacks, seeds = plan.row_names(), plan.attacks.names, plan.seeds
@@ -487,26 +577,9 @@ def run_benchmark(plan: Plan, opts: RunOptions) -> list[dict[str, Any]]:
                                            "attack_seeds": plan.attacks.attack_seeds,
                                            "eval_model": ev.config.model, "eval_top1": round(ev.metrics["top1"], 4)},
                              "split": split.summary(), **opts.device.params()})
-        evaluator = ev.fingerprint
 
         def state(d: str, s: int, quiet: bool = False) -> tuple[dict[str, Any] | None, list[str]]:
-            """The cell's saved record (None: not trained) and the attacks it still lacks."""
-            cell = out / "cells" / f"{d}-s{s}.json"
-            done = _read_cell(cell, out / "checkpoints" / f"{d}-s{s}.pt", split)
-            check_row_cell(done, plan.row(d), cell)  # built-ins: no options, always {}
-            for a in [a for a in attacks if done is not None and a in done["attacks"]]:
-                scored_by = done["attacks"][a].get("evaluator")  # None: a cell from before this record
-                if scored_by is not None and scored_by != evaluator:
-                    if not quiet:
-                        print(f"cell {d} seed {s}: {a} was scored by another evaluation model ({scored_by}, now "
-                              f"{evaluator}); rerunning it so every row is judged by the same model")
-                    del done["attacks"][a]
-            if done is not None and _fill_identity_top1(done):
-                _save_cell(done, cell)
-            missing = [a for a in attacks if done is None or a not in done["attacks"]]
-            if done is not None and "proxies" not in done and (out / "checkpoints" / f"{d}-s{s}.pt").is_file():
-                missing.append("proxies")  # the cheap privacy proxies, computed on the saved target
-            return done, missing
+            return cell_state(plan, d, s, split, ev.fingerprint, quiet)
 
         todo = []
         for d in defenses:
@@ -518,6 +591,9 @@ def run_benchmark(plan: Plan, opts: RunOptions) -> list[dict[str, Any]]:
                 else:
                     todo.append((d, s))
         t0 = time.perf_counter()
+        if opts.cluster.address and todo:
+            records += run_on_ray(plan, opts, todo, split, ev)
+            todo = []
         for i, (d, s) in enumerate(todo):
             done, missing = state(d, s, quiet=True)  # read again: another benchmark on this out-dir may have run it
             if not missing:
@@ -560,7 +636,7 @@ def plan_from_args(args: argparse.Namespace, add: Any) -> Plan:
 def run_options(args: argparse.Namespace) -> RunOptions:
     return RunOptions(Tracking(args.tracking_uri, args.experiment, args.run_name),
                       summarize_only=getattr(args, "summarize_only", False), retrain_lost=args.retrain_lost,
-                      device=device_config(args))
+                      device=device_config(args), cluster=cluster_config(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -639,5 +715,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                         "out_dir is relative to the plan file)")
     add_data_args(b)
     add_device_args(b)
+    add_cluster_args(b)
     add_tracking_args(b)
     b.set_defaults(handler=run)

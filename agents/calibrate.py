@@ -31,7 +31,7 @@ from veil.env.actions import with_fixed
 
 from . import tracking
 from .benchmark import RunOptions, add_plan_args, given_plan, read_cells, run_benchmark, run_options
-from .options import add_data_args, add_device_args, add_tracking_args
+from .options import add_cluster_args, add_data_args, add_device_args, add_tracking_args
 from .plan import AttackPlan, CalibratePlan, Plan, calibration_plan, candidate_name
 from .tables import mean_ci
 from .train_agent import parse_fixed
@@ -290,5 +290,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                                              "(default: benchmarks/results/calibrate)")
     add_data_args(c)
     add_device_args(c)
+    add_cluster_args(c)
     add_tracking_args(c)
     c.set_defaults(handler=run)

@@ -26,6 +26,7 @@ from veil.recognition import DataConfig, DeviceConfig, SplitConfig, TrainerConfi
 from veil.recognition.data import IN_MEMORY_MAX_BYTES
 from veil.recognition.device import AMP_DTYPES, DEVICE_CHOICES, device_problem
 
+from .cluster import ClusterConfig
 from .fr_defenses import DefenseOptions, parse_defenses
 
 EPILOG_DATA = """data sources:
@@ -49,6 +50,8 @@ NEGATED_DATA_FLAGS = {"no_cache": ("data", "use_cache")}  # a store_true flag th
 # flag dest -> DeviceConfig field: the one mapping from the device options to DeviceConfig
 DEVICE_FLAGS: dict[str, str] = {"device": "device", "amp": "amp", "channels_last": "channels_last",
                                 "compile": "compile"}
+# flag dest -> ClusterConfig field: the one mapping from the Ray options to ClusterConfig
+CLUSTER_FLAGS: dict[str, str] = {"ray": "address", "ray_gpus": "gpus", "ray_retries": "max_retries"}
 
 
 MAX_MIX_K = 6  # --mix-k's range, as the game's k_max
@@ -189,6 +192,25 @@ def tracking_uri(text: str) -> str:
                                          "database, e.g. sqlite:///mlruns/mlflow.db (mlflow migrate-filestore "
                                          "converts an old folder)")
     return text
+
+
+def add_cluster_args(p: argparse.ArgumentParser) -> None:
+    """Where a plan's cells run: in this process (the default) or as Ray tasks on a cluster
+    (defaults from ``ClusterConfig``; docs/scale.md)."""
+    c = ClusterConfig
+    g = p.add_argument_group("cluster (Ray; pip install 'veil[ray]')")
+    g.add_argument("--ray", default=c.address, metavar="auto|ADDRESS",
+                   help="run each cell as a Ray task on this cluster: auto (this machine's cluster or $RAY_ADDRESS), "
+                        "HOST:PORT of the head, or ray://HOST:PORT (default: every cell in this process)")
+    g.add_argument("--ray-gpus", type=float, default=c.gpus, metavar="N",
+                   help="GPUs each cell's task asks for (default: 1 with --device cuda, else 0)")
+    g.add_argument("--ray-retries", type=count(0), default=c.max_retries,
+                   help=f"times a cell whose worker died is rerun (default: {c.max_retries})")
+
+
+def cluster_config(args: argparse.Namespace) -> ClusterConfig:
+    """The ``ClusterConfig`` the Ray options describe (its defaults where a parser lacks them)."""
+    return ClusterConfig(**{field: getattr(args, dest) for dest, field in CLUSTER_FLAGS.items() if hasattr(args, dest)})
 
 
 def add_tracking_args(p: argparse.ArgumentParser) -> None:

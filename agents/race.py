@@ -33,7 +33,7 @@ import torch
 from veil.defenses.schedule import ParamBox, Phase, Schedule, two_phase
 
 from .benchmark import RunOptions, add_plan_args, given_plan, read_cells, run_benchmark, run_options
-from .options import add_data_args, add_device_args, add_tracking_args
+from .options import add_cluster_args, add_data_args, add_device_args, add_tracking_args
 from .plan import AttackPlan, Plan, RacePlan, Row, calibration_plan, centre_params, fr_options, load_plan
 from .schedules import save_schedule, schedule_toml
 from .tables import mean_ci
@@ -434,5 +434,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                                        "benchmarks/results/race)")
     add_data_args(c)
     add_device_args(c)
+    add_cluster_args(c)
     add_tracking_args(c)
     c.set_defaults(handler=run)

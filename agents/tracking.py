@@ -155,6 +155,18 @@ def start_run(*, started: float | None = None, continue_work: bool = False,
             client.set_terminated(run_id, "FINISHED", end_time=keep_end)
 
 
+@contextlib.contextmanager
+def attach(run_id: str) -> Iterator[mlflow.ActiveRun]:
+    """Make a run another process holds open (a benchmark's parent run, in the driver) this
+    process's active run, so the runs started here nest under it; it is left RUNNING for its owner
+    to end (a Ray task must not finish its driver's run)."""
+    run = mlflow.start_run(run_id=run_id)
+    try:
+        yield run
+    finally:
+        mlflow.end_run(status="RUNNING")
+
+
 def _experiment_id() -> str:
     """The active experiment: the one ``setup`` chose, else MLflow's default."""
     if _EXPERIMENT:
