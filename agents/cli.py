@@ -8,9 +8,9 @@ import signal
 import sys
 import threading
 
-from . import attack_cli, benchmark, calibrate, demo, learn, race, tracking, train_agent, train_fr, ui
+from . import attack_cli, benchmark, calibrate, demo, learn, race, server, tracking, train_agent, train_fr, ui
 
-COMMANDS = (train_fr, train_agent, learn, demo, attack_cli, benchmark, calibrate, race, ui)
+COMMANDS = (train_fr, train_agent, learn, demo, attack_cli, benchmark, calibrate, race, ui, server)
 
 
 class Parser(argparse.ArgumentParser):
