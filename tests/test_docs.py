@@ -22,7 +22,8 @@ from veil.agents.tables import summarize, target_verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ("pca", "gmi", "kedmi", "plgmi")
-DOCS = ("README.md", "CHANGELOG.md", "docs/RESULTS.md", "docs/deploy.md", "docs/reference.md", "docs/attacks-peer-check.md")
+DOCS = ("README.md", "CHANGELOG.md", "docs/RESULTS.md", "docs/deploy.md", "docs/reference.md", "docs/attacks-peer-check.md",
+        "docs/scale.md")
 
 
 @functools.lru_cache(maxsize=None)
@@ -268,7 +269,7 @@ def _command_lines(doc: str) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/reference.md", "docs/deploy.md"])
+@pytest.mark.parametrize("doc", ["README.md", "docs/reference.md", "docs/deploy.md", "docs/scale.md"])
 def test_every_veil_command_in_the_docs_parses(doc: str) -> None:
     """Each `veil` command the user docs show is one the CLI accepts (options and their arity)."""
     import shlex
