@@ -496,7 +496,7 @@ def for_workers(plan: Plan, opts: RunOptions) -> tuple[Plan, RunOptions]:
     data = plan.data
     if data.data_root is None and data.source in ("att", "cfp"):
         data = replace(data, data_root=str(default_data_root().resolve()))
-    if Path(str(data.source)).exists():
+    if data.source not in ("synthetic", "att", "cfp") and Path(str(data.source)).exists():
         data = replace(data, source=str(Path(str(data.source)).resolve()))
     uri = opts.tracking.uri or tracking.default_tracking_uri()
     return (replace(plan, out_dir=str(Path(plan.out_dir).resolve()), data=data),

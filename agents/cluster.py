@@ -28,7 +28,8 @@ class ClusterConfig:
 
     Args:
         address: ``auto`` (the cluster this machine belongs to, or ``$RAY_ADDRESS``), ``HOST:PORT``
-            of a head node, or ``ray://HOST:PORT`` (Ray Client); None: in-process, as without Ray.
+            of a head node, ``ray://HOST:PORT`` (Ray Client), or ``local`` (a new cluster on this
+            machine, for the length of the command); None: in-process, as without Ray.
         gpus: GPUs each task asks for (fractions share one); None: 1 when the device is CUDA, else 0.
         max_retries: times Ray reruns a task whose worker died (a crash, an out-of-memory kill, a
             preempted node); an exception raised by the cell itself is not retried.

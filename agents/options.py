@@ -201,7 +201,8 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cluster (Ray; pip install 'veil[ray]')")
     g.add_argument("--ray", default=c.address, metavar="auto|ADDRESS",
                    help="run each cell as a Ray task on this cluster: auto (this machine's cluster or $RAY_ADDRESS), "
-                        "HOST:PORT of the head, or ray://HOST:PORT (default: every cell in this process)")
+                        "HOST:PORT of the head, ray://HOST:PORT, or local (a new one on this machine's CPUs) "
+                        "(default: every cell in this process)")
     g.add_argument("--ray-gpus", type=float, default=c.gpus, metavar="N",
                    help="GPUs each cell's task asks for (default: 1 with --device cuda, else 0)")
     g.add_argument("--ray-retries", type=count(0), default=c.max_retries,
