@@ -20,6 +20,7 @@ import argparse
 import math
 import multiprocessing as mp
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -64,10 +65,10 @@ def timed_run(argv: list[str], out: Path, uri: str, workers: int) -> tuple[float
     args = parse_command(benchmark.add_parser, ["benchmark", *argv, "--threads", "1", "--out-dir", str(out)])
     plan = plan_from_args(args, benchmark.add_parser)
     opts = RunOptions(Tracking(uri, "scale-bench"), cluster=ClusterConfig(address="local" if workers else None))
+    ray_dir = tempfile.mkdtemp(prefix="vray-")  # short: Ray's socket paths are limited to 107 bytes
     if workers:
         ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-                 runtime_env={"env_vars": {**worker_env(), "OMP_NUM_THREADS": "1"}},
-                 _temp_dir=tempfile.mkdtemp(prefix="vray-"))  # short: Ray's socket paths are limited
+                 runtime_env={"env_vars": {**worker_env(), "OMP_NUM_THREADS": "1"}}, _temp_dir=ray_dir)
     try:
         t0 = time.perf_counter()
         records = run_benchmark(plan, opts)
@@ -75,6 +76,7 @@ def timed_run(argv: list[str], out: Path, uri: str, workers: int) -> tuple[float
     finally:
         if workers:
             ray.shutdown()
+        shutil.rmtree(ray_dir, ignore_errors=True)
 
 
 def throughput(argv: list[str], root: Path, table_cells: int) -> list[str]:
