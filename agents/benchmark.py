@@ -167,8 +167,10 @@ def _fill_identity_top1(record: dict[str, Any]) -> bool:
     written before it was recorded), where that report is still on disk; True if anything changed."""
     changed = False
     for result in record["attacks"].values():
-        report = Path(str(result.get("report", ""))).with_name("report.json")
-        if "identity_top1" not in result and result.get("report") and report.is_file():
+        if "identity_top1" in result or not result.get("report"):
+            continue
+        report = Path(str(result["report"])).with_name("report.json")
+        if report.is_file():
             try:
                 result["identity_top1"] = identity_top1(json.loads(report.read_text()).get("per_identity", []))
                 changed = True
@@ -444,14 +446,39 @@ def run_cell(plan: Plan, opts: RunOptions, defense: str, seed: int, split, ev,
     return record
 
 
+def seed_judges(plan: Plan, seeds: list[int], evaluator: str) -> dict[int, str]:
+    """The evaluation model that judges each seed's cells: ``evaluator`` (this machine's), except,
+    with ``judge_scope = "seed"``, a seed whose cells (every row, every attack) are finished and were
+    all judged by one other model, which keeps it. Judges trained on two machines differ in their
+    last bits, so a plan too long for one machine is run a whole seed at a time."""
+    judges = {s: evaluator for s in seeds}
+    if plan.attacks.judge_scope != "seed":
+        return judges
+    out = Path(plan.out_dir) / "cells"
+    for s in seeds:
+        found: set[Any] = set()
+        for d in plan.row_names():
+            cell = out / f"{d}-s{s}.json"
+            record = load_cell(cell) if cell.is_file() else None
+            if record is None or any(a not in record["attacks"] for a in plan.attacks.names):
+                break
+            found |= {record["attacks"][a].get("evaluator") for a in plan.attacks.names}
+        else:
+            if len(found) == 1 and None not in found:
+                judges[s] = found.pop()
+    return judges
+
+
 def cell_state(plan: Plan, d: str, s: int, split, evaluator: str,
                quiet: bool = False) -> tuple[dict[str, Any] | None, list[str]]:
     """A cell's saved record (None: not trained) and the attacks it still lacks (``proxies`` too,
     where its target is saved but they were never computed); attacks scored by another evaluation
-    model than ``evaluator`` count as lacking."""
+    model than ``evaluator`` count as lacking. With ``judge_scope = "seed"`` such a cell whose target
+    is gone is set aside (``cells/superseded/``) and trained again: its seed is redone here."""
     out = Path(plan.out_dir)
     cell = out / "cells" / f"{d}-s{s}.json"
-    done = _read_cell(cell, out / "checkpoints" / f"{d}-s{s}.pt", split)
+    ckpt = out / "checkpoints" / f"{d}-s{s}.pt"
+    done = _read_cell(cell, ckpt, split)
     check_row_cell(done, plan.row(d), cell)  # built-ins: no options, always {}
     attacks = plan.attacks.names
     for a in [a for a in attacks if done is not None and a in done["attacks"]]:
@@ -460,6 +487,13 @@ def cell_state(plan: Plan, d: str, s: int, split, evaluator: str,
             if not quiet:
                 print(f"cell {d} seed {s}: {a} was scored by another evaluation model ({scored_by}, now "
                       f"{evaluator}); rerunning it so every row is judged by the same model")
+            if plan.attacks.judge_scope == "seed" and not ckpt.is_file():
+                aside = out / "cells" / "superseded" / f"{d}-s{s}-{scored_by.split('@')[0]}.json"
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(cell, aside)
+                if not quiet:
+                    print(f"cell {d} seed {s}: its target is not here; set aside as {aside}, trained again")
+                return None, list(attacks)
             del done["attacks"][a]
     if done is not None and _fill_identity_top1(done):
         _save_cell(done, cell)
@@ -578,18 +612,24 @@ def run_benchmark(plan: Plan, opts: RunOptions) -> list[dict[str, Any]]:
                                            "eval_model": ev.config.model, "eval_top1": round(ev.metrics["top1"], 4)},
                              "split": split.summary(), **opts.device.params()})
 
+        judges = seed_judges(plan, seeds, ev.fingerprint)
+        for s in [s for s in seeds if judges[s] != ev.fingerprint]:
+            print(f"seed {s}: every cell finished under evaluation model {judges[s]}; kept (judge_scope seed)")
+
         def state(d: str, s: int, quiet: bool = False) -> tuple[dict[str, Any] | None, list[str]]:
-            return cell_state(plan, d, s, split, ev.fingerprint, quiet)
+            return cell_state(plan, d, s, split, judges[s], quiet)
 
         todo = []
-        for d in defenses:
-            for s in seeds:
-                done, missing = state(d, s)
-                if not missing:
-                    print(f"cell {d} seed {s}: done before, skipped")
-                    records.append(done)
-                else:
-                    todo.append((d, s))
+        # judged a seed at a time: finish one seed's rows before the next, so a machine's seeds are whole
+        order = ([(d, s) for s in seeds for d in defenses] if plan.attacks.judge_scope == "seed"
+                 else [(d, s) for d in defenses for s in seeds])
+        for d, s in order:
+            done, missing = state(d, s)
+            if not missing:
+                print(f"cell {d} seed {s}: done before, skipped")
+                records.append(done)
+            else:
+                todo.append((d, s))
         t0 = time.perf_counter()
         if opts.cluster.address and todo:
             records += run_on_ray(plan, opts, todo, split, ev)
@@ -675,6 +715,11 @@ def add_plan_args(b: argparse.ArgumentParser) -> None:
                    help=f"evaluation model backbone (default: {a.eval_arch}); differs from the targets'")
     b.add_argument("--eval-weights", default=a.eval_weights, metavar="FILE",
                    help="a local pretrained file the evaluation model starts from (its SHA-256 keys the cache)")
+    b.add_argument("--judge-scope", choices=("plan", "seed"), default=a.judge_scope,
+                   help="plan: every cell is judged by this machine's evaluation model, other judges' scores are "
+                        "redone; seed: a seed whose cells are all finished under one judge keeps it, and an "
+                        "unfinished seed is redone under this one (for a plan run over several machines, whose "
+                        f"judges differ; rows compare within a seed) (default: {a.judge_scope})")
     b.add_argument("--threads", type=int, default=p.budget.threads, help="torch CPU threads")
     b.add_argument("--retrain-lost", action="store_true",
                    help="a cell that lacks attacks and whose target checkpoint is gone gets its target trained "

@@ -33,11 +33,15 @@ class ClusterConfig:
         gpus: GPUs each task asks for (fractions share one); None: 1 when the device is CUDA, else 0.
         max_retries: times Ray reruns a task whose worker died (a crash, an out-of-memory kill, a
             preempted node); an exception raised by the cell itself is not retried.
+        storage: where Ray Tune keeps population members' checkpoints (``veil learn-schedule``'s
+            PBT only): a folder every node sees (NFS) or a cloud URI (``s3://...``); None: a
+            temporary folder on this machine, right for a cluster of one machine.
     """
 
     address: str | None = None
     gpus: float | None = None
     max_retries: int = 3
+    storage: str | None = None
 
     def __post_init__(self) -> None:
         if self.gpus is not None and self.gpus < 0:

@@ -37,7 +37,8 @@ from veil.recognition import DeviceConfig, FaceSplit, load_faces, split_identiti
 from . import tracking
 from .attack_cli import attack_settings
 from .benchmark import read_cells
-from .options import add_device_args, add_tracking_args, device_config
+from .cluster import ClusterConfig
+from .options import add_device_args, add_population_cluster_args, add_tracking_args, cluster_config, device_config
 from .plan import LearnPlan, Plan, calibration_plan, centre_params, load_plan
 from .race import race_box
 from .schedules import save_schedule
@@ -139,12 +140,16 @@ def learn_ppo(game: ScheduleGameConfig, split: FaceSplit, probe: Any, learn: Lea
     return [game.codec.decode(a) for a in actions], log.history
 
 
-def learn_schedule(plan: Plan, name: str, track: Tracking, device: DeviceConfig = DeviceConfig(device="cpu")) -> Path:
+def learn_schedule(plan: Plan, name: str, track: Tracking, device: DeviceConfig = DeviceConfig(device="cpu"),
+                   cluster: ClusterConfig = ClusterConfig()) -> Path:
     """Run the learner ``[learn.NAME]`` of ``plan`` and write its schedule (and a JSON record beside it); the
-    FR runs, the evaluation model and the probe run on ``device``."""
+    FR runs, the evaluation model and the probe run on ``device``; PBT's members on ``cluster``."""
     if name not in plan.learn:
         raise ValueError(f"the plan has no [learn.{name}] table (it has: {', '.join(plan.learn) or 'none'})")
     learn = plan.learn[name]
+    if cluster.address not in (None, "local") and learn.learner != "pbt":
+        raise ValueError(f"--ray runs a population's members; [learn.{name}] is {learn.learner}, which plays one "
+                         "episode after another in this process (drop --ray)")
     torch.set_num_threads(plan.budget.threads or torch.get_num_threads())
     game = replace(game_config(plan, learn, reference_accuracy(plan, learn)), device=str(device.resolve()))
     split = split_identities(load_faces(game.data), game.split)
@@ -169,7 +174,7 @@ def learn_schedule(plan: Plan, name: str, track: Tracking, device: DeviceConfig 
 
             result = pbt_search(game, split, probe, PBTConfig(population=learn.episodes, seed=learn.seed,
                                                               max_concurrent=learn.concurrent),
-                                segment_score=segment_reward)
+                                segment_score=segment_reward, cluster=cluster)
             params, history, fr_runs = result.params, result.members, result.fr_runs
         schedule = schedule_of(game, params)
         note = (f"learned by veil learn-schedule ({learn.learner}, {learn.episodes} episodes, plan [learn.{name}]): "
@@ -187,7 +192,8 @@ def learn_schedule(plan: Plan, name: str, track: Tracking, device: DeviceConfig 
 
 def run(args: argparse.Namespace) -> int:
     plan = load_plan(args.config)
-    learn_schedule(plan, args.name, Tracking(args.tracking_uri, args.experiment, args.run_name), device_config(args))
+    learn_schedule(plan, args.name, Tracking(args.tracking_uri, args.experiment, args.run_name), device_config(args),
+                   cluster_config(args))
     return 0
 
 
@@ -201,5 +207,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--config", required=True, metavar="PLAN.toml", help="a race plan with [learn.NAME] tables")
     c.add_argument("--name", required=True, help="which [learn.NAME] to run")
     add_device_args(c)
+    add_population_cluster_args(c)
     add_tracking_args(c)
     c.set_defaults(handler=run)

@@ -51,7 +51,8 @@ NEGATED_DATA_FLAGS = {"no_cache": ("data", "use_cache")}  # a store_true flag th
 DEVICE_FLAGS: dict[str, str] = {"device": "device", "amp": "amp", "channels_last": "channels_last",
                                 "compile": "compile"}
 # flag dest -> ClusterConfig field: the one mapping from the Ray options to ClusterConfig
-CLUSTER_FLAGS: dict[str, str] = {"ray": "address", "ray_gpus": "gpus", "ray_retries": "max_retries"}
+CLUSTER_FLAGS: dict[str, str] = {"ray": "address", "ray_gpus": "gpus", "ray_retries": "max_retries",
+                                 "ray_storage": "storage"}
 
 
 MAX_MIX_K = 6  # --mix-k's range, as the game's k_max
@@ -207,6 +208,24 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
                    help="GPUs each cell's task asks for (default: 1 with --device cuda, else 0)")
     g.add_argument("--ray-retries", type=count(0), default=c.max_retries,
                    help=f"times a cell whose worker died is rerun (default: {c.max_retries})")
+
+
+def add_population_cluster_args(p: argparse.ArgumentParser) -> None:
+    """Where a population search's members run (``veil learn-schedule``'s PBT): a Ray started on
+    this machine (the default) or an existing cluster (defaults from ``ClusterConfig``)."""
+    c = ClusterConfig
+    g = p.add_argument_group("cluster (PBT's members; Ray)")
+    g.add_argument("--ray", default=c.address, metavar="auto|ADDRESS",
+                   help="run PBT's members as Ray Tune trials on this cluster: auto, HOST:PORT of the head or "
+                        "ray://HOST:PORT (default: a Ray started on this machine for the command)")
+    g.add_argument("--ray-gpus", type=float, default=c.gpus, metavar="N",
+                   help="GPUs each member asks for (default: 1 with --device cuda, else 0)")
+    g.add_argument("--ray-retries", type=count(0), default=c.max_retries,
+                   help=f"times a member whose worker died restarts from its last segment's checkpoint on a "
+                        f"cluster (default: {c.max_retries}; none on this machine's own Ray)")
+    g.add_argument("--ray-storage", default=c.storage, metavar="DIR|URI",
+                   help="where the members' checkpoints go: a folder every node sees or a cloud URI (s3://...) "
+                        "(default: a temporary folder on this machine; right for one machine)")
 
 
 def cluster_config(args: argparse.Namespace) -> ClusterConfig:

@@ -43,6 +43,8 @@ from veil.env.actions import ACTION_DIM
 from veil.env.schedule_game import FaceScheduleEnv, ScheduleGameConfig, ScheduleProbe
 from veil.recognition import FaceSplit
 
+from .cluster import ClusterConfig, worker_env
+
 SegmentScore = Callable[[FaceScheduleEnv], float]
 """The score a member reports at an intermediate segment end (higher is better), from its env."""
 
@@ -197,23 +199,30 @@ def _worker_pythonpath() -> str:
 
 def pbt_search(game: ScheduleGameConfig, split: FaceSplit, probe: ScheduleProbe | None,
                config: PBTConfig = PBTConfig(), segment_score: SegmentScore | None = None,
-               progress: bool = True) -> PBTResult:
+               progress: bool = True, cluster: ClusterConfig = ClusterConfig()) -> PBTResult:
     """Search a schedule with population-based training over ``game`` (see the module docstring).
 
     ``probe`` and ``segment_score`` run inside Ray's workers, so they must pickle: a module-level
-    function or a ``functools.partial`` of one. Starts a local Ray with ``max_concurrent`` CPUs
-    unless one is running (and shuts it down after); Ray's files go to a temporary folder."""
+    function or a ``functools.partial`` of one. Unless Ray is already running, starts a local Ray
+    with ``max_concurrent`` CPUs, or connects to the cluster at ``cluster.address`` (its ``local``
+    is the same as none), and shuts it down after; the members' checkpoints go to
+    ``cluster.storage`` or a temporary folder."""
     if split.kind != "validation":
         raise ValueError("pbt_search scores on the validation split; pass a split made with validation=True")
     table = initial_actions(config)
     started = not ray.is_initialized()
-    storage = tempfile.mkdtemp(prefix="veil-pbt-")
+    remote = cluster.address not in (None, "local")
+    storage = cluster.storage or tempfile.mkdtemp(prefix="veil-pbt-")
     try:
         if started:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            ray.init(num_cpus=config.max_concurrent, include_dashboard=False, log_to_driver=False,
-                     logging_level="ERROR",
-                     runtime_env={"env_vars": {"PYTHONPATH": _worker_pythonpath(), "OMP_NUM_THREADS": "1"}})
+            env = {"PYTHONPATH": _worker_pythonpath(), "OMP_NUM_THREADS": "1"}
+            if remote:  # another machine's workers: veil installed there, the driver's VEIL_* settings
+                ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR",
+                         runtime_env={"env_vars": {**worker_env(), "OMP_NUM_THREADS": "1"}})
+            else:
+                ray.init(num_cpus=config.max_concurrent, include_dashboard=False, log_to_driver=False,
+                         logging_level="ERROR", runtime_env={"env_vars": env})
         scheduler = SeededPBT(
             seed=config.seed, perturb=config.perturb, resample_probability=config.resample_probability,
             time_attr="training_iteration", perturbation_interval=1, metric="score", mode="max",
@@ -221,7 +230,7 @@ def pbt_search(game: ScheduleGameConfig, split: FaceSplit, probe: ScheduleProbe 
             quantile_fraction=config.quantile, synch=True)
         trainable = tune.with_resources(
             tune.with_parameters(play_member, game=game, split=split, probe=probe, segment_score=segment_score),
-            {"cpu": 1})
+            {"cpu": 1, "gpu": cluster.task_gpus(game.device)})
         space: dict[str, Any] = {"member": tune.grid_search(list(range(config.population)))}
         space.update({k: tune.sample_from(functools.partial(_initial_value, table, d)) for d, k in enumerate(ACTION_KEYS)})
         # No max_concurrent_trials: Tune counts paused members against it, so a synchronous
@@ -232,13 +241,14 @@ def pbt_search(game: ScheduleGameConfig, split: FaceSplit, probe: ScheduleProbe 
             run_config=tune.RunConfig(
                 name="pbt", storage_path=storage, verbose=1 if progress else 0,
                 stop={"training_iteration": game.segments},  # the last segment is final, never exploited
-                failure_config=tune.FailureConfig(max_failures=0)))
+                failure_config=tune.FailureConfig(max_failures=cluster.max_retries if remote else 0)))
         grid = tuner.fit()
         members = [_member_record(game, r) for r in grid]
     finally:
         if started:
             ray.shutdown()
-        shutil.rmtree(storage, ignore_errors=True)
+        if not cluster.storage:
+            shutil.rmtree(storage, ignore_errors=True)
     members.sort(key=lambda m: m["member"])
     best = max(members, key=lambda m: (m["reward"], -m["member"]))
     if progress:

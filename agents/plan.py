@@ -67,6 +67,14 @@ class AttackPlan:
     eval_epochs: int = 40
     eval_arch: str = EvalModelConfig.model  # the evaluation model's backbone
     eval_weights: str | None = None  # a local pretrained file the evaluation model starts from
+    # "plan": every cell judged by this machine's evaluation model (others' scores are redone);
+    # "seed": a seed whose cells are all finished and judged by one model keeps it, so a plan run
+    # over several machines (whose judges differ in their last bits) still compares rows within a seed
+    judge_scope: str = "plan"
+
+    def __post_init__(self) -> None:
+        if self.judge_scope not in ("plan", "seed"):
+            raise ValueError(f"judge_scope must be \"plan\" or \"seed\", got {self.judge_scope!r}")
 
 
 @dataclass
@@ -248,7 +256,8 @@ class Plan:
         budget = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "model", "threads", "weights")
                   if k in given}
         attacks = {k: getattr(args, k) for k in ("identities", "attack_seeds", "restarts", "steps", "gan_steps",
-                                                 "gan_seconds", "eval_epochs", "eval_arch", "eval_weights")
+                                                 "gan_seconds", "eval_epochs", "eval_arch", "eval_weights",
+                                                 "judge_scope")
                    if k in given}
         if "attacks" in given:
             attacks["names"] = comma_list(args.attacks)

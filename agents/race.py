@@ -177,6 +177,21 @@ def learning_runs(row: Row) -> float:
     return float(json.loads(record.read_text()).get("fr_runs", 0.0))
 
 
+def seed_judges(records: list[dict[str, Any]], attacks: list[str]) -> dict[int, str]:
+    """The evaluation model that scored each seed's cells; a seed scored by two is an error, since
+    its rows' paired differences would mix judges."""
+    found: dict[int, set[str]] = {}
+    for x in records:
+        found.setdefault(x["seed"], set()).update(
+            str(x["attacks"][a].get("evaluator")) for a in attacks if a in x["attacks"])
+    mixed = {s: j for s, j in found.items() if len(j) > 1}
+    if mixed:
+        s, j = next(iter(sorted(mixed.items())))
+        raise ValueError(f"seed {s}'s cells were scored by {len(j)} evaluation models ({', '.join(sorted(j))}); "
+                         "rerun its stage (judge_scope seed redoes an unfinished seed under one)")
+    return {s: next(iter(j)) for s, j in found.items() if j}
+
+
 def test_plan(plan: Plan, picks: dict[str, Candidate | None]) -> Plan:
     """The benchmark of the test stage: ``none`` and each contestant's pick on the fresh test seeds."""
     r = _race(plan)
@@ -263,6 +278,10 @@ def report(plan: Plan, sel: dict[str, dict[str, Any]], test_records: list[dict[s
     seeds = sorted({x["seed"] for x in test_records})
     lines.append(f"Seeds {','.join(map(str, seeds))}. Each entry: mean of the per-seed differences ± the 95% t "
                  "half-width, in points (`*`: the interval excludes 0). Natural accuracy on the test split.")
+    judges = seed_judges(test_records, attacks)
+    if len(set(judges.values())) > 1:  # a plan run over machines (judge_scope seed): pairs stay within a seed
+        lines.append("Judged a seed at a time (judge_scope seed; each seed's rows by one evaluation model): " + "; ".join(
+            f"{s} `{j}`" for s, j in sorted(judges.items())) + ".")
     lines.append("")
     head = "| contestant (pick) | natural top-1 | Δ natural vs none | " + " | ".join(
         f"{a} top-1 | Δ {a} vs C1" for a in attacks) + " |"

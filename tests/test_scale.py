@@ -7,6 +7,7 @@ does): a Ray head plus one worker node and a PostgreSQL server. Without them the
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import socket
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from veil.agents import benchmark, calibrate, race, tracking
+from veil.agents import benchmark, calibrate, learn, race, tracking
 from veil.agents.benchmark import RunOptions, _save_cell, cell_task, for_workers, load_cell, plan_from_args
 from veil.agents.cli import main
 from veil.agents.cluster import KILL_HOOK, ClusterConfig
@@ -41,6 +42,33 @@ needs_pg = pytest.mark.skipif(not PG, reason=f"no PostgreSQL ($VEIL_TEST_PG_URI)
 TINY = ["--data", "synthetic", "--synthetic-identities", "8", "--synthetic-images", "8", "--image-size", "32",
         "--batch-size", "16", "--threads", "1", "--epochs", "2", "--attacks", "pca", "--steps", "10", "--restarts", "1",
         "--attack-seeds", "1", "--eval-epochs", "1"]
+LEARN_PLAN = """
+out_dir = "."
+[data]
+source = "synthetic"
+synthetic_identities = 6
+synthetic_images = 8
+image_size = 32
+[budget]
+epochs = 2
+batch_size = 16
+threads = 1
+[attacks]
+names = ["pca"]
+steps = 5
+restarts = 1
+attack_seeds = 1
+eval_epochs = 1
+[race]
+validation_seeds = [0]
+test_seeds = [5]
+[learn.t1-pbt]
+learner = "pbt"
+episodes = 2
+segments = 2
+acc_reference = 0.9
+out = "learned/t1-pbt.toml"
+"""
 FOUR = [*TINY, "--defenses", "none,re", "--seeds", "0,1"]  # 4 cells
 CELLS = {("none", 0), ("none", 1), ("re", 0), ("re", 1)}
 VOLATILE = {"fr_run", "seconds", "report", "grid", "attack_run", "retrained_from_run"}  # run ids, paths, times
@@ -159,6 +187,36 @@ def test_calibrate_and_race_take_the_ray_options(command: str) -> None:
     module = {"calibrate": calibrate, "race": race}[command]
     assert cluster_config(parse_command(module.add_parser, [command, "--ray", "10.0.0.1:6379"])).address == \
         "10.0.0.1:6379"
+
+
+def test_learn_schedule_takes_the_ray_options_with_a_checkpoint_store() -> None:
+    args = parse_command(learn.add_parser, ["learn-schedule", "--config", "p.toml", "--name", "t1-pbt", "--ray",
+                                            "10.0.0.1:6379", "--ray-storage", "/nfs/veil-pbt"])
+    assert cluster_config(args) == ClusterConfig(address="10.0.0.1:6379", storage="/nfs/veil-pbt")
+
+
+def test_learn_schedule_refuses_ray_for_ppo_which_plays_in_one_process(tmp_path: Path, capsys) -> None:
+    (tmp_path / "plan.toml").write_text(LEARN_PLAN.replace("pbt", "ppo"))
+    assert main(["learn-schedule", "--config", str(tmp_path / "plan.toml"), "--name", "t1-ppo", "--ray", "auto"]) == 2
+    assert "--ray runs a population's members; [learn.t1-ppo] is ppo" in capsys.readouterr().err
+    assert not (tmp_path / "learned").exists()
+
+
+@needs_ray
+def test_pbt_members_on_the_cluster_find_what_they_find_on_this_machine(tmp_path: Path) -> None:
+    """``veil learn-schedule --ray ADDRESS``: the same seeded population, run as Tune trials on the
+    running cluster with checkpoints in a named store, plays the same members as a local Ray."""
+    records = {}
+    for where, extra in (("local", []), ("cluster", ["--ray", RAY, "--ray-storage", str(tmp_path / "store")])):
+        folder = tmp_path / where
+        folder.mkdir()
+        (folder / "plan.toml").write_text(LEARN_PLAN)
+        assert main(["learn-schedule", "--config", str(folder / "plan.toml"), "--name", "t1-pbt",
+                     "--tracking-uri", f"sqlite:///{folder}/mlflow.db", *extra]) == 0
+        record = json.loads((folder / "learned" / "t1-pbt.json").read_text())
+        records[where] = [(m["member"], m["reward"], m["params"], m["lineage"]) for m in record["episodes"]]
+    assert len(records["local"]) == 2 and records["cluster"] == records["local"]
+    assert any((tmp_path / "store").rglob("game.pt"))  # the members' checkpoints went to the named store
 
 
 def test_a_cell_finished_twice_is_counted_once(tmp_path: Path) -> None:
