@@ -280,7 +280,7 @@ def test_the_syn_find_figures_in_results_come_from_the_committed_cells() -> None
     plan = load_plan(folder / "plan.toml")
     results = " ".join((ROOT / "docs" / "RESULTS.md").read_text().split())
     section = results[results.index("**Finding the constant faster than the grid"):]
-    section = section[:section.index("### CFP: the agents against their fixed start")]
+    section = section[:section.index("### The race on CFP (0.18)")]
     learned = json.loads((folder / "learned" / "t1-pbt.json").read_text())
     assert learned["fr_runs"] == 4 and f"({learned['seconds']:.0f} s" in section
     for m in learned["episodes"]:
@@ -321,3 +321,45 @@ def test_the_syn_find_figures_in_results_come_from_the_committed_cells() -> None
                          ("proxy_pca5", "+0.87 and +0.85"), ("proxy_lowpass", "+0.56 and +0.63")):
         assert f"{agreement[proxy]['pca'][0]:+.2f}" in claim and f"{agreement[proxy]['gmi'][0]:+.2f}" in claim
         assert f"`{proxy}` {claim}" in section
+
+
+def test_the_cfp_race_validation_figures_in_results_come_from_the_committed_cells() -> None:
+    """docs/RESULTS.md, "The race on CFP": every candidate's drop and PCA top-1, each contestant's pick
+    and compute, what the learners found and took, the proxies and the per-identity pilot."""
+    folder = ROOT / "docs" / "results" / "cfp-race-60ep"
+    plan = load_plan(folder / "plan.toml")
+    results = (ROOT / "docs" / "RESULTS.md").read_text()
+    section = results[results.index("### The race on CFP (0.18)"):]
+    section = section[:section.index("### CFP: the agents against their fixed start")]
+    flat = " ".join(section.split())
+    sel = race.selection(plan)
+    labels = {"c1": "C1 grid", "c2": "C2 random search", "c3": "C3 two-phase schedules",
+              "c4": "C4 stochastic constant", "t0": "T0 the game's `edge` agents", "t1-ppo": "T1 PPO over whole runs",
+              "t1-pbt": "T1 PBT over whole runs"}
+    short = {"cal-radius-0.05": "r 0.05", "cal-radius-0.1": "0.1", "cal-radius-0.2": "0.2", "c2-r0": "r0",
+             "c2-r1": "r1", "c2-r2": "r2", "c3-strong-first-33": "strong first, switch 1/3", "c3-strong-first-67": "2/3",
+             "c3-relaxed-first-33": "relaxed first, 1/3", "c3-relaxed-first-67": "2/3"}
+    for c, label in labels.items():
+        line = next(ln for ln in section.splitlines() if ln.startswith(f"| {label} ("))
+        assert line.startswith(f"| {label} ({sel[c]['fr_runs']:g}") and line.endswith(f"| `{sel[c]['pick'].name}` |")
+        for x in sel[c]["candidates"]:
+            figure = f"{x.drop:+.1f} / {100 * x.top1:.1f}%".replace("+-", "-")
+            entry = f"{short[x.name]}: {figure}" if x.name in short else figure
+            assert (f"**{entry}**" if x is sel[c]["pick"] else entry) in line, (c, x.name)
+    val = race.validation_plan(plan)
+    records = read_cells(Path(val.out_dir), set(val.rows), set(plan.race.validation_seeds))
+    none = [x for x in records if x["defense"] == "none"]
+    assert len(none) == 3
+    assert f"`none` {100 * sum(x['natural_top1'] for x in none) / 3:.1f}% natural top-1, PCA " \
+           f"{100 * sum(x['attacks']['pca']['top1'] for x in none) / 3:.1f}%" in flat
+    for name, claim in (("t1-ppo", "minutes for its 6 episodes"), ("t1-pbt", "minutes for 6 members")):
+        learned = json.loads((folder / "learned" / f"{name}.json").read_text())
+        assert learned["fr_runs"] == 6 and f"{learned['seconds'] / 60:.0f} {claim}" in flat, name
+    ppo, pbt = (load_schedule(plan.row(n).schedule) for n in ("t1-ppo", "t1-pbt"))
+    assert "radius " + ", ".join(f"{p.params.radius:.3f}" for p in ppo.phases) in flat
+    assert "probability " + ", ".join(f"{p.params.erase_p:.2f}" for p in ppo.phases) in flat
+    assert {(round(p.params.radius, 3), round(p.params.erase_p, 2)) for p in pbt.phases} == {(0.161, 0.44)}
+    agreement = race.proxy_agreement(records, ["pca"])
+    for proxy, (rho, n) in ((k, v["pca"]) for k, v in agreement.items()):
+        assert n == 36 and f"`{proxy}` {rho:+.2f}" in flat, proxy
+    assert f"`none` {race.identity_stability(records, 'pca')['none'][0]:+.2f}" in flat
