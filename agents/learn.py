@@ -33,6 +33,7 @@ from veil.attacks.settings import AttackSettings
 from veil.defenses.params import AugmentParams
 from veil.env.schedule_game import FaceScheduleEnv, ScheduleGameConfig, schedule_of
 from veil.recognition import DeviceConfig, FaceSplit, load_faces, split_identities
+from veil.recognition.device import as_device_config
 
 from . import tracking
 from .attack_cli import attack_settings
@@ -132,7 +133,7 @@ def learn_ppo(game: ScheduleGameConfig, split: FaceSplit, probe: Any, learn: Lea
     env = FaceScheduleEnv(game, split=split, probe=probe)
     n_steps = learn.segments * learn.ppo_episodes_per_update
     algo = PPO("MlpPolicy", env, n_steps=n_steps, batch_size=n_steps, n_epochs=10, gamma=1.0, gae_lambda=1.0,
-               learning_rate=learn.ppo_lr, ent_coef=0.0, seed=learn.seed, device=game.device, verbose=0,
+               learning_rate=learn.ppo_lr, ent_coef=0.0, seed=learn.seed, device=as_device_config(game.device).resolve(), verbose=0,
                policy_kwargs={"net_arch": [32, 32], "log_std_init": learn.ppo_log_std_init})
     log = EpisodeLog(learn.episodes)
     algo.learn(total_timesteps=learn.episodes * learn.segments, callback=log)
@@ -151,7 +152,9 @@ def learn_schedule(plan: Plan, name: str, track: Tracking, device: DeviceConfig 
         raise ValueError(f"--ray runs a population's members; [learn.{name}] is {learn.learner}, which plays one "
                          "episode after another in this process (drop --ray)")
     torch.set_num_threads(plan.budget.threads or torch.get_num_threads())
-    game = replace(game_config(plan, learn, reference_accuracy(plan, learn)), device=str(device.resolve()))
+    # the resolved device with the speed options (AMP, channels-last, compile) for every run's FR model
+    game = replace(game_config(plan, learn, reference_accuracy(plan, learn)),
+                   device=replace(device, device=str(device.resolve())))
     split = split_identities(load_faces(game.data), game.split)
     ev = train_eval_model(split, EvalModelConfig(epochs=plan.attacks.eval_epochs), device=device)
     probe = functools.partial(pca_probe, eval_model=ev.model, settings=attack_settings(plan.attacks),

@@ -42,6 +42,7 @@ from veil.defenses.params import AugmentParams
 from veil.env.actions import ACTION_DIM
 from veil.env.schedule_game import FaceScheduleEnv, ScheduleGameConfig, ScheduleProbe
 from veil.recognition import FaceSplit
+from veil.recognition.device import as_device_config
 
 from .cluster import ClusterConfig, worker_env
 
@@ -230,7 +231,7 @@ def pbt_search(game: ScheduleGameConfig, split: FaceSplit, probe: ScheduleProbe 
             quantile_fraction=config.quantile, synch=True)
         trainable = tune.with_resources(
             tune.with_parameters(play_member, game=game, split=split, probe=probe, segment_score=segment_score),
-            {"cpu": 1, "gpu": cluster.task_gpus(game.device)})
+            {"cpu": 1, "gpu": cluster.task_gpus(str(as_device_config(game.device).resolve()))})
         space: dict[str, Any] = {"member": tune.grid_search(list(range(config.population)))}
         space.update({k: tune.sample_from(functools.partial(_initial_value, table, d)) for d, k in enumerate(ACTION_KEYS)})
         # No max_concurrent_trials: Tune counts paused members against it, so a synchronous

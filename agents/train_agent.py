@@ -179,7 +179,7 @@ def train(args: Any) -> Path | None:
                         reward_scale=args.reward_scale, preserve_budget=args.preserve_budget,
                         preserve_weight=args.preserve_weight, preserve_on=args.preserve_on,
                         warmup_steps=args.warmup_steps, reset_mode=args.reset_mode, probe_every=args.probe_every,
-                        privacy_weight=args.privacy_weight, seed=args.seed, device=args.device)
+                        privacy_weight=args.privacy_weight, seed=args.seed, device=device_config(args))
     print(f"data: {split.num_private} private identities, {len(split.train_labels)} training images; "
           f"{args.n_envs} env(s), {args.algo if not args.baseline else 'baseline ' + args.baseline}")
 

@@ -17,9 +17,22 @@ from gymnasium import spaces
 from torch import nn
 
 from veil.defenses.params import AugmentParams
-from veil.recognition import (DataConfig, DeviceConfig, FaceSplit, ModelConfig, SplitConfig, Trainer, TrainerConfig,
-                              build_model, load_faces, one_hot, random_hflip, split_identities, to_float)
-from veil.recognition.device import to_device
+from veil.recognition import (
+    DataConfig,
+    DeviceConfig,
+    FaceSplit,
+    ModelConfig,
+    SplitConfig,
+    Trainer,
+    TrainerConfig,
+    build_model,
+    load_faces,
+    one_hot,
+    random_hflip,
+    split_identities,
+    to_float,
+)
+from veil.recognition.device import as_device_config, to_device
 
 from .actions import ACTION_DIM, ActionCodec
 from .deploy_price import DeployPrice
@@ -100,7 +113,8 @@ class EnvConfig:
             gets no signal until the FR model has learned something.
         seed: seeds the FR model, batches and augmentation draws.
         device: where the FR model, its batches and their augmentation run (``auto``: CUDA, then
-            MPS, then CPU); the draws stay on the CPU generator, so a seed plays the same game.
+            MPS, then CPU), or a ``DeviceConfig`` that adds the FR model's speed options (AMP,
+            channels-last, compile); the draws stay on the CPU generator, so a seed plays the same game.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -136,7 +150,7 @@ class EnvConfig:
     reset_mode: str = "continue"
     warmup_steps: int = 0
     seed: int = 0
-    device: str = "auto"
+    device: str | DeviceConfig = "auto"
 
     def __post_init__(self) -> None:
         if self.schedule not in ("alternating", "interleaved"):
@@ -263,7 +277,8 @@ class FaceAugmentEnv(gym.Env):
         if len(self.train_idx) < config.batch_size:
             raise ValueError(f"{len(self.train_idx)} training images after the validation hold-out is fewer "
                              f"than batch_size={config.batch_size}")
-        self.device = DeviceConfig(device=config.device).resolve()
+        speed = as_device_config(config.device)
+        self.device = speed.resolve()
         if config.preserve_on != "batch":  # the held-out images as the FR model takes them, for that term
             self._val_x = to_float(to_device(self.split.train_images[self.val_idx], self.device))
             self._val_y = one_hot(to_device(self.split.train_labels[self.val_idx], self.device), self.num_classes)
@@ -275,7 +290,7 @@ class FaceAugmentEnv(gym.Env):
                                         image_size=image_size, width=config.width)
         model = build_model(self.model_config)
         self.trainer = Trainer(model, TrainerConfig(lr=config.lr, batch_size=config.batch_size, schedule="constant",
-                                                    seed=config.seed), num_classes=self.num_classes, device=self.device)
+                                                    seed=config.seed), num_classes=self.num_classes, device=speed)
         self._gen = torch.Generator().manual_seed(config.seed + 2)
         self._cursor = len(self.train_idx)  # forces a shuffle on first use
         self._perm = self.train_idx

@@ -31,6 +31,7 @@ from veil.defenses.params import AugmentParams
 from veil.defenses.schedule import Phase, Schedule
 from veil.recognition import (
     DataConfig,
+    DeviceConfig,
     FaceSplit,
     ModelConfig,
     SplitConfig,
@@ -67,7 +68,8 @@ class ScheduleGameConfig:
         budget, penalty: the reward loses ``penalty * max(0, drop - budget) / 100`` for a drop of
             ``drop`` points of validation top-1 against ``acc_reference``.
         seed: the first episode's seed; episode j of an unseeded ``reset`` trains seed + j.
-        device: where each run's FR model trains (``auto``: CUDA, then MPS, then CPU).
+        device: where each run's FR model trains (``auto``: CUDA, then MPS, then CPU), or a
+            ``DeviceConfig`` with the FR model's speed options (AMP, channels-last, compile).
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -86,7 +88,7 @@ class ScheduleGameConfig:
     budget: float = 2.0
     penalty: float = 5.0
     seed: int = 100
-    device: str = "auto"
+    device: str | DeviceConfig = "auto"
 
     def __post_init__(self) -> None:
         if not 1 <= self.segments <= self.epochs:

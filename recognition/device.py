@@ -94,6 +94,11 @@ class DeviceConfig:
                 "compile": self.compile}
 
 
+def as_device_config(device: str | torch.device | DeviceConfig) -> DeviceConfig:
+    """``device`` as a ``DeviceConfig``: a device name gets the default speed options."""
+    return device if isinstance(device, DeviceConfig) else DeviceConfig(device=str(device))
+
+
 def module_device(module: nn.Module) -> torch.device:
     """The device of ``module``'s first parameter or buffer (CPU for one without any): where an
     attack on it runs."""

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Images, MappedImages, one_hot, random_hflip, to_float
-from .device import DeviceConfig, autocast, grad_scaler, to_device
+from .device import DeviceConfig, as_device_config, autocast, grad_scaler, to_device
 from .io import atomic_torch_save
 from .progress import progress_bar
 
@@ -114,7 +114,7 @@ class Trainer:
         self.config = config
         self.num_classes = num_classes
         # ``device``: a device name, or a DeviceConfig with the speed options (AMP, channels-last, compile)
-        self.device_config = device if isinstance(device, DeviceConfig) else DeviceConfig(device=str(device))
+        self.device_config = as_device_config(device)
         self.device = self.device_config.resolve()
         torch.manual_seed(config.seed)
         self.model = model.to(self.device)

@@ -17,6 +17,7 @@ from veil.attacks.kedmi import KEDMIConfig, kedmi_attack, train_kedmi_gan
 from veil.attacks.pca import FacePrior, PCAAttackConfig, pca_attack
 from veil.attacks.plgmi import PLGMIConfig, plgmi_attack, train_plgmi_gan
 from veil.attacks.whitebox import WhiteBoxConfig, whitebox_attack
+from veil.env import FaceScheduleEnv, ScheduleGameConfig
 from veil.env.face_augment import EnvConfig, FaceAugmentEnv
 from veil.recognition import (
     DataConfig,
@@ -140,6 +141,25 @@ def test_an_env_step_trains_the_fr_model_on_the_device(device: str) -> None:
     images, targets = env.last_batch
     assert _on(env.trainer.model, device) and images.device.type == device and targets.device.type == device
     assert info["phase"] == "fr" and np.isfinite(reward)
+
+
+def test_the_envs_take_the_speed_options_for_their_fr_model() -> None:
+    """``train-agent`` and ``learn-schedule`` pass ``--amp``/``--channels-last`` through to the FR model
+    of both games: the per-batch env steps with bf16 autocast, the whole-run game trains under it."""
+    speed = DeviceConfig(device="cpu", amp="bf16", channels_last=True)
+    env = FaceAugmentEnv(EnvConfig(data=DataConfig(synthetic_identities=8, synthetic_images=10, image_size=32,
+                                                   use_cache=False),
+                                   split=SplitConfig(n_private=4), batch_size=8, width=8, policy_steps=0, fr_steps=1,
+                                   device=speed))
+    env.reset(seed=0)
+    _, reward, _, _, info = env.step(np.zeros(8, dtype=np.float32))
+    assert env.trainer.device_config == speed and info["phase"] == "fr" and np.isfinite(reward)
+    game = FaceScheduleEnv(ScheduleGameConfig(data=DataConfig(synthetic_identities=6, synthetic_images=8, image_size=32,
+                                                              use_cache=False),
+                                              epochs=1, batch_size=16, segments=1, device=speed))
+    game.reset(seed=0)
+    _, reward, done, _, _ = game.step(np.zeros(8, dtype=np.float32))
+    assert game.trainer.device_config == speed and done and np.isfinite(reward)
 
 
 @pytest.fixture(scope="module")
