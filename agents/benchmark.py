@@ -71,6 +71,9 @@ class RunOptions:
     retrain_lost: bool = False
     device: DeviceConfig = field(default_factory=DeviceConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    # judge_scope seed: the rows whose cells make one seed's block (empty: the plan's rows); a run
+    # of some of a plan's rows names all of them, so a seed is kept only when every row agrees
+    block_rows: tuple[str, ...] = ()
 
 
 def _write_json(obj: Any, path: Path) -> None:
@@ -446,18 +449,19 @@ def run_cell(plan: Plan, opts: RunOptions, defense: str, seed: int, split, ev,
     return record
 
 
-def seed_judges(plan: Plan, seeds: list[int], evaluator: str) -> dict[int, str]:
+def seed_judges(plan: Plan, seeds: list[int], evaluator: str, rows: tuple[str, ...] = ()) -> dict[int, str]:
     """The evaluation model that judges each seed's cells: ``evaluator`` (this machine's), except,
     with ``judge_scope = "seed"``, a seed whose cells (every row, every attack) are finished and were
-    all judged by one other model, which keeps it. Judges trained on two machines differ in their
-    last bits, so a plan too long for one machine is run a whole seed at a time."""
+    all judged by one other model, which keeps it (``rows``: the block's rows, default the plan's).
+    Judges trained on two machines differ in their last bits, so a plan too long for one machine is
+    run a whole seed at a time."""
     judges = {s: evaluator for s in seeds}
     if plan.attacks.judge_scope != "seed":
         return judges
     out = Path(plan.out_dir) / "cells"
     for s in seeds:
         found: set[Any] = set()
-        for d in plan.row_names():
+        for d in rows or plan.row_names():
             cell = out / f"{d}-s{s}.json"
             record = load_cell(cell) if cell.is_file() else None
             if record is None or any(a not in record["attacks"] for a in plan.attacks.names):
@@ -612,7 +616,7 @@ def run_benchmark(plan: Plan, opts: RunOptions) -> list[dict[str, Any]]:
                                            "eval_model": ev.config.model, "eval_top1": round(ev.metrics["top1"], 4)},
                              "split": split.summary(), **opts.device.params()})
 
-        judges = seed_judges(plan, seeds, ev.fingerprint)
+        judges = seed_judges(plan, seeds, ev.fingerprint, opts.block_rows)
         for s in [s for s in seeds if judges[s] != ev.fingerprint]:
             print(f"seed {s}: every cell finished under evaluation model {judges[s]}; kept (judge_scope seed)")
 
@@ -681,7 +685,10 @@ def run_options(args: argparse.Namespace) -> RunOptions:
 
 def run(args: argparse.Namespace) -> int:
     """CLI entry of ``veil benchmark``."""
-    run_benchmark(plan_from_args(args, add_parser), run_options(args))
+    opts = run_options(args)
+    if args.config:  # --defenses may run some of the file's rows: a seed's block is all of them
+        opts = replace(opts, block_rows=tuple(load_plan(args.config).row_names()))
+    run_benchmark(plan_from_args(args, add_parser), opts)
     return 0
 
 

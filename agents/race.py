@@ -395,14 +395,15 @@ def race(plan: Plan, opts: RunOptions, stage: str = "all", only: list[str] | Non
     r = _race(plan)
     out = Path(plan.out_dir)
     if stage in ("all", "validation") and not opts.summarize_only:
-        run_benchmark(validation_plan(plan, only), opts)
+        run_benchmark(validation_plan(plan, only), replace(opts, block_rows=tuple(validation_plan(plan).rows)))
     sel = selection(plan)
     picks = {c: s["pick"] for c, s in sel.items() if s["complete"]}  # a contestant still searching joins later
     test_records: list[dict[str, Any]] = []
     if picks.get("c1") is not None:
         tp = test_plan(plan, picks)
         if stage in ("all", "test") and not opts.summarize_only:
-            run_benchmark(replace(tp, rows=[n for n in tp.rows if not only or n in only]), opts)
+            run_benchmark(replace(tp, rows=[n for n in tp.rows if not only or n in only]),
+                          replace(opts, block_rows=tuple(tp.rows)))
         test_records = read_cells(Path(tp.out_dir), set(tp.rows), set(r.test_seeds))
     elif stage == "test" and not opts.summarize_only:
         raise ValueError("the test stage compares with C1's pick: C1's calibration has no pick within the budget "

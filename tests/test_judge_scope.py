@@ -58,6 +58,14 @@ def test_a_seed_missing_an_attack_or_scored_by_two_judges_is_judged_here(tmp_pat
     assert seed_judges(plan, [0, 1], HERE) == {0: HERE, 1: HERE}
 
 
+def test_a_run_of_some_rows_keeps_a_seed_only_when_every_row_of_the_block_agrees(tmp_path: Path) -> None:
+    """``race --only`` and ``benchmark --defenses`` run some of a plan's rows; the block is all of them."""
+    plan = write_plan(tmp_path)
+    write_cell(plan, "none", 0, OTHER)  # re-s0 never finished
+    assert seed_judges(plan, [0], HERE, rows=("none",)) == {0: OTHER}
+    assert seed_judges(plan, [0], HERE, rows=("none", "re")) == {0: HERE}
+
+
 def test_plan_scope_judges_every_seed_here(tmp_path: Path) -> None:
     plan = write_plan(tmp_path, scope="plan")
     for row in ("none", "re"):
