@@ -363,3 +363,6 @@ def test_the_cfp_race_validation_figures_in_results_come_from_the_committed_cell
     for proxy, (rho, n) in ((k, v["pca"]) for k, v in agreement.items()):
         assert n == 36 and f"`{proxy}` {rho:+.2f}" in flat, proxy
     assert f"`none` {race.identity_stability(records, 'pca')['none'][0]:+.2f}" in flat
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"(PCA top-1 {100 * sel['c1']['pick'].top1:.1f}% for the grid, {100 * sel['t1-ppo']['pick'].top1:.1f}% "
+            f"for PPO's schedule, {100 * sel['t1-pbt']['pick'].top1:.1f}% for PBT's constant)") in readme
