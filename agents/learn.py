@@ -133,7 +133,8 @@ def learn_ppo(game: ScheduleGameConfig, split: FaceSplit, probe: Any, learn: Lea
     env = FaceScheduleEnv(game, split=split, probe=probe)
     n_steps = learn.segments * learn.ppo_episodes_per_update
     algo = PPO("MlpPolicy", env, n_steps=n_steps, batch_size=n_steps, n_epochs=10, gamma=1.0, gae_lambda=1.0,
-               learning_rate=learn.ppo_lr, ent_coef=0.0, seed=learn.seed, device=as_device_config(game.device).resolve(), verbose=0,
+               learning_rate=learn.ppo_lr, ent_coef=0.0, seed=learn.seed,
+               device=as_device_config(game.device).resolve(), verbose=0,
                policy_kwargs={"net_arch": [32, 32], "log_std_init": learn.ppo_log_std_init})
     log = EpisodeLog(learn.episodes)
     algo.learn(total_timesteps=learn.episodes * learn.segments, callback=log)
