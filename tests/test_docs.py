@@ -175,8 +175,12 @@ def test_readme_headline_is_what_the_committed_cells_give() -> None:
     claim = (f"PBT\nover {f['runs']} whole runs (a third of the grid's {f['grid']}) found a setting {f['pca']} points below "
              f"the grid's\npick under PCA on fresh seeds, level under GMI, at {f['cost']} points of accuracy against it")
     assert claim in prose, claim
+    sel = race.selection(load_plan(ROOT / "docs" / "results" / "cfp-race-60ep" / "plan.toml"))
+    cfp = [f"{100 * sel[k]['pick'].top1:.1f}%" for k in ("c1", "t1-ppo", "t1-pbt")]
+    claim = (f"(PCA top-1 {cfp[0]} for the\ngrid, {cfp[1]} for PPO's schedule, {cfp[2]} for PBT's constant)")
+    assert claim in prose, claim
     expected = _numbers(f"top-1 {c['range']} {c['cost']} {c['radius']} {c['priced']} {c['deployed']} "
-                        f"{f['runs']} {f['grid']} {f['pca']} {f['cost']}")
+                        f"{f['runs']} {f['grid']} {f['pca']} {f['cost']} top-1 {' '.join(cfp)}")
     assert sorted(_numbers(prose)) == sorted(expected)  # no figure in the prose that is not recomputed
     # the c125 row's command in the README is what its cells were trained with
     readme = (ROOT / "README.md").read_text()
