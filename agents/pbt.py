@@ -27,6 +27,7 @@ import random
 import shutil
 import sys
 import tempfile
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -217,13 +218,13 @@ def pbt_search(game: ScheduleGameConfig, split: FaceSplit, probe: ScheduleProbe 
     try:
         if started:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            env = {"PYTHONPATH": _worker_pythonpath(), "OMP_NUM_THREADS": "1"}
             if remote:  # another machine's workers: veil installed there, the driver's VEIL_* settings
                 ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR",
                          runtime_env={"env_vars": {**worker_env(), "OMP_NUM_THREADS": "1"}})
             else:
                 ray.init(num_cpus=config.max_concurrent, include_dashboard=False, log_to_driver=False,
-                         logging_level="ERROR", runtime_env={"env_vars": env})
+                         logging_level="ERROR",
+                         runtime_env={"env_vars": {"PYTHONPATH": _worker_pythonpath(), "OMP_NUM_THREADS": "1"}})
         scheduler = SeededPBT(
             seed=config.seed, perturb=config.perturb, resample_probability=config.resample_probability,
             time_attr="training_iteration", perturbation_interval=1, metric="score", mode="max",
@@ -240,7 +241,8 @@ def pbt_search(game: ScheduleGameConfig, split: FaceSplit, probe: ScheduleProbe 
             trainable, param_space=space,
             tune_config=tune.TuneConfig(num_samples=1, scheduler=scheduler, reuse_actors=True),
             run_config=tune.RunConfig(
-                name="pbt", storage_path=storage, verbose=1 if progress else 0,
+                # a search of its own in a shared store: never continues another search's trials
+                name=f"pbt-{uuid.uuid4().hex[:12]}", storage_path=storage, verbose=1 if progress else 0,
                 stop={"training_iteration": game.segments},  # the last segment is final, never exploited
                 failure_config=tune.FailureConfig(max_failures=cluster.max_retries if remote else 0)))
         grid = tuner.fit()
