@@ -15,7 +15,10 @@ from veil.agents.plan import Plan, load_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = sorted(p.parent.name for p in (ROOT / "docs" / "results").glob("*/plan.toml")
-                  if "\n[race]" not in p.read_text())  # a race rebuilds with veil race (tests/test_race.py)
+                  if "\n[race]" not in p.read_text()  # a race rebuilds with veil race (tests/test_race.py)
+                  and (p.parent / "cells").is_dir())  # a plan not run yet has no tables to rebuild
+PLANNED = sorted(p.parent.name for p in (ROOT / "docs" / "results").glob("*/plan.toml")
+                 if not (p.parent / "cells").is_dir())
 
 PLAN = """
 rows = ["none", "c125", "edge"]
@@ -131,6 +134,12 @@ def test_a_bad_plan_is_a_one_line_error_of_the_command(tmp_path: Path, capsys: p
     assert err.count("\n") == 0 and "unknown key 'epoch'" in err and str(path) in err
     assert main(["benchmark", "--config", str(tmp_path / "missing.toml")]) == 2
     assert "no plan file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("section", PLANNED)
+def test_a_plan_not_run_yet_loads_and_names_every_row(section: str) -> None:
+    plan = load_plan(ROOT / "docs" / "results" / section / "plan.toml")
+    assert plan.rows and all(plan.row(name).use for name in plan.row_names())
 
 
 def test_every_results_section_has_a_plan() -> None:
