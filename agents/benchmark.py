@@ -449,6 +449,16 @@ def run_cell(plan: Plan, opts: RunOptions, defense: str, seed: int, split, ev,
     return record
 
 
+def judges_found(records: list[dict[str, Any]], attacks: list[str]) -> dict[int, set[Any]]:
+    """Per seed, the evaluation models that scored these cells' ``attacks`` (None: a cell from
+    before the record)."""
+    found: dict[int, set[Any]] = {}
+    for x in records:
+        found.setdefault(x["seed"], set()).update(x["attacks"][a].get("evaluator") for a in attacks
+                                                  if a in x["attacks"])
+    return found
+
+
 def seed_judges(plan: Plan, seeds: list[int], evaluator: str, rows: tuple[str, ...] = ()) -> dict[int, str]:
     """The evaluation model that judges each seed's cells: ``evaluator`` (this machine's), except,
     with ``judge_scope = "seed"``, a seed whose cells (every row, every attack) are finished and were
@@ -458,18 +468,12 @@ def seed_judges(plan: Plan, seeds: list[int], evaluator: str, rows: tuple[str, .
     judges = {s: evaluator for s in seeds}
     if plan.attacks.judge_scope != "seed":
         return judges
-    out = Path(plan.out_dir) / "cells"
-    for s in seeds:
-        found: set[Any] = set()
-        for d in rows or plan.row_names():
-            cell = out / f"{d}-s{s}.json"
-            record = load_cell(cell) if cell.is_file() else None
-            if record is None or any(a not in record["attacks"] for a in plan.attacks.names):
-                break
-            found |= {record["attacks"][a].get("evaluator") for a in plan.attacks.names}
-        else:
-            if len(found) == 1 and None not in found:
-                judges[s] = found.pop()
+    names = rows or plan.row_names()
+    records = read_cells(Path(plan.out_dir), names, seeds)
+    finished = [x for x in records if all(a in x["attacks"] for a in plan.attacks.names)]
+    for s, found in judges_found(finished, plan.attacks.names).items():
+        if sum(x["seed"] == s for x in finished) == len(names) and len(found) == 1 and None not in found:
+            judges[s] = found.pop()
     return judges
 
 

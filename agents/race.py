@@ -32,7 +32,7 @@ import torch
 
 from veil.defenses.schedule import ParamBox, Phase, Schedule, two_phase
 
-from .benchmark import RunOptions, add_plan_args, given_plan, read_cells, run_benchmark, run_options
+from .benchmark import RunOptions, add_plan_args, given_plan, judges_found, read_cells, run_benchmark, run_options
 from .options import add_cluster_args, add_data_args, add_device_args, add_tracking_args
 from .plan import AttackPlan, Plan, RacePlan, Row, calibration_plan, centre_params, fr_options, load_plan
 from .schedules import save_schedule, schedule_toml
@@ -180,14 +180,12 @@ def learning_runs(row: Row) -> float:
 def seed_judges(records: list[dict[str, Any]], attacks: list[str]) -> dict[int, str]:
     """The evaluation model that scored each seed's cells; a seed scored by two is an error, since
     its rows' paired differences would mix judges."""
-    found: dict[int, set[str]] = {}
-    for x in records:
-        found.setdefault(x["seed"], set()).update(
-            str(x["attacks"][a].get("evaluator")) for a in attacks if a in x["attacks"])
+    found = judges_found(records, attacks)
     mixed = {s: j for s, j in found.items() if len(j) > 1}
     if mixed:
-        s, j = next(iter(sorted(mixed.items())))
-        raise ValueError(f"seed {s}'s cells were scored by {len(j)} evaluation models ({', '.join(sorted(j))}); "
+        s, j = min(mixed.items())
+        raise ValueError(f"seed {s}'s cells were scored by {len(j)} evaluation models "
+                         f"({', '.join(sorted(map(str, j)))}); "
                          "rerun its stage (judge_scope seed redoes an unfinished seed under one)")
     return {s: next(iter(j)) for s, j in found.items() if j}
 
