@@ -175,10 +175,23 @@ def test_readme_headline_is_what_the_committed_cells_give() -> None:
     claim = (f"PBT\nover {f['runs']} whole runs (a third of the grid's {f['grid']}) found a setting {f['pca']} points below "
              f"the grid's\npick under PCA on fresh seeds, level under GMI, at {f['cost']} points of accuracy against it")
     assert claim in prose, claim
-    sel = race.selection(load_plan(ROOT / "docs" / "results" / "cfp-race-60ep" / "plan.toml"))
+    plan = load_plan(ROOT / "docs" / "results" / "cfp-race-60ep" / "plan.toml")
+    sel = race.selection(plan)
     cfp = [f"{100 * sel[k]['pick'].top1:.1f}%" for k in ("c1", "t1-ppo", "t1-pbt")]
     claim = (f"(PCA top-1 {cfp[0]} for the\ngrid, {cfp[1]} for PPO's schedule, {cfp[2]} for PBT's constant)")
     assert claim in prose, claim
+    # its test stage: PPO above C1 under GMI, and C1's cut against undefended targets
+    tp = race.test_plan(plan, {k: s["pick"] for k, s in sel.items() if s["complete"]})
+    test = read_cells(Path(tp.out_dir), set(tp.rows), set(plan.race.test_seeds))
+    c1 = sel["c1"]["pick"].name
+    m, ci, n = race.paired(test, "t1-ppo", c1, race._metric("gmi", "top1"))
+    assert n == 5 and f"schedule {m:.1f} ± {ci:.1f} points above it under GMI" in " ".join(prose.split())
+    cuts = []
+    for a in ("pca", "gmi"):
+        none = sum(100 * x["attacks"][a]["top1"] for x in test if x["defense"] == "none") / 5
+        cuts.append(f"{-race.paired(test, c1, 'none', race._metric(a, 'top1'))[0] / none:.0%}")
+    assert f"cut PCA and GMI top-1 by {cuts[0]} and {cuts[1]}" in " ".join(prose.split())
+    cfp += [f"{m:.1f}", f"{ci:.1f}", "top-1", *cuts]
     expected = _numbers(f"top-1 {c['range']} {c['cost']} {c['radius']} {c['priced']} {c['deployed']} "
                         f"{f['runs']} {f['grid']} {f['pca']} {f['cost']} top-1 {' '.join(cfp)}")
     assert sorted(_numbers(prose)) == sorted(expected)  # no figure in the prose that is not recomputed

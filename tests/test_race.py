@@ -366,3 +366,72 @@ def test_the_cfp_race_validation_figures_in_results_come_from_the_committed_cell
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert (f"(PCA top-1 {100 * sel['c1']['pick'].top1:.1f}% for the grid, {100 * sel['t1-ppo']['pick'].top1:.1f}% "
             f"for PPO's schedule, {100 * sel['t1-pbt']['pick'].top1:.1f}% for PBT's constant)") in readme
+
+
+def test_the_committed_cfp_race_report_rebuilds_from_its_cells(tmp_path: Path) -> None:
+    """``veil race --config docs/results/cfp-race-60ep/plan.toml --summarize-only`` writes the
+    committed race.md (validation, both test seeds' judges, the paired test table) from the cells."""
+    import shutil
+
+    results = ROOT / "docs" / "results"
+    keep = shutil.ignore_patterns("reports", "checkpoints", "*.png", "superseded")
+    for folder in ("cfp-race-60ep", "cfp-calibrate-60ep", "cfp-label-follow-60ep"):
+        shutil.copytree(results / folder, tmp_path / folder, ignore=keep)
+    committed = (results / "cfp-race-60ep" / "race.md").read_text()
+    (tmp_path / "cfp-race-60ep" / "race.md").unlink()
+    assert main(["race", "--config", str(tmp_path / "cfp-race-60ep" / "plan.toml"), "--summarize-only"]) == 0
+    assert (tmp_path / "cfp-race-60ep" / "race.md").read_text() == committed
+
+
+CFP_TEST_ROWS = [("`none`", "none"), ("C1 `cal-radius-0.2`", "cal-radius-0.2"), ("C2 `c2-r2`", "c2-r2"),
+                 ("C3 `c3-strong-first-67`", "c3-strong-first-67"), ("C4 `c4-uniform`", "c4-uniform"),
+                 ("T0 `t0-edge`", "t0-edge"), ("T1 PPO `t1-ppo`", "t1-ppo"), ("T1 PBT `t1-pbt`", "t1-pbt")]
+
+
+def test_the_cfp_race_test_figures_in_results_come_from_the_committed_cells() -> None:
+    """docs/RESULTS.md, "The race on CFP", test stage: every row's natural and attack top-1, its
+    paired differences against none and C1, the learners' pixel-neighbour and sink differences, the
+    proxies against PCA and GMI, and the seeds' judges."""
+    plan = load_plan(ROOT / "docs" / "results" / "cfp-race-60ep" / "plan.toml")
+    sel = race.selection(plan)
+    tp = race.test_plan(plan, {c: s["pick"] for c, s in sel.items() if s["complete"]})
+    seeds = plan.race.test_seeds
+    records = read_cells(Path(tp.out_dir), set(tp.rows), set(seeds))
+    results = (ROOT / "docs" / "RESULTS.md").read_text()
+    section = results[results.index("**Test (seeds 10-14).**"):]
+    section = section[:section.index("### CFP: the agents against their fixed start")]
+    flat = " ".join(section.split())
+    natural = lambda x: 100 * x["natural_top1"]  # noqa: E731
+    c1 = "cal-radius-0.2"
+
+    def fmt(m: float, ci: float, n: int) -> str:
+        assert n == len(seeds)
+        return race._fmt(m, ci, n)
+
+    for label, row in CFP_TEST_ROWS:
+        cells = [x for x in records if x["defense"] == row]
+        assert sorted(x["seed"] for x in cells) == seeds, row
+        line = next(ln for ln in section.splitlines() if ln.startswith(f"| {label} |"))
+        parts = [p.strip() for p in line.strip("|").split("|")]
+        assert parts[1] == f"{sum(natural(x) for x in cells) / len(seeds):.1f}%", row
+        assert parts[2] == ("-" if row == "none" else fmt(*race.paired(records, row, "none", natural))), row
+        for i, attack in ((3, "pca"), (5, "gmi")):
+            mean = sum(100 * x["attacks"][attack]["top1"] for x in cells) / len(seeds)
+            assert parts[i] == f"{mean:.1f}%", (row, attack)
+            assert parts[i + 1] == ("-" if row == c1 else fmt(*race.paired(records, row, c1, race._metric(attack, "top1"))))
+    for label, row in CFP_TEST_ROWS[2:]:
+        line = next(ln for ln in section.splitlines() if ln.startswith(f"| {label} | natural"))
+        parts = [p.strip() for p in line.strip("|").split("|")]
+        expect = [fmt(*race.paired(records, row, c1, natural))] + [
+            fmt(*race.paired(records, row, c1, race._metric(a, m))) for a in ("pca", "gmi")
+            for m in ("nn_pixel_acc", "sink_share")]
+        assert parts[1:] == ["natural " + expect[0]] + expect[1:], row
+    for attack in ("pca", "gmi"):
+        m = -race.paired(records, c1, "none", race._metric(attack, "top1"))[0]
+        none = sum(100 * x["attacks"][attack]["top1"] for x in records if x["defense"] == "none") / len(seeds)
+        assert f"{attack.upper()} top-1 {m:.1f} points ({m / none:.0%})" in flat, attack
+    for proxy, v in race.proxy_agreement(records, ["pca", "gmi"]).items():
+        assert f"`{proxy}` {v['pca'][0]:+.2f} against PCA and {v['gmi'][0]:+.2f} against GMI" in flat, proxy
+        assert v["pca"][1] == v["gmi"][1] == 8 * len(seeds)
+    for s, judge in race.seed_judges(records, ["pca", "gmi"]).items():
+        assert f"{s} `{judge}`" in flat, s
