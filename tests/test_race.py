@@ -171,19 +171,25 @@ def test_identity_stability_averages_the_rank_agreement_of_seed_pairs() -> None:
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_committed_att_race_report_rebuilds_from_its_cells(tmp_path: Path) -> None:
-    """``veil race --config docs/results/att-race-90ep/plan.toml --summarize-only`` writes the
-    committed race.md from the committed cells (the calibration folder's for C1)."""
+def rebuilds_committed_report(tmp_path: Path, race_folder: str, *others: str) -> bool:
+    """Copy the race folder and the folders it reads (cells and plans only), drop its race.md and
+    rebuild it with ``veil race --summarize-only``: True when the rebuild equals the committed file."""
     import shutil
 
     results = ROOT / "docs" / "results"
-    keep = shutil.ignore_patterns("reports", "checkpoints", "*.png")
-    for folder in ("att-race-90ep", "att-calibrate-90ep", "att-label-follow-90ep"):
+    keep = shutil.ignore_patterns("reports", "checkpoints", "*.png", "superseded")
+    for folder in (race_folder, *others):
         shutil.copytree(results / folder, tmp_path / folder, ignore=keep)
-    committed = (results / "att-race-90ep" / "race.md").read_text()
-    (tmp_path / "att-race-90ep" / "race.md").unlink()
-    assert main(["race", "--config", str(tmp_path / "att-race-90ep" / "plan.toml"), "--summarize-only"]) == 0
-    assert (tmp_path / "att-race-90ep" / "race.md").read_text() == committed
+    committed = (results / race_folder / "race.md").read_text()
+    (tmp_path / race_folder / "race.md").unlink()
+    assert main(["race", "--config", str(tmp_path / race_folder / "plan.toml"), "--summarize-only"]) == 0
+    return (tmp_path / race_folder / "race.md").read_text() == committed
+
+
+def test_the_committed_att_race_report_rebuilds_from_its_cells(tmp_path: Path) -> None:
+    """``veil race --config docs/results/att-race-90ep/plan.toml --summarize-only`` writes the
+    committed race.md from the committed cells (the calibration folder's for C1)."""
+    assert rebuilds_committed_report(tmp_path, "att-race-90ep", "att-calibrate-90ep", "att-label-follow-90ep")
 
 
 def test_the_att_race_figures_in_results_come_from_the_committed_cells() -> None:
@@ -371,16 +377,7 @@ def test_the_cfp_race_validation_figures_in_results_come_from_the_committed_cell
 def test_the_committed_cfp_race_report_rebuilds_from_its_cells(tmp_path: Path) -> None:
     """``veil race --config docs/results/cfp-race-60ep/plan.toml --summarize-only`` writes the
     committed race.md (validation, both test seeds' judges, the paired test table) from the cells."""
-    import shutil
-
-    results = ROOT / "docs" / "results"
-    keep = shutil.ignore_patterns("reports", "checkpoints", "*.png", "superseded")
-    for folder in ("cfp-race-60ep", "cfp-calibrate-60ep", "cfp-label-follow-60ep"):
-        shutil.copytree(results / folder, tmp_path / folder, ignore=keep)
-    committed = (results / "cfp-race-60ep" / "race.md").read_text()
-    (tmp_path / "cfp-race-60ep" / "race.md").unlink()
-    assert main(["race", "--config", str(tmp_path / "cfp-race-60ep" / "plan.toml"), "--summarize-only"]) == 0
-    assert (tmp_path / "cfp-race-60ep" / "race.md").read_text() == committed
+    assert rebuilds_committed_report(tmp_path, "cfp-race-60ep", "cfp-calibrate-60ep", "cfp-label-follow-60ep")
 
 
 CFP_TEST_ROWS = [("`none`", "none"), ("C1 `cal-radius-0.2`", "cal-radius-0.2"), ("C2 `c2-r2`", "c2-r2"),
