@@ -32,9 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Stopped(Exception):
+class Stopped(BaseException):
     """The process was asked to stop (SIGTERM, SIGINT): unwinds like Ctrl-C, so every ``with``
-    block closes (atomic writes drop their temporary file; the last checkpoint stays)."""
+    block closes (atomic writes drop their temporary file; the last checkpoint stays). A
+    ``BaseException``, as ``KeyboardInterrupt`` is, so a library's ``except Exception`` lets it by."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -43,6 +44,17 @@ class Stopped(Exception):
 
 def _stop(signum: int, frame: object) -> None:
     raise Stopped(signum)
+
+
+def stop_behind(err: BaseException) -> Stopped | None:
+    """The ``Stopped`` that ``err`` is or was raised while handling: a stop landing inside a
+    library's cleanup (torch.save's zip writer) comes back as that library's own error."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, Stopped):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,11 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
-        # bad input or a diverged run: a one-line error, the MLflow run (if any) already marked failed
-        print(f"veil {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except Stopped as stop:
+    except BaseException as err:
+        stop = stop_behind(err)
+        if stop is None:
+            if isinstance(err, (ValueError, FileNotFoundError, FloatingPointError)):
+                # bad input or a diverged run: a one-line error, the MLflow run (if any) already marked failed
+                print(f"veil {args.command}: error: {err}", file=sys.stderr)
+                return 2
+            raise
         marked = tracking.mark_stopped(f"stopped by {stop}")
         print(f"veil {args.command}: stopped by {stop}"
               + (f"; MLflow run(s) {', '.join(marked)} marked KILLED" if marked else "")

@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 import mlflow
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from veil.agents import tracking
-from veil.agents.cli import main
+from veil.agents import tracking, train_fr
+from veil.agents.cli import Stopped, main
 
 TINY = ["--data", "synthetic", "--synthetic-identities", "8", "--synthetic-images", "6", "--image-size", "32",
         "--batch-size", "16", "--threads", "1"]
@@ -48,7 +49,7 @@ def test_sigterm_marks_the_run_killed_and_keeps_a_resumable_checkpoint(tmp_path:
     _wait_for(ckpt, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM
+    assert proc.returncode == 128 + signal.SIGTERM, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("veil train-fr: stopped by SIGTERM") and "marked KILLED" in last and "Traceback" not in err
     run = _the_run(tmp_path)
@@ -68,3 +69,24 @@ def test_a_run_left_running_by_a_killed_process_is_marked_killed_by_the_next_com
     tracking.setup(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")  # what every command does first
     run = _the_run(tmp_path)
     assert run.info.status == "KILLED" and run.data.tags["veil.stopped"] == f"orphaned: its process {proc.pid} is gone"
+
+
+def test_a_stop_that_a_library_turns_into_its_own_error_still_exits_as_stopped(monkeypatch, capsys) -> None:
+    def stopped_inside_torch_save(args) -> int:  # what torch.save's zip writer does when SIGTERM lands in it
+        try:
+            raise Stopped(signal.SIGTERM)
+        except Stopped:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(train_fr, "run", stopped_inside_torch_save)
+    assert main(["train-fr", *TINY]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.startswith("veil train-fr: stopped by SIGTERM")
+
+
+def test_an_error_with_no_stop_behind_it_is_not_reported_as_a_stop(monkeypatch) -> None:
+    def fails(args) -> int:
+        raise RuntimeError("a real bug")
+
+    monkeypatch.setattr(train_fr, "run", fails)
+    with pytest.raises(RuntimeError, match="a real bug"):
+        main(["train-fr", *TINY])
