@@ -586,7 +586,7 @@ def run_benchmark(plan: Plan, opts: RunOptions) -> list[dict[str, Any]]:
         records = read_cells(out, defenses, seeds)
         if not records:
             raise FileNotFoundError(f"--summarize-only: no finished cells of {', '.join(defenses)} in {out / 'cells'}")
-        md = write_outputs(records, defenses, attacks, out)
+        md = write_outputs(records, defenses, attacks, out, plan.compare_to)
         print(md)
         print(f"results (from {len(records)} cells; nothing run): {out / 'results.md'}")
         return records
@@ -651,7 +651,7 @@ def run_benchmark(plan: Plan, opts: RunOptions) -> list[dict[str, Any]]:
             print(f"\n== cell {d} seed {s} [{i + 1}/{len(todo)}{eta(i, len(todo), time.perf_counter() - t0)}]"
                   + ("" if done is None else f": target trained before; attacks {', '.join(missing)}"))
             records.append(run_cell(plan, opts, d, s, split, ev, done))
-        md = write_outputs(records, defenses, attacks, out)
+        md = write_outputs(records, defenses, attacks, out, plan.compare_to)
         if len(defenses) == 1:  # a one-row benchmark (each row of veil demo) shows its row's numbers on top
             mlflow.set_tags({"veil.row": defenses[0], "veil.defense": defenses[0]})
             tracking.log_headline(mlflow.active_run().info.run_id, row_headline(records))

@@ -205,6 +205,7 @@ class Plan:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     out_dir: str = "benchmarks/results/run"
     undefended_curve: list[int] = field(default_factory=list)
+    compare_to: str = ""  # a row every other row is paired with in results.md: is it Pareto-ahead?
     policy: dict[int, str] = field(default_factory=dict)  # seed -> exported policy; key -1: every seed
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)

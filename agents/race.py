@@ -36,7 +36,7 @@ from .benchmark import RunOptions, add_plan_args, given_plan, judges_found, read
 from .options import add_cluster_args, add_data_args, add_device_args, add_tracking_args
 from .plan import AttackPlan, Plan, RacePlan, Row, calibration_plan, centre_params, fr_options, load_plan
 from .schedules import save_schedule, schedule_toml
-from .tables import mean_ci
+from .tables import fmt_paired, mean_ci, metric_points, natural_points, paired
 
 CONTESTANTS = ("c1", "c2", "c3", "c4")
 LABELS = {"c1": "C1 best constant (grid)", "c2": "C2 random search", "c3": "C3 two-phase schedules",
@@ -206,30 +206,6 @@ def test_plan(plan: Plan, picks: dict[str, Candidate | None]) -> Plan:
                    out_dir=str(Path(plan.out_dir) / "test"))
 
 
-def paired(records: list[dict[str, Any]], a: str, b: str, key: Any) -> tuple[float, float, int]:
-    """Mean and 95% half-width of ``key(cell of a) - key(cell of b)`` over the seeds both have."""
-    ca = {r["seed"]: r for r in records if r["defense"] == a}
-    cb = {r["seed"]: r for r in records if r["defense"] == b}
-    diffs = [key(ca[s]) - key(cb[s]) for s in sorted(set(ca) & set(cb))]
-    diffs = [d for d in diffs if d is not None and math.isfinite(d)]
-    m, _, ci = mean_ci(diffs)
-    return m, ci, len(diffs)
-
-
-def _metric(attack: str, metric: str):
-    def get(cell: dict[str, Any]) -> float:
-        v = cell["attacks"].get(attack, {}).get(metric)
-        return math.nan if v is None else 100.0 * float(v)
-    return get
-
-
-def _fmt(m: float, ci: float, n: int) -> str:
-    if n == 0 or math.isnan(m):
-        return "-"
-    star = " \\*" if n > 1 and not math.isnan(ci) and (m + ci < 0 or m - ci > 0) else ""
-    return f"{m:+.1f}" + ("" if math.isnan(ci) else f" ± {ci:.1f}") + star
-
-
 def report(plan: Plan, sel: dict[str, dict[str, Any]], test_records: list[dict[str, Any]],
            validation_records: list[dict[str, Any]] | None = None) -> str:
     """``race.md``: the validation picks, then the test seeds' paired differences against C1."""
@@ -292,12 +268,12 @@ def report(plan: Plan, sel: dict[str, dict[str, Any]], test_records: list[dict[s
         if not cells:
             continue
         nat = 100 * float(np.mean([x["natural_top1"] for x in cells]))
-        dn = _fmt(*paired(test_records, name, "none", lambda x: 100 * x["natural_top1"])) if name != "none" else "-"
+        dn = fmt_paired(*paired(test_records, name, "none", natural_points)) if name != "none" else "-"
         row = f"| {LABELS.get(c, c)} (`{name}`) | {nat:.1f}% ({len(cells)}) | {dn} |"
         for a in attacks:
-            vals = [_metric(a, "top1")(x) for x in cells]
+            vals = [metric_points(a, "top1")(x) for x in cells]
             top = f"{np.nanmean(vals):.1f}%" if any(math.isfinite(v) for v in vals) else "-"
-            vs = _fmt(*paired(test_records, name, picks["c1"], _metric(a, "top1"))) if c != "c1" else "-"
+            vs = fmt_paired(*paired(test_records, name, picks["c1"], metric_points(a, "top1"))) if c != "c1" else "-"
             row += f" {top} | {vs} |"
         lines.append(row)
     lines += ["", "Against C1, the pixel-space nearest neighbour's identity accuracy (`nn_pixel_acc`, needs no "
@@ -309,8 +285,8 @@ def report(plan: Plan, sel: dict[str, dict[str, Any]], test_records: list[dict[s
             continue
         row = f"| {LABELS.get(c, c)} |"
         for a in attacks:
-            row += (f" {_fmt(*paired(test_records, name, picks['c1'], _metric(a, 'nn_pixel_acc')))} |"
-                    f" {_fmt(*paired(test_records, name, picks['c1'], _metric(a, 'sink_share')))} |")
+            row += (f" {fmt_paired(*paired(test_records, name, picks['c1'], metric_points(a, 'nn_pixel_acc')))} |"
+                    f" {fmt_paired(*paired(test_records, name, picks['c1'], metric_points(a, 'sink_share')))} |")
         lines.append(row)
     lines += [""] + agreement_markdown(proxy_agreement(test_records, attacks), "on the test targets")
     return "\n".join(lines) + "\n"

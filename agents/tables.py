@@ -106,6 +106,74 @@ def _paired(top1: dict[int, float | None], base: dict[int, float | None]) -> str
     return f"{m:+.1f} ± {half:.1f}{' *' if abs(m) > half else ''}"
 
 
+def paired(records: list[dict[str, Any]], a: str, b: str, key: Any) -> tuple[float, float, int]:
+    """Mean and 95% half-width of ``key(cell of a) - key(cell of b)`` over the seeds both have."""
+    ca = {r["seed"]: r for r in records if r["defense"] == a}
+    cb = {r["seed"]: r for r in records if r["defense"] == b}
+    diffs = [key(ca[s]) - key(cb[s]) for s in sorted(set(ca) & set(cb))]
+    diffs = [d for d in diffs if d is not None and math.isfinite(d)]
+    m, _, ci = mean_ci(diffs)
+    return m, ci, len(diffs)
+
+
+def fmt_paired(m: float, ci: float, n: int) -> str:
+    """``paired``'s figures as table text: ``-12.1 ± 1.7 \\*`` (``\\*``: the interval excludes 0)."""
+    if n == 0 or math.isnan(m):
+        return "-"
+    star = " \\*" if n > 1 and not math.isnan(ci) and (m + ci < 0 or m - ci > 0) else ""
+    return f"{m:+.1f}" + ("" if math.isnan(ci) else f" ± {ci:.1f}") + star
+
+
+def metric_points(attack: str, metric: str = "top1") -> Any:
+    """A cell's ``metric`` under ``attack`` in points (nan where that attack did not run)."""
+    def get(cell: dict[str, Any]) -> float:
+        v = cell["attacks"].get(attack, {}).get(metric)
+        return math.nan if v is None else 100.0 * float(v)
+    return get
+
+
+def natural_points(cell: dict[str, Any]) -> float:
+    """A cell's natural top-1 in points."""
+    return 100.0 * cell["natural_top1"]
+
+
+def pareto_verdict(d_natural: tuple[float, float, int], d_attack: tuple[float, float, int]) -> str:
+    """Whether the reference row is Pareto-ahead of another, from ``paired`` differences *other
+    minus reference* in natural and attack top-1: ``ahead`` (no less accurate and less exposed on
+    the means), ``ahead beyond the spread`` (and the attack's interval excludes 0 while the accuracy's
+    does not say the reference is worse), ``behind`` (the other row is), else ``a trade``."""
+    (dn, hn, n), (da, ha, _) = d_natural, d_attack
+    if n == 0 or math.isnan(dn) or math.isnan(da):
+        return "-"
+    if dn <= 0 and da >= 0 and (dn < 0 or da > 0):
+        beyond = n > 1 and da - ha > 0 and not dn - hn > 0
+        return "ahead beyond the spread" if beyond else "ahead"
+    if dn >= 0 and da <= 0 and (dn > 0 or da < 0):
+        return "behind"
+    return "a trade" if (dn, da) != (0.0, 0.0) else "equal"
+
+
+def against(records: list[dict[str, Any]], reference: str, defenses: list[str], attacks: list[str]) -> str:
+    """``results.md``'s section pairing every row with ``reference`` by seed: natural and each
+    attack's top-1 (other minus reference, points, 95% t interval) and, per attack, whether the
+    reference is Pareto-ahead of that row (``pareto_verdict``)."""
+    head = ["defense", "seeds", "Δ natural", *[f"Δ {a} top-1" for a in attacks],
+            *[f"`{reference}` vs it, {a}" for a in attacks]]
+    lines = [f"## Paired against `{reference}`", "",
+             f"Each row minus `{reference}` on the seeds both ran (points, mean ± 95% t half-width, \\* the interval "
+             f"excludes 0). *ahead*: `{reference}` is no less accurate and less exposed on the means; *beyond the "
+             "spread*: and the attack's interval excludes 0 while accuracy's does not favour the row.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for d in defenses:
+        if d == reference or not any(r["defense"] == d for r in records):
+            continue
+        dn = paired(records, d, reference, natural_points)
+        da = [paired(records, d, reference, metric_points(a)) for a in attacks]
+        lines.append("| " + " | ".join([d, str(dn[2]), fmt_paired(*dn), *[fmt_paired(*x) for x in da],
+                                        *[pareto_verdict(dn, x) for x in da]]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 TARGET_DROP, TARGET_COST, TARGET_SEEDS = 0.5, 2.0, 3
 
 
@@ -385,11 +453,16 @@ def defense_grid(records: list[dict[str, Any]], defenses: list[str], attack: str
     return path
 
 
-def write_outputs(records: list[dict[str, Any]], defenses: list[str], attacks: list[str], out: Path) -> str:
+def write_outputs(records: list[dict[str, Any]], defenses: list[str], attacks: list[str], out: Path,
+                  compare_to: str = "") -> str:
     """``results.md``, ``results.csv``, ``privacy_utility.png`` and ``grid-<attack>.png`` from the
-    cells' records; returns the Markdown table."""
+    cells' records, with every row paired against ``compare_to`` where that row ran; returns the
+    Markdown."""
     rows = summarize(records, defenses, attacks)
-    md = "## Summary\n\n" + headline(rows, attacks) + "\n## Every metric\n\n" + markdown(rows)
+    md = "## Summary\n\n" + headline(rows, attacks)
+    if compare_to and any(r["defense"] == compare_to for r in records):
+        md += "\n" + against(records, compare_to, defenses, attacks)
+    md += "\n## Every metric\n\n" + markdown(rows)
     if any(r.get("split") == "validation" for r in records):
         md = ("> Natural accuracy in these tables is measured on a **validation split** carved from the private "
               "training images (`--validation`), not on the test split.\n\n" + md)

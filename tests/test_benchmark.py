@@ -19,7 +19,18 @@ from veil.agents import tracking
 from veil.agents.benchmark import _save_cell, cell_job, cell_options, check_row_cell, eta
 from veil.agents.cli import main
 from veil.agents.plan import Plan, Row, parse_policy_flag, parse_variants
-from veil.agents.tables import dominated_by, headline, markdown, mean_ci, pareto_front, summarize, target_verdict
+from veil.agents.tables import (
+    against,
+    dominated_by,
+    headline,
+    markdown,
+    mean_ci,
+    pareto_front,
+    pareto_verdict,
+    summarize,
+    target_verdict,
+    write_outputs,
+)
 from veil.agents.train_fr import Tracking
 
 TINY = ["--data", "synthetic", "--synthetic-identities", "8", "--synthetic-images", "8", "--image-size", "32",
@@ -211,6 +222,41 @@ def test_the_paired_interval_uses_only_the_seeds_both_defenses_ran() -> None:
     records = [cell("none", 0, 0.5), cell("none", 1, 0.6), cell("re", 1, 0.4), cell("re", 2, 0.1)]
     rows = {r["defense"]: r for r in summarize(records, ["none", "re"], ["pca"])}
     assert rows["re"]["vs_none_paired"] == "-20.0 (one pair: no interval)"
+
+
+def _pareto_records() -> list[dict]:
+    """Three seeds: `best` is 1 point less accurate than `loft` but 20 points less exposed on every seed;
+    `trap` is 5 points less accurate and 5 points more exposed; `wide` is more accurate and less exposed."""
+    def cell(d, s, natural, top1):
+        return {"defense": d, "seed": s, "natural_top1": natural,
+                "attacks": {"pca": {"top1": top1, "seconds": 1.0, "report": "no-such-dir/report.json"}}}
+    return ([cell("best", s, 0.50, t) for s, t in enumerate((0.10, 0.20, 0.15))]
+            + [cell("loft", s, 0.51, t + 0.20) for s, t in enumerate((0.10, 0.20, 0.15))]
+            + [cell("trap", s, 0.45, t + 0.05) for s, t in enumerate((0.10, 0.20, 0.15))]
+            + [cell("wide", s, 0.52, t) for s, t in enumerate((0.05, 0.15, 0.10))])
+
+
+def test_each_row_is_paired_with_the_plans_reference_row_and_judged_on_the_pareto_front() -> None:
+    text = against(_pareto_records(), "best", ["best", "loft", "trap", "wide"], ["pca"])
+    lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert "best" not in lines
+    assert lines["loft"] == "| loft | 3 | +1.0 ± 0.0 \\* | +20.0 ± 0.0 \\* | a trade |"
+    assert lines["trap"] == "| trap | 3 | -5.0 ± 0.0 \\* | +5.0 ± 0.0 \\* | ahead beyond the spread |"
+    assert lines["wide"] == "| wide | 3 | +2.0 ± 0.0 \\* | -5.0 ± 0.0 \\* | behind |"
+
+
+def test_the_reference_is_ahead_but_not_beyond_the_spread_when_the_attack_interval_reaches_zero() -> None:
+    assert pareto_verdict((-1.0, 0.5, 3), (4.0, 6.0, 3)) == "ahead"
+    assert pareto_verdict((-1.0, 0.5, 3), (4.0, 3.0, 3)) == "ahead beyond the spread"
+    assert pareto_verdict((-1.0, 0.5, 1), (4.0, float("nan"), 1)) == "ahead"  # one seed: no interval
+    assert pareto_verdict((0.0, 0.0, 3), (0.0, 0.0, 3)) == "equal"
+
+
+def test_results_md_pairs_every_row_with_compare_to_only_where_that_row_ran(tmp_path: Path) -> None:
+    md = write_outputs(_pareto_records(), ["best", "loft", "trap", "wide"], ["pca"], tmp_path / "a", compare_to="best")
+    assert "## Paired against `best`" in md and (tmp_path / "a" / "results.md").read_text() == md
+    assert "## Paired against" not in write_outputs(_pareto_records(), ["loft", "trap"], ["pca"], tmp_path / "b",
+                                                     compare_to="nothing")
 
 
 def _target_rows(natural: dict[str, float], top1: dict[str, tuple[float, ...]]) -> dict[str, dict]:

@@ -14,6 +14,7 @@ from veil.agents.benchmark import read_cells
 from veil.agents.cli import main
 from veil.agents.plan import load_plan
 from veil.agents.schedules import load_schedule
+from veil.agents.tables import fmt_paired, metric_points, paired
 
 TINY_PLAN = """
 out_dir = "."
@@ -241,23 +242,23 @@ def test_the_att_race_test_figures_in_results_come_from_the_committed_cells() ->
         line = next(ln for ln in section.splitlines() if ln.startswith(f"| {label} |"))
         parts = [p.strip() for p in line.strip("|").split("|")]
         assert parts[1] == f"{sum(natural(x) for x in cells) / 5:.1f}%"
-        assert parts[2] == ("-" if row == "none" else fmt(*race.paired(records, row, "none", natural)))
+        assert parts[2] == ("-" if row == "none" else fmt(*paired(records, row, "none", natural)))
         for i, attack in ((3, "pca"), (5, "gmi")):
             assert parts[i] == f"{sum(100 * x['attacks'][attack]['top1'] for x in cells) / 5:.1f}%", (row, attack)
-            against = "-" if row == c1 else fmt(*race.paired(records, row, c1, race._metric(attack, "top1")))
+            against = "-" if row == c1 else fmt(*paired(records, row, c1, metric_points(attack, "top1")))
             assert parts[i + 1] == against, (row, attack)
     assert "costs 3.0 ± 3.4\npoints of accuracy against C1" in section
     for attack, claim in (("pca", "PCA top-1 15.7 points (32%)"), ("gmi", "GMI 24.0 points\n(62%)")):
-        m = -race.paired(records, c1, "none", race._metric(attack, "top1"))[0]
+        m = -paired(records, c1, "none", metric_points(attack, "top1"))[0]
         none = sum(100 * x["attacks"][attack]["top1"] for x in records if x["defense"] == "none") / 5
         assert claim.replace("\n", " ") in " ".join(section.split()) and claim.startswith(
             f"{attack.upper()} top-1 {m:.1f} points ({m / none:.0%})" if attack == "pca" else
             f"GMI {m:.1f} points\n({m / none:.0%})")
-    assert fmt(*race.paired(records, "t1-ppo", c1, natural)).startswith("-3.0 ± 3.4")
+    assert fmt(*paired(records, "t1-ppo", c1, natural)).startswith("-3.0 ± 3.4")
     assert "costs 5.3 ± 3.4 points of accuracy against C1" in " ".join(section.split())
-    assert fmt(*race.paired(records, "t1-pbt", c1, natural)) == "-5.3 ± 3.4 \\*"
+    assert fmt(*paired(records, "t1-pbt", c1, natural)) == "-5.3 ± 3.4 \\*"
     for metric, attack, claim in (("nn_pixel_acc", "pca", "-15.0 ± 8.1"), ("sink_share", "pca", "+3.0 ± 7.1")):
-        assert fmt(*race.paired(records, "t1-pbt", c1, race._metric(attack, metric))).startswith(claim)
+        assert fmt(*paired(records, "t1-pbt", c1, metric_points(attack, metric))).startswith(claim)
     agreement = race.proxy_agreement(records, ["pca", "gmi"])
     assert {k: tuple((round(v[a][0], 2), v[a][1]) for a in ("pca", "gmi")) for k, v in agreement.items()} == {
         "proxy_conf": ((0.85, 25), (0.70, 25)), "proxy_lowpass": ((0.81, 25), (0.71, 25)),
@@ -315,12 +316,12 @@ def test_the_syn_find_figures_in_results_come_from_the_committed_cells() -> None
         assert re.search(re.escape(f"| {label}") + r"[^|]*\| " + re.escape(nat) + " |", section), (row, nat)
         for attack in ("pca", "gmi"):
             assert f"{sum(100 * x['attacks'][attack]['top1'] for x in cells) / 3:.1f}%" in section, (row, attack)
-    fig = {a: fmt(*race.paired(records, "t1-pbt", "cal-radius-0.1", race._metric(a, "top1"))) for a in ("pca", "gmi")}
+    fig = {a: fmt(*paired(records, "t1-pbt", "cal-radius-0.1", metric_points(a, "top1"))) for a in ("pca", "gmi")}
     assert fig == {"pca": "-7.9 ± 3.6 \\*", "gmi": "-1.7 ± 3.6"}
-    assert fmt(*race.paired(records, "t1-pbt", "cal-radius-0.1", natural)) == "-1.5 ± 2.7"
-    assert fmt(*race.paired(records, "t1-pbt", "none", natural)) == "-0.4 ± 2.5"
+    assert fmt(*paired(records, "t1-pbt", "cal-radius-0.1", natural)) == "-1.5 ± 2.7"
+    assert fmt(*paired(records, "t1-pbt", "none", natural)) == "-0.4 ± 2.5"
     for metric, claim in (("nn_pixel_acc", "-4.6 ± 4.7"), ("sink_share", "+2.1 ± 10.0")):
-        assert fmt(*race.paired(records, "t1-pbt", "cal-radius-0.1", race._metric("pca", metric))) == claim
+        assert fmt(*paired(records, "t1-pbt", "cal-radius-0.1", metric_points("pca", metric))) == claim
         assert f"({claim} against C1)" in section or f"({claim})" in section
     agreement = race.proxy_agreement(records, ["pca", "gmi"])
     for proxy, claim in (("proxy_conf", "+0.92 against PCA and +0.85 against GMI"),
@@ -403,7 +404,7 @@ def test_the_cfp_race_test_figures_in_results_come_from_the_committed_cells() ->
 
     def fmt(m: float, ci: float, n: int) -> str:
         assert n == len(seeds)
-        return race._fmt(m, ci, n)
+        return fmt_paired(m, ci, n)
 
     for label, row in CFP_TEST_ROWS:
         cells = [x for x in records if x["defense"] == row]
@@ -411,20 +412,20 @@ def test_the_cfp_race_test_figures_in_results_come_from_the_committed_cells() ->
         line = next(ln for ln in section.splitlines() if ln.startswith(f"| {label} |"))
         parts = [p.strip() for p in line.strip("|").split("|")]
         assert parts[1] == f"{sum(natural(x) for x in cells) / len(seeds):.1f}%", row
-        assert parts[2] == ("-" if row == "none" else fmt(*race.paired(records, row, "none", natural))), row
+        assert parts[2] == ("-" if row == "none" else fmt(*paired(records, row, "none", natural))), row
         for i, attack in ((3, "pca"), (5, "gmi")):
             mean = sum(100 * x["attacks"][attack]["top1"] for x in cells) / len(seeds)
             assert parts[i] == f"{mean:.1f}%", (row, attack)
-            assert parts[i + 1] == ("-" if row == c1 else fmt(*race.paired(records, row, c1, race._metric(attack, "top1"))))
+            assert parts[i + 1] == ("-" if row == c1 else fmt(*paired(records, row, c1, metric_points(attack, "top1"))))
     for label, row in CFP_TEST_ROWS[2:]:
         line = next(ln for ln in section.splitlines() if ln.startswith(f"| {label} | natural"))
         parts = [p.strip() for p in line.strip("|").split("|")]
-        expect = [fmt(*race.paired(records, row, c1, natural))] + [
-            fmt(*race.paired(records, row, c1, race._metric(a, m))) for a in ("pca", "gmi")
+        expect = [fmt(*paired(records, row, c1, natural))] + [
+            fmt(*paired(records, row, c1, metric_points(a, m))) for a in ("pca", "gmi")
             for m in ("nn_pixel_acc", "sink_share")]
         assert parts[1:] == ["natural " + expect[0]] + expect[1:], row
     for attack in ("pca", "gmi"):
-        m = -race.paired(records, c1, "none", race._metric(attack, "top1"))[0]
+        m = -paired(records, c1, "none", metric_points(attack, "top1"))[0]
         none = sum(100 * x["attacks"][attack]["top1"] for x in records if x["defense"] == "none") / len(seeds)
         assert f"{attack.upper()} top-1 {m:.1f} points ({m / none:.0%})" in flat, attack
     for proxy, v in race.proxy_agreement(records, ["pca", "gmi"]).items():
