@@ -18,7 +18,7 @@ from veil.agents import race
 from veil.agents.benchmark import read_cells
 from veil.agents.calibrate import evaluate
 from veil.agents.plan import load_plan
-from veil.agents.tables import summarize, target_verdict
+from veil.agents.tables import metric_points, paired, summarize, target_verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ("pca", "gmi", "kedmi", "plgmi")
@@ -135,9 +135,9 @@ def _syn_find_claims() -> dict[str, str]:
     tp = race.test_plan(plan, {k: v["pick"] for k, v in sel.items() if v["complete"]})
     recs = read_cells(Path(tp.out_dir), set(tp.rows), set(plan.race.test_seeds))
     c1, t1 = sel["c1"]["pick"].name, sel["t1-pbt"]["pick"].name
-    pca, pca_ci, _ = race.paired(recs, t1, c1, race._metric("pca", "top1"))
-    gmi, gmi_ci, _ = race.paired(recs, t1, c1, race._metric("gmi", "top1"))
-    acc, acc_ci, _ = race.paired(recs, t1, c1, lambda x: 100 * x["natural_top1"])
+    pca, pca_ci, _ = paired(recs, t1, c1, metric_points("pca", "top1"))
+    gmi, gmi_ci, _ = paired(recs, t1, c1, metric_points("gmi", "top1"))
+    acc, acc_ci, _ = paired(recs, t1, c1, lambda x: 100 * x["natural_top1"])
     assert pca + pca_ci < 0 and gmi - gmi_ci < 0 < gmi + gmi_ci  # below under PCA, level under GMI
     learned = json.loads((folder / "learned" / "t1-pbt.json").read_text())
     return {"runs": f"{learned['fr_runs']:g}", "grid": f"{sel['c1']['fr_runs']:g}", "pca": f"{-pca:.1f} ± {pca_ci:.1f}",
@@ -184,12 +184,12 @@ def test_readme_headline_is_what_the_committed_cells_give() -> None:
     tp = race.test_plan(plan, {k: s["pick"] for k, s in sel.items() if s["complete"]})
     test = read_cells(Path(tp.out_dir), set(tp.rows), set(plan.race.test_seeds))
     c1 = sel["c1"]["pick"].name
-    m, ci, n = race.paired(test, "t1-ppo", c1, race._metric("gmi", "top1"))
+    m, ci, n = paired(test, "t1-ppo", c1, metric_points("gmi", "top1"))
     assert n == 5 and f"schedule {m:.1f} ± {ci:.1f} points above it under GMI" in " ".join(prose.split())
     cuts = []
     for a in ("pca", "gmi"):
         none = sum(100 * x["attacks"][a]["top1"] for x in test if x["defense"] == "none") / 5
-        cuts.append(f"{-race.paired(test, c1, 'none', race._metric(a, 'top1'))[0] / none:.0%}")
+        cuts.append(f"{-paired(test, c1, 'none', metric_points(a, 'top1'))[0] / none:.0%}")
     assert f"cut PCA and GMI top-1 by {cuts[0]} and {cuts[1]}" in " ".join(prose.split())
     cfp += [f"{m:.1f}", f"{ci:.1f}", "top-1", *cuts]
     expected = _numbers(f"top-1 {c['range']} {c['cost']} {c['radius']} {c['priced']} {c['deployed']} "
