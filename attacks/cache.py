@@ -25,9 +25,11 @@ CACHE_VERSION = "1"  # hashed into every key: bumping it retires every GAN and L
 
 
 def tensor_fingerprint(t: torch.Tensor) -> str:
-    """A short content hash of a tensor (dtype, shape and bytes), for cache keys."""
+    """A short content hash of a tensor (dtype, shape and bytes), for cache keys. Flattened first:
+    a 0-d tensor (BatchNorm's ``num_batches_tracked``) cannot be viewed as bytes; the bytes, and so
+    every key of an n-d tensor, are unchanged."""
     h = hashlib.sha1(f"{t.dtype}:{tuple(t.shape)}".encode())
-    h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
 
 

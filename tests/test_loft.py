@@ -3,6 +3,7 @@ rank, the backbone is left as it is, and ``--defense loft`` trains, combines, sa
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from veil.agents.attack_cli import model_from_checkpoint
 from veil.agents.cli import main
 from veil.agents.fr_defenses import DefenseOptions, make_augment, parse_defenses, wrap_model
 from veil.agents.plan import load_plan
+from veil.attacks.cache import model_fingerprint, tensor_fingerprint
 from veil.defenses.loft import LoFtConfig, LoFtModel
 from veil.recognition import (
     DataConfig,
@@ -131,3 +133,19 @@ def test_an_attack_rebuilds_a_mid_target_as_before_through_the_same_path(tmp_pat
     model, _ = model_from_checkpoint(tmp_path / "mid.pt")
     x = torch.rand(2, 3, 32, 32)
     assert isinstance(model, MIDModel) and torch.equal(model(x)["logits"], trainer.model.eval()(x)["logits"])
+
+
+def test_a_loft_target_has_a_gan_cache_key_though_its_batchnorm_holds_a_0d_counter() -> None:
+    model = LoFtModel(_backbone(), embedding_dim=32, num_classes=10, config=LoFtConfig(rank=3))
+    assert any(v.dim() == 0 for v in model.state_dict().values())  # num_batches_tracked
+    key = model_fingerprint(model)
+    assert len(key) == 16 and key == model_fingerprint(model)
+    next(v for v in model.state_dict().values() if v.dim() == 0).add_(1)
+    assert model_fingerprint(model) != key  # the counter is part of the state it hashes
+
+
+def test_flattening_leaves_the_key_of_an_nd_tensor_as_it_was() -> None:
+    t = torch.arange(12, dtype=torch.float32).reshape(3, 4).t()  # not contiguous
+    h = hashlib.sha1(f"{t.dtype}:{tuple(t.shape)}".encode())
+    h.update(t.contiguous().view(torch.uint8).numpy().tobytes())  # the key before 0-d tensors were handled
+    assert tensor_fingerprint(t) == h.hexdigest()[:16]
