@@ -18,7 +18,7 @@ from veil.agents import race
 from veil.agents.benchmark import read_cells
 from veil.agents.calibrate import evaluate
 from veil.agents.plan import load_plan
-from veil.agents.tables import metric_points, paired, summarize, target_verdict
+from veil.agents.tables import against, headline, metric_points, paired, summarize, target_verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ("pca", "gmi", "kedmi", "plgmi")
@@ -311,3 +311,19 @@ def test_the_reference_plan_example_loads(tmp_path: Path) -> None:
     (tmp_path / "plan.toml").write_text(example)
     plan = load_plan(tmp_path / "plan.toml")
     assert plan.row("c125").use == "hybrid" and plan.row("c125").options["mix_radius"] == [0.125]
+
+
+@pytest.mark.parametrize("section,reference", [("cfp-sota-60ep", "c125")])
+def test_the_trapmid_and_loft_tables_in_results_are_what_the_committed_cells_give(section: str, reference: str) -> None:
+    """RESULTS' Trap-MID / LoFt tables are, line for line, the summary and the paired-against-veil's-best
+    tables that the committed cells give (every row, every attack run)."""
+    plan = load_plan(ROOT / "docs" / "results" / section / "plan.toml")
+    records = list(_cells(section))
+    rows = [d for d in plan.rows if any(r["defense"] == d for r in records)]
+    attacks = [a for a in plan.attacks.names if any(a in r["attacks"] for r in records)]
+    text = _section("docs/RESULTS.md", "### Trap-MID and LoFt against veil's best (0.18)")
+    expected = [line for line in (headline(summarize(records, rows, attacks), attacks)
+                                  + against(records, reference, rows, attacks)).splitlines() if line.startswith("| ")]
+    assert len(expected) == 2 * len(rows) + 1  # two headers, the rows twice less the reference's pairing with itself
+    for line in expected:
+        assert line in text, line
