@@ -18,7 +18,7 @@ from veil.agents import race
 from veil.agents.benchmark import read_cells
 from veil.agents.calibrate import evaluate
 from veil.agents.plan import load_plan
-from veil.agents.tables import against, headline, metric_points, paired, summarize, target_verdict
+from veil.agents.tables import against, headline, metric_points, natural_points, paired, summarize, target_verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ("pca", "gmi", "kedmi", "plgmi")
@@ -137,7 +137,7 @@ def _syn_find_claims() -> dict[str, str]:
     c1, t1 = sel["c1"]["pick"].name, sel["t1-pbt"]["pick"].name
     pca, pca_ci, _ = paired(recs, t1, c1, metric_points("pca", "top1"))
     gmi, gmi_ci, _ = paired(recs, t1, c1, metric_points("gmi", "top1"))
-    acc, acc_ci, _ = paired(recs, t1, c1, lambda x: 100 * x["natural_top1"])
+    acc, acc_ci, _ = paired(recs, t1, c1, natural_points)
     assert pca + pca_ci < 0 and gmi - gmi_ci < 0 < gmi + gmi_ci  # below under PCA, level under GMI
     learned = json.loads((folder / "learned" / "t1-pbt.json").read_text())
     return {"runs": f"{learned['fr_runs']:g}", "grid": f"{sel['c1']['fr_runs']:g}", "pca": f"{-pca:.1f} ± {pca_ci:.1f}",
