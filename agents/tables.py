@@ -39,7 +39,6 @@ def summarize(records: list[dict[str, Any]], defenses: list[str], attacks: list[
     accuracy and every metric, and whether the attack top-1 differs from ``none`` beyond the
     spread (the 95% interval of the difference of means excludes 0)."""
     rows = []
-    top1_by_seed: dict[tuple[str, str], dict[int, float | None]] = {}
     for d in defenses:
         cells = [r for r in records if r["defense"] == d]
         if not cells:
@@ -56,7 +55,6 @@ def summarize(records: list[dict[str, Any]], defenses: list[str], attacks: list[
             row["seconds"] = mean_ci([c["attacks"][a].get("seconds") for c in done])[0]
             steps = [(c["attacks"][a].get("gan_steps_done"), c["attacks"][a].get("gan_time_capped")) for c in done]
             row["gan_steps"] = steps if any(n is not None for n, _ in steps) else []
-            top1_by_seed[d, a] = {c["seed"]: c["attacks"][a].get("top1") for c in done}
             rows.append(row)
     for r in rows:
         r["vs_curve"] = "" if is_undefended(r["defense"]) else _vs_curve(records, r["defense"], r["attack"])
@@ -66,8 +64,8 @@ def summarize(records: list[dict[str, Any]], defenses: list[str], attacks: list[
         if b is None or r["defense"] == "none":
             r["vs_none"], r["natural_vs_none"], r["relative_drop"], r["vs_none_paired"] = "", math.nan, math.nan, ""
             continue
-        r["paired"] = _paired_stats(top1_by_seed[r["defense"], r["attack"]], top1_by_seed["none", r["attack"]])
-        r["vs_none_paired"] = _paired(top1_by_seed[r["defense"], r["attack"]], top1_by_seed["none", r["attack"]])
+        r["paired"] = paired(records, r["defense"], "none", metric_points(r["attack"]))
+        r["vs_none_paired"] = _vs_none_text(*r["paired"])
         # the issue's target reads these two: attack top-1 down by half or more, natural top-1 within 2 points
         r["natural_vs_none"] = r["natural_top1"][0] - b["natural_top1"][0]
         r["relative_drop"] = (b["top1"][0] - r["top1"][0]) / b["top1"][0] if b["top1"][0] > 0 else math.nan
@@ -87,20 +85,10 @@ def summarize(records: list[dict[str, Any]], defenses: list[str], attacks: list[
     return rows
 
 
-def _paired_stats(top1: dict[int, float | None], base: dict[int, float | None]) -> tuple[float, float, int]:
-    """Mean and 95% t half-width (in points) of the per-seed attack top-1 differences from
-    ``none`` over the seeds both ran, and how many seeds that is. Cells of one seed share the
-    attacked identities, the batch order and the attack's random draws, so a seed that is easy to
-    attack is easy under every defense; pairing removes that shared part, which the unpaired
-    (Welch) interval counts as noise."""
-    d = [100 * (top1[k] - base[k]) for k in sorted(top1) if k in base and top1[k] is not None and base[k] is not None]
-    m, _, half = mean_ci(d)
-    return m, half, len(d)
-
-
-def _paired(top1: dict[int, float | None], base: dict[int, float | None]) -> str:
-    """``_paired_stats`` as table text: ``-12.1 ± 1.7 *`` (``*``: the interval excludes 0)."""
-    m, half, n = _paired_stats(top1, base)
+def _vs_none_text(m: float, half: float, n: int) -> str:
+    """A paired difference from ``none`` as the summary's text: ``-12.1 ± 1.7 *`` (``*``: the
+    interval excludes 0). Cells of one seed share the attacked identities, the batch order and the
+    attack's draws, so pairing by seed removes what the unpaired (Welch) interval counts as noise."""
     if n < 2:
         return f"{m:+.1f} (one pair: no interval)" if n else ""
     return f"{m:+.1f} ± {half:.1f}{' *' if abs(m) > half else ''}"
