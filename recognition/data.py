@@ -264,13 +264,9 @@ def load_faces(config: DataConfig) -> FaceData:
     path = resolve_source(config)
     if path is None:
         return _load_synthetic(config)
-    if path.is_file() and path.name == CELEBA_IDENTITY_FILE:
-        path = path.parent
-    if (path / CELEBA_IDENTITY_FILE).is_file():
-        entries = _celeba_entries(path)
-    else:
-        entries = _folder_entries(path, config.pose)
-    entries = _filter_identities(entries, config, path)
+    if path.is_file() and path.suffix == ".npy":  # a preprocessed set carried without its raw images
+        return _given_entry(path, config)
+    path, entries = _source_entries(path, config)
     if not config.use_cache:
         if config.in_memory is False:
             warnings.warn("in_memory=False needs the cache (use_cache); reading the set into memory", stacklevel=2)
@@ -290,6 +286,25 @@ def load_faces(config: DataConfig) -> FaceData:
     data = _read_images(entries, config, str(path))
     _write_cache(key, data)
     return data
+
+
+def _source_entries(path: Path, config: DataConfig) -> tuple[Path, dict[str, list[Path]]]:
+    """The set's root and its image files per identity, as ``config`` filters them."""
+    if path.is_file() and path.name == CELEBA_IDENTITY_FILE:
+        path = path.parent
+    entries = _celeba_entries(path) if (path / CELEBA_IDENTITY_FILE).is_file() else _folder_entries(path, config.pose)
+    return path, _filter_identities(entries, config, path)
+
+
+def cache_entry(config: DataConfig) -> Path | None:
+    """The preprocessed file (``faces-KEY.npy``, its ``.json`` beside it) that ``load_faces(config)``
+    reads and writes; ``None`` for the synthetic set or a set given as such a file. Copy both files
+    to a machine without the raw images and pass the ``.npy`` as ``--data`` there."""
+    path = resolve_source(config)
+    if path is None or (path.is_file() and path.suffix == ".npy"):
+        return None
+    path, entries = _source_entries(path, config)
+    return cache_dir() / f"faces-{_cache_key(config, path, entries)}.npy"
 
 
 # ----------------------------------------------------------------------------------- layouts
@@ -582,29 +597,53 @@ def _open_mapped(path: Path) -> np.ndarray:
     return arr
 
 
+def read_entry(npy: Path, mapped: bool = False, workers: int = 0) -> FaceData:
+    """A preprocessed set from its cache files (``faces-KEY.npy`` and the ``.json`` beside it),
+    memory-mapped or read into memory; a ``DataError`` naming the file if either is missing or
+    damaged. The two files are all a machine needs to train on a set whose raw images it lacks."""
+    meta_path = npy.with_suffix(".json")
+    where = meta_path
+    try:
+        meta = json.loads(meta_path.read_text())
+        if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
+            raise ValueError(f"cache format {meta.get('format') if isinstance(meta, dict) else None!r}, "
+                             f"not {CACHE_FORMAT}")
+        where = npy
+        arr = _open_mapped(npy)
+        rows = np.asarray(meta["rows"] if meta["rows"] is not None else range(arr.shape[0]), dtype=np.int64)
+        if list(arr.shape) != meta["shape"] or len(meta["labels"]) != len(rows) or (
+                len(rows) and not 0 <= rows.min() <= rows.max() < arr.shape[0]):
+            raise ValueError(f"holds {tuple(arr.shape)} images; its metadata says {tuple(meta['shape'])}")
+        images = (MappedImages(npy, rows, workers) if mapped
+                  else torch.from_numpy(np.array(arr) if meta["rows"] is None else arr[rows]))
+        return FaceData(images, torch.tensor(meta["labels"], dtype=torch.int64), list(meta["names"]),
+                        list(meta["paths"]), meta["source"])
+    except Exception as err:
+        raise DataError(f"preprocessed set {where}: {str(err).splitlines()[0] if str(err) else err!r}") from None
+
+
+def _given_entry(npy: Path, config: DataConfig) -> FaceData:
+    """A set given as its cache files: read as ``config`` would read it, its image size and channels checked."""
+    meta = read_entry(npy, mapped=True)  # mapped: only the header is read here
+    shape = tuple(meta.images.shape[1:])
+    if shape != (config.channels, config.image_size, config.image_size):
+        raise DataError(f"preprocessed set {npy} holds {shape[0]}-channel {shape[1]}x{shape[2]} images; this run "
+                        f"wants {config.channels}-channel {config.image_size}x{config.image_size} "
+                        "(set --image-size/--channels to match, or preprocess the faces again)")
+    n_bytes = len(meta) * config.channels * config.image_size ** 2
+    mapped = config.in_memory is False or (config.in_memory is None and n_bytes > IN_MEMORY_MAX_BYTES)
+    return read_entry(npy, mapped, config.workers)
+
+
 def _read_cache(key: str, mapped: bool = False, workers: int = 0) -> FaceData | None:
     """The cache entry ``key`` (memory-mapped or read into memory), or an old ``.pt`` entry (in
     memory); ``None`` when there is none. A damaged entry is ignored with a warning, then rebuilt."""
-    npy, meta_path = cache_dir() / f"faces-{key}.npy", cache_dir() / f"faces-{key}.json"
-    if meta_path.is_file():
-        where = meta_path
+    npy = cache_dir() / f"faces-{key}.npy"
+    if npy.with_suffix(".json").is_file():
         try:
-            meta = json.loads(meta_path.read_text())
-            if meta.get("format") != CACHE_FORMAT:
-                raise ValueError(f"cache format {meta.get('format')!r}, not {CACHE_FORMAT}")
-            where = npy
-            arr = _open_mapped(npy)
-            rows = np.asarray(meta["rows"] if meta["rows"] is not None else range(arr.shape[0]), dtype=np.int64)
-            if list(arr.shape) != meta["shape"] or len(meta["labels"]) != len(rows) or (
-                    len(rows) and not 0 <= rows.min() <= rows.max() < arr.shape[0]):
-                raise ValueError(f"holds {tuple(arr.shape)} images; its metadata says {tuple(meta['shape'])}")
-            images = (MappedImages(npy, rows, workers) if mapped
-                      else torch.from_numpy(np.array(arr) if meta["rows"] is None else arr[rows]))
-            return FaceData(images, torch.tensor(meta["labels"], dtype=torch.int64), list(meta["names"]),
-                            list(meta["paths"]), meta["source"])
-        except Exception as err:  # a damaged cache entry is rebuilt, never trusted
-            warnings.warn(f"ignoring damaged cache file {where}: {str(err).splitlines()[0] if str(err) else err!r}",
-                          stacklevel=2)
+            return read_entry(npy, mapped, workers)
+        except DataError as err:  # a damaged cache entry is rebuilt, never trusted
+            warnings.warn(f"ignoring damaged cache file {str(err).removeprefix('preprocessed set ')}", stacklevel=2)
             return None
     path = cache_dir() / f"faces-{key}.pt"  # written before 0.18: still read, never rewritten
     if not path.is_file():

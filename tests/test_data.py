@@ -12,8 +12,19 @@ import torch
 from PIL import Image
 
 from veil.recognition import ModelConfig, Trainer, TrainerConfig, build_model
-from veil.recognition.data import (DataConfig, DataError, FaceData, MappedImages, SplitConfig, _Aligner,
-                                   _folder_entries, load_faces, split_identities, to_float)
+from veil.recognition.data import (
+    DataConfig,
+    DataError,
+    FaceData,
+    MappedImages,
+    SplitConfig,
+    _Aligner,
+    _folder_entries,
+    cache_entry,
+    load_faces,
+    split_identities,
+    to_float,
+)
 
 
 def _write_face(path: Path, value: int, size: tuple[int, int] = (40, 50), mode: str = "RGB") -> None:
@@ -355,6 +366,47 @@ def test_an_old_torch_cache_entry_is_still_read(folder_set: Path, tmp_path: Path
     mapped = load_faces(DataConfig(source=str(folder_set), image_size=16, in_memory=False))
     assert isinstance(mapped.images, MappedImages) and torch.equal(mapped.images[:], data.images)
     assert old.is_file()  # converted beside it, never removed
+
+
+def test_a_set_given_as_its_preprocessed_file_loads_without_the_raw_images(folder_set: Path, tmp_path: Path) -> None:
+    config = DataConfig(source=str(folder_set), image_size=16)
+    data = load_faces(config)
+    entry = cache_entry(config)
+    assert entry is not None and entry.is_file() and entry.with_suffix(".json").is_file()
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    for f in (entry, entry.with_suffix(".json")):
+        (carried / f.name).write_bytes(f.read_bytes())
+    for f in folder_set.rglob("*.png"):
+        f.unlink()  # the other machine has no raw images
+    for in_memory in (True, False):
+        again = load_faces(DataConfig(source=str(carried / entry.name), image_size=16, in_memory=in_memory))
+        assert torch.equal(again.images[:], data.images) and torch.equal(again.labels, data.labels)
+        assert again.names == data.names and isinstance(again.images, MappedImages) is (not in_memory)
+
+
+def test_a_preprocessed_file_of_another_image_size_is_an_error_naming_it(folder_set: Path) -> None:
+    config = DataConfig(source=str(folder_set), image_size=16)
+    load_faces(config)
+    entry = cache_entry(config)
+    with pytest.raises(DataError, match=f"preprocessed set {entry} holds 3-channel 16x16 images; this run wants "
+                                        "3-channel 32x32"):
+        load_faces(DataConfig(source=str(entry), image_size=32))
+
+
+@pytest.mark.parametrize("damage", ["no metadata", "pickled object"])
+def test_a_damaged_preprocessed_file_given_as_data_is_a_one_line_error_naming_it(folder_set: Path, damage: str) -> None:
+    config = DataConfig(source=str(folder_set), image_size=16)
+    load_faces(config)
+    entry = cache_entry(config)
+    if damage == "no metadata":
+        entry.with_suffix(".json").unlink()
+        bad = entry.with_suffix(".json")
+    else:  # an object array: loading it would unpickle (run code); it is refused unread
+        np.save(entry, np.array([object()], dtype=object), allow_pickle=True)
+        bad = entry
+    with pytest.raises(DataError, match=f"^preprocessed set {bad}: [^\n]+$"):
+        load_faces(DataConfig(source=str(entry), image_size=16))
 
 
 def test_batched_mtcnn_alignment_gives_the_per_image_faces_and_falls_back_where_none_is_found(att_root: Path) -> None:
