@@ -327,3 +327,24 @@ def test_the_trapmid_and_loft_tables_in_results_are_what_the_committed_cells_giv
     assert len(expected) == 2 * len(rows) + 1  # two headers, the rows twice less the reference's pairing with itself
     for line in expected:
         assert line in text, line
+
+
+def _kedmi_check_lines(result: dict) -> list[str]:
+    """The peer check's KEDMI table, one line per target seed and variant, from the check's JSON."""
+    lines = []
+    for r in result["cells"]:
+        v = result["variants"][r["variant"]]
+        lines.append(f"| {r['seed']} | {r['variant']} | {v['n_critic']} | {v['init_log_var']:.0f} | {100 * r['top1']:.1f}% | "
+                     f"{100 * r['top5']:.1f}% | {100 * r['sink_share']:.1f}% | {100 * r['nn_pixel_acc']:.1f}% |")
+    return lines
+
+
+def test_the_kedmi_check_in_the_peer_check_is_what_its_committed_json_holds() -> None:
+    result = json.loads((ROOT / "docs" / "results" / "kedmi-check" / "cfp-none-s0.json").read_text())
+    assert [r["variant"] for r in result["cells"]] == ["veil", "authors-log-var", "authors-n-critic", "authors-both"]
+    cell = json.loads((ROOT / "docs" / "results" / "cfp-sota-60ep" / "cells" / "none-s0.json").read_text())
+    assert result["cells"][0]["top1"] == cell["attacks"]["kedmi"]["top1"]  # veil's variant is the cell's attack
+    assert result["judge"] == cell["attacks"]["kedmi"]["evaluator"]
+    text = _section("docs/attacks-peer-check.md", "## Open items")
+    for line in _kedmi_check_lines(result):
+        assert line in text, line
