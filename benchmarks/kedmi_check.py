@@ -5,7 +5,7 @@ from the authors' code? KEDMI runs on a benchmark cell's saved target four ways,
 log-variance 1 (K-8), the authors' 5 discriminator updates (K-6), and both.
 
     python benchmarks/kedmi_check.py --plan docs/results/cfp-sota-60ep/plan.toml --seeds 0,1 \\
-        --out docs/results/kedmi-check/cfp-none.json
+        --out docs/results/cfp-sota-60ep/kedmi-check-none.json
 
 The targets are the plan's ``none`` cells (``checkpoints/none-s<seed>.pt``, made by ``veil benchmark
 --config PLAN --defenses none``); the first variant must give the committed cell's KEDMI top-1 (it
