@@ -71,17 +71,10 @@ from veil.recognition import (
     resolve_device,
     split_identities,
 )
+from veil.recognition.device import synchronize
 from veil.recognition.trainer import make_optimizer
 
 CLASSES = 50
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work, so a wall-clock time covers it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def timeit(fn: Callable[[], object], device: torch.device, repeat: int, warmup: int = 2) -> float:
@@ -90,10 +83,10 @@ def timeit(fn: Callable[[], object], device: torch.device, repeat: int, warmup: 
         fn()
     times = []
     for _ in range(repeat):
-        sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         fn()
-        sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -107,10 +100,10 @@ def paired(plain: Callable[[], object], other: Callable[[], object], device: tor
     a, b = [], []
     for _ in range(repeat):
         for fn, out in ((plain, a), (other, b)):
-            sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             fn()
-            sync(device)
+            synchronize(device)
             out.append(time.perf_counter() - t0)
     return statistics.median(a), statistics.median(b)
 

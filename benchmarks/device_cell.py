@@ -36,16 +36,11 @@ from veil.recognition import (
     load_faces,
     split_identities,
 )
+from veil.recognition.device import synchronize
 
 # veil's best CFP row (docs/results/cfp-sota-60ep/plan.toml, [defenses.c125])
 C125 = HybridConfig(mix=MixConfig(k=4, alpha=1.0, band=band_for("low", [0.125]), label_follow=0.0),
                     erase=EraseConfig(p=0.5, scale=(0.065, 0.26), ratio=(1 / 1.81659, 1.81659), value="mean"))
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work, so a wall-clock time covers it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -87,16 +82,16 @@ def main() -> None:
     trainer = Trainer(model, TrainerConfig(epochs=epochs, lr=args.lr, seed=args.seed), split.num_private, device=dev)
     g = torch.Generator().manual_seed(args.seed + 7919)  # as a cell's make_augment seeds it
     aug = (lambda x, y: augment(x, y, C125, g)) if args.defense == "c125" else None
-    sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     trainer.fit(split.train_images, split.train_labels, augment=aug)
-    sync(device)
+    synchronize(device)
     times["target fit"] = time.perf_counter() - t0
     natural = target_accuracy(trainer.model, split)
 
     t0 = time.perf_counter()
     ev = train_eval_model(split, EvalModelConfig(epochs=eval_epochs), cache=False, device=dev)
-    sync(device)
+    synchronize(device)
     times["judge fit"] = time.perf_counter() - t0
 
     settings = AttackSettings(gan_steps=gan_steps, max_seconds=None, **({"seeds": 1, "steps": 5} if args.quick else {}))
@@ -105,7 +100,7 @@ def main() -> None:
         t0 = time.perf_counter()
         report = run_attack(name, trainer.model, split, ev.model,
                             HarnessConfig(identities=identities, settings=settings, seed=args.seed), progress=False)
-        sync(device)
+        synchronize(device)
         times[f"attack {name}"] = time.perf_counter() - t0
         scores[name] = report.summary["top1"]
     cell = times["target fit"] + sum(v for k, v in times.items() if k.startswith("attack"))

@@ -63,6 +63,8 @@ def main() -> None:
     settings = attack_settings(plan.attacks)  # as veil benchmark builds them
     result: dict[str, Any] = {"plan": str(args.plan), "row": args.row, "judge": ev.fingerprint, "variants":
                               {k: {"n_critic": v[0], "init_log_var": v[1]} for k, v in VARIANTS.items()}, "cells": []}
+    for name, (n_critic, log_var) in VARIANTS.items():
+        register(f"kedmi-{name}", kedmi_variant(n_critic, log_var))
     for seed in [int(s) for s in args.seeds.split(",")]:
         cell = json.loads((out_dir / "cells" / f"{args.row}-s{seed}.json").read_text())
         committed = cell["attacks"]["kedmi"]
@@ -70,8 +72,7 @@ def main() -> None:
             raise SystemExit(f"cell {args.row}-s{seed} was judged by {committed['evaluator']}, this machine's judge is "
                              f"{ev.fingerprint}: its KEDMI top-1 cannot be compared")
         target, _, _ = load_target(str(out_dir / "checkpoints" / f"{args.row}-s{seed}.pt"))
-        for name, (n_critic, log_var) in VARIANTS.items():
-            register(f"kedmi-{name}", kedmi_variant(n_critic, log_var))
+        for name in VARIANTS:
             t0 = time.perf_counter()
             report = run_attack(f"kedmi-{name}", target, split, ev.model,
                                 HarnessConfig(identities=plan.attacks.identities, attack_seeds=plan.attacks.attack_seeds,

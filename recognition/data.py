@@ -16,7 +16,7 @@ import re
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -624,15 +624,15 @@ def read_entry(npy: Path, mapped: bool = False, workers: int = 0) -> FaceData:
 
 def _given_entry(npy: Path, config: DataConfig) -> FaceData:
     """A set given as its cache files: read as ``config`` would read it, its image size and channels checked."""
-    meta = read_entry(npy, mapped=True)  # mapped: only the header is read here
-    shape = tuple(meta.images.shape[1:])
+    data = read_entry(npy, mapped=True, workers=config.workers)  # mapped: only the header and labels are read
+    shape = tuple(data.images.shape[1:])
     if shape != (config.channels, config.image_size, config.image_size):
         raise DataError(f"preprocessed set {npy} holds {shape[0]}-channel {shape[1]}x{shape[2]} images; this run "
                         f"wants {config.channels}-channel {config.image_size}x{config.image_size} "
                         "(set --image-size/--channels to match, or preprocess the faces again)")
-    n_bytes = len(meta) * config.channels * config.image_size ** 2
+    n_bytes = len(data) * config.channels * config.image_size ** 2
     mapped = config.in_memory is False or (config.in_memory is None and n_bytes > IN_MEMORY_MAX_BYTES)
-    return read_entry(npy, mapped, config.workers)
+    return data if mapped else replace(data, images=data.images.materialize())
 
 
 def _read_cache(key: str, mapped: bool = False, workers: int = 0) -> FaceData | None:

@@ -119,6 +119,14 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.to(device)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (a no-op on the CPU), so a wall-clock time covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
     """Autocast to ``amp``'s dtype on ``device``'s type (a no-op for ``none``)."""
     dtype = AMP_DTYPES[amp]
@@ -133,4 +141,4 @@ def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler | None:
 
 
 __all__ = ["AMP_DTYPES", "DEVICE_CHOICES", "DeviceConfig", "autocast", "device_problem", "grad_scaler",
-           "module_device", "resolve_device", "to_device"]
+           "module_device", "resolve_device", "synchronize", "to_device"]
